@@ -1,0 +1,33 @@
+# Two commands on a fresh machine (README): `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo-output
+
+.PHONY: demo test setup system-deps benchmark clean
+
+$(BIN)/ecpi_run: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test,dask,s3]"
+	touch $@
+
+setup: $(BIN)/ecpi_run
+
+# fitsverify (HEASoft's FITS checker) comes from the system's packages; the tests need it.
+system-deps:
+	@command -v fitsverify >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq fitsverify >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq fitsverify >/dev/null; fi; }
+
+demo: setup
+	$(BIN)/ecpi_demo --out $(DEMO_DIR)
+
+test: setup system-deps
+	$(BIN)/python -m pytest -n 2 -q tests
+
+benchmark: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

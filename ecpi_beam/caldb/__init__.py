@@ -1,0 +1,1 @@
+"""Calibration database: manifest, default set, caldb_init."""

@@ -1,0 +1,283 @@
+"""ECLAIRs instrument model: the constants, frames and projections of ICD section 1.
+
+Conventions (pinned by tests/test_instrument.py):
+- detector arrays are indexed [IDET, JDET]; IDET runs along LOS z, JDET along LOS y;
+- mask arrays are indexed [IMSK, JMSK] the same way; the mask resampled to the detector pitch
+  is a 120 x 120 array over the 540 mm mask plane, cell k centred at (k - 59.5) * 4.5 mm;
+- sky images are indexed [row, col] = [z shift, y shift]: the sky pixel (row, col) is the
+  direction whose tangent-plane coordinates are (u_z/u_x, u_y/u_x) = ((row - 99), (col - 99))
+  * 4.5 / 460, so the sky grid is an exact gnomonic (TAN) projection on the boresight;
+- a source in sky pixel (row, col) casts on detector pixel (i, j) the shadow of resampled mask
+  cell (i + row - 79, j + col - 79).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+# --- detector -------------------------------------------------------------------------------
+N_PIX = 80
+PIXEL_PITCH_MM = 4.5
+PIXEL_SIZE_MM = 4.0
+PIXEL_AREA_CM2 = (PIXEL_SIZE_MM / 10.0) ** 2
+DETECTOR_AREA_CM2 = N_PIX * N_PIX * PIXEL_AREA_CM2  # 1024 cm2 of CdTe
+LOW_THRESHOLD_KEV = 4.0
+TIME_RESOLUTION_S = 20e-6
+N_PHA = 4096
+
+# --- mask -----------------------------------------------------------------------------------
+N_MASK = 46
+MASK_WIDTH_MM = 540.0
+MASK_PITCH_MM = MASK_WIDTH_MM / N_MASK
+MASK_HEIGHT_MM = 460.0
+MASK_OPEN_FRACTION = 0.4
+N_MASK_CELLS = int(round(MASK_WIDTH_MM / PIXEL_PITCH_MM))  # 120
+
+# --- sky ------------------------------------------------------------------------------------
+N_SKY = N_MASK_CELLS + N_PIX - 1  # 199
+SKY_CENTRE = (N_SKY - 1) // 2  # 99: the on-axis pixel
+SKY_PIXEL_RAD = PIXEL_PITCH_MM / MASK_HEIGHT_MM
+SKY_PIXEL_DEG = float(np.degrees(SKY_PIXEL_RAD))
+SHADOW_OFFSET = N_PIX - 1  # sky index minus this is the mask-cell shift k - j
+FULLY_CODED_HALF_ANGLE_DEG = float(np.degrees(np.arctan(90.0 / MASK_HEIGHT_MM)))
+ZERO_RESPONSE_HALF_ANGLE_DEG = float(np.degrees(np.arctan(450.0 / MASK_HEIGHT_MM)))
+
+# --- energy ---------------------------------------------------------------------------------
+N_PI = 1500
+PI_E0_KEV = 2.0
+PI_WIDTH_KEV = 0.1
+DEFAULT_BANDS = ((13, 60), (61, 140), (141, 300), (301, 620), (621, 1260))
+
+# --- time -----------------------------------------------------------------------------------
+MJDREFI = 57754
+MJDREFF = 0.000800740741
+TIMESYS = "TT"
+
+# --- Earth ----------------------------------------------------------------------------------
+EARTH_RADIUS_KM = 6371.0
+ATMOSPHERE_KM = 100.0
+OCCULTATION_TYPES = ("NEO", "PEO", "TEO")
+PEOF_MIN_DEFAULT = 0.0
+PEOF_MAX_DEFAULT = 0.95
+
+
+# ============================================================================================
+# Energy scale
+# ============================================================================================
+def fwhm_kev(energy_kev):
+    """Detector energy resolution (ICD): FWHM(E) = sqrt(1.2**2 + 0.030 E) keV."""
+    return np.sqrt(1.2**2 + 0.030 * np.asarray(energy_kev, dtype=float))
+
+
+def sigma_kev(energy_kev):
+    return fwhm_kev(energy_kev) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+def energy_to_pi(energy_kev):
+    """PI channel of each energy, c covering [2.0 + 0.1 c, 2.1 + 0.1 c); clipped to 0..1499."""
+    pi = np.floor((np.asarray(energy_kev, dtype=float) - PI_E0_KEV) / PI_WIDTH_KEV + 1e-9)
+    return np.clip(pi, 0, N_PI - 1).astype(np.int16)
+
+
+def pi_to_energy(pi):
+    """(low, high) energy edges in keV of PI channels."""
+    pi = np.asarray(pi, dtype=float)
+    return PI_E0_KEV + PI_WIDTH_KEV * pi, PI_E0_KEV + PI_WIDTH_KEV * (pi + 1)
+
+
+def band_energy_range(band):
+    """Energy range (keV) covered by an inclusive PI band (lo, hi)."""
+    lo, hi = band
+    return float(pi_to_energy(lo)[0]), float(pi_to_energy(hi)[1])
+
+
+def band_name(band):
+    """The string used in keys, extension names and tables: '13-60'."""
+    return f"{int(band[0])}-{int(band[1])}"
+
+
+# ============================================================================================
+# Detector and mask geometry
+# ============================================================================================
+def pixel_centre_mm(index):
+    """Centre (mm) of detector pixels along one axis: (index - 39.5) * 4.5."""
+    return (np.asarray(index, dtype=float) - (N_PIX - 1) / 2.0) * PIXEL_PITCH_MM
+
+
+def mask_element_centre_mm(index):
+    """Centre (mm) of mask elements along one axis: (index - 22.5) * 540/46."""
+    return (np.asarray(index, dtype=float) - (N_MASK - 1) / 2.0) * MASK_PITCH_MM
+
+
+def mask_element_index(coord_mm):
+    """Mask element index containing a mask-plane coordinate, -1 outside the mask plane."""
+    idx = np.floor((np.asarray(coord_mm, dtype=float) + MASK_WIDTH_MM / 2.0) / MASK_PITCH_MM)
+    return np.where((idx >= 0) & (idx < N_MASK), idx, -1).astype(np.int64)
+
+
+def mask_transmits(pattern, y_mask_mm, z_mask_mm):
+    """True where a mask-plane point falls in an open element (thin mask, ICD)."""
+    j = mask_element_index(y_mask_mm)
+    i = mask_element_index(z_mask_mm)
+    inside = (i >= 0) & (j >= 0)
+    out = np.zeros(np.broadcast(i, j).shape, dtype=bool)
+    out[inside] = np.asarray(pattern)[i[inside], j[inside]] > 0
+    return out
+
+
+def _overlap_matrix():
+    """O[k, m]: fraction of 4.5 mm cell k covered by mask element m (one axis)."""
+    cell_lo = -MASK_WIDTH_MM / 2.0 + PIXEL_PITCH_MM * np.arange(N_MASK_CELLS)
+    elem_lo = -MASK_WIDTH_MM / 2.0 + MASK_PITCH_MM * np.arange(N_MASK)
+    lo = np.maximum(cell_lo[:, None], elem_lo[None, :])
+    hi = np.minimum(cell_lo[:, None] + PIXEL_PITCH_MM, elem_lo[None, :] + MASK_PITCH_MM)
+    return np.clip(hi - lo, 0.0, None) / PIXEL_PITCH_MM
+
+
+def resample_mask(pattern):
+    """Open fraction of each 4.5 mm cell of the mask plane: 120 x 120, exact area overlap."""
+    overlap = _overlap_matrix()
+    return overlap @ np.asarray(pattern, dtype=float) @ overlap.T
+
+
+def mask_crossing_mm(y_mm, z_mm, direction_los):
+    """Where a photon landing at detector (y, z) along direction u crossed the mask plane."""
+    u = np.asarray(direction_los, dtype=float)
+    ty, tz = u[..., 1] / u[..., 0], u[..., 2] / u[..., 0]
+    return y_mm + MASK_HEIGHT_MM * ty, z_mm + MASK_HEIGHT_MM * tz
+
+
+# ============================================================================================
+# LOS directions <-> sky-image pixels
+# ============================================================================================
+def los_to_sky_pixel(direction_los):
+    """(row, col) of LOS directions on the sky grid, floats (pixel centres are integers)."""
+    u = np.asarray(direction_los, dtype=float)
+    row = SKY_CENTRE + (u[..., 2] / u[..., 0]) / SKY_PIXEL_RAD
+    col = SKY_CENTRE + (u[..., 1] / u[..., 0]) / SKY_PIXEL_RAD
+    return row, col
+
+
+def sky_pixel_to_los(row, col):
+    """Unit LOS vectors (..., 3) of sky-grid positions (row, col)."""
+    tz = (np.asarray(row, dtype=float) - SKY_CENTRE) * SKY_PIXEL_RAD
+    ty = (np.asarray(col, dtype=float) - SKY_CENTRE) * SKY_PIXEL_RAD
+    tz, ty = np.broadcast_arrays(tz, ty)
+    u = np.stack([np.ones_like(ty), ty, tz], axis=-1)
+    return u / np.linalg.norm(u, axis=-1, keepdims=True)
+
+
+def off_axis_angle_deg(direction_los):
+    u = np.asarray(direction_los, dtype=float)
+    return np.degrees(np.arccos(np.clip(u[..., 0] / np.linalg.norm(u, axis=-1), -1.0, 1.0)))
+
+
+def sky_grid_los():
+    """LOS unit vectors of every sky pixel, shape (199, 199, 3)."""
+    rows, cols = np.mgrid[0:N_SKY, 0:N_SKY]
+    return sky_pixel_to_los(rows, cols)
+
+
+def sky_pixel_solid_angle():
+    """Solid angle (sr) of each sky pixel: d(tan) ** 2 * cos(theta) ** 3 for a TAN grid."""
+    return SKY_PIXEL_RAD**2 * sky_grid_los()[..., 0] ** 3
+
+
+# ============================================================================================
+# Attitude: LOS <-> ICRS
+# ============================================================================================
+def attitude_matrix(qparam):
+    """Rotation matrices (..., 3, 3) taking LOS vectors to ICRS; QPARAM is scalar-last."""
+    return Rotation.from_quat(np.asarray(qparam, dtype=float)).as_matrix()
+
+
+def radec_to_unit(ra_deg, dec_deg):
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    return np.stack(np.broadcast_arrays(np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra),
+                                        np.sin(dec)), axis=-1)
+
+
+def unit_to_radec(vector):
+    v = np.asarray(vector, dtype=float)
+    v = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    ra = np.degrees(np.arctan2(v[..., 1], v[..., 0])) % 360.0
+    dec = np.degrees(np.arcsin(np.clip(v[..., 2], -1.0, 1.0)))
+    return ra, dec
+
+
+def pointing_radec(qparam):
+    """(RA, Dec) in degrees of the boresight R(q) (1, 0, 0)."""
+    return unit_to_radec(attitude_matrix(qparam)[..., :, 0])
+
+
+def quaternion_from_pointing(ra_deg, dec_deg, roll_deg=0.0):
+    """Scalar-last quaternion pointing the boresight at (RA, Dec).
+
+    Roll 0 puts LOS +Z towards celestial north and LOS +Y towards east; a positive roll turns
+    the instrument about the boresight (right-handed about +X).
+    """
+    x = radec_to_unit(ra_deg, dec_deg)
+    north = np.array([0.0, 0.0, 1.0])
+    if abs(x[2]) > 1.0 - 1e-12:  # at a pole, take RA 0 meridian as "north"
+        north = np.array([-np.sign(x[2]), 0.0, 0.0])
+    z = north - np.dot(north, x) * x
+    z /= np.linalg.norm(z)
+    y = np.cross(z, x)
+    matrix = np.column_stack([x, y, z])
+    rotation = Rotation.from_matrix(matrix) * Rotation.from_euler("x", roll_deg, degrees=True)
+    return rotation.as_quat()
+
+
+def los_to_radec(direction_los, qparam):
+    return unit_to_radec(np.einsum("...ij,...j->...i", attitude_matrix(qparam), direction_los))
+
+
+def radec_to_los(ra_deg, dec_deg, qparam):
+    matrix = attitude_matrix(qparam)
+    return np.einsum("...ji,...j->...i", matrix, radec_to_unit(ra_deg, dec_deg))
+
+
+def mean_quaternion(qparams, weights=None):
+    """Average attitude (Markley et al. 2007): principal eigenvector of sum w q q^T."""
+    q = np.asarray(qparams, dtype=float).reshape(-1, 4)
+    w = np.ones(len(q)) if weights is None else np.asarray(weights, dtype=float)
+    _, vectors = np.linalg.eigh(np.einsum("n,ni,nj->ij", w, q, q))
+    mean = vectors[:, -1]
+    return mean if mean[3] >= 0 else -mean
+
+
+def sky_wcs_keywords(qparam):
+    """FITS TAN WCS keywords of the sky grid for attitude q (FITS axis 1 = column).
+
+    The sky grid is gnomonic in LOS tangent coordinates; those differ from the standard
+    (east, north) intermediate coordinates at the pointing only by a rotation (and a flip),
+    so the CD matrix below is exact, not an approximation.
+    """
+    matrix = attitude_matrix(qparam)
+    ra0, dec0 = unit_to_radec(matrix[:, 0])
+    ra_r, dec_r = np.radians(ra0), np.radians(dec0)
+    east = np.array([-np.sin(ra_r), np.cos(ra_r), 0.0])
+    north = np.array([-np.sin(dec_r) * np.cos(ra_r), -np.sin(dec_r) * np.sin(ra_r), np.cos(dec_r)])
+    east_los, north_los = matrix.T @ east, matrix.T @ north
+    scale = SKY_PIXEL_DEG
+    return {
+        "WCSAXES": 2,
+        "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN",
+        "CUNIT1": "deg", "CUNIT2": "deg",
+        "CRPIX1": SKY_CENTRE + 1.0, "CRPIX2": SKY_CENTRE + 1.0,
+        "CRVAL1": float(ra0), "CRVAL2": float(dec0),
+        "CD1_1": float(scale * east_los[1]), "CD1_2": float(scale * east_los[2]),
+        "CD2_1": float(scale * north_los[1]), "CD2_2": float(scale * north_los[2]),
+        "RADESYS": "ICRS", "EQUINOX": 2000.0, "LONPOLE": 180.0,
+    }
+
+
+# ============================================================================================
+# Earth
+# ============================================================================================
+def earth_direction_and_radius(position_m):
+    """Unit vector to the Earth centre and the angular radius (rad) of Earth + atmosphere."""
+    pos = np.asarray(position_m, dtype=float)
+    distance = np.linalg.norm(pos, axis=-1)
+    radius = np.arcsin(np.clip((EARTH_RADIUS_KM + ATMOSPHERE_KM) * 1e3 / distance, 0.0, 1.0))
+    return -pos / distance[..., None], radius

@@ -1,0 +1,1 @@
+"""The I/O layer: fsspec file systems and FITS sources and sinks."""

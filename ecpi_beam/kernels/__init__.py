@@ -1,0 +1,1 @@
+"""Science kernels: plain numpy/scipy functions, no Beam import."""

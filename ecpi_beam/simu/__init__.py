@@ -1,0 +1,1 @@
+"""The ECLAIRs simulator: writes ICD input triplets from a scenario."""

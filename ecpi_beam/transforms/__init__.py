@@ -1,0 +1,1 @@
+"""Thin Beam PTransforms, one module per ECPI component."""

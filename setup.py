@@ -1,0 +1,34 @@
+"""ecpi-beam: the ECLAIRs (SVOM) ground pipeline as an Apache Beam pipeline."""
+from setuptools import find_packages, setup
+
+setup(
+    name="ecpi-beam",
+    version="0.1.0",
+    description="ECLAIRs coded-mask telescope pipeline (DPCO, CALI, BUBE, IMAG) on Apache Beam",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ecpi_beam", "ecpi_beam.*"]),
+    package_data={"ecpi_beam": ["caldb/data/*/*", "demo/*"]},
+    install_requires=[
+        "apache-beam>=2.60",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "astropy>=6.0",
+        "fsspec>=2024.2",
+        "matplotlib>=3.7",
+        "requests>=2.28",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist", "stingray", "moto[server]>=5", "s3fs", "flask"],
+        "dask": ["apache-beam[dask]", "dask", "distributed"],
+        "s3": ["s3fs", "boto3"],
+    },
+    entry_points={
+        "console_scripts": [
+            "ecpi_run=ecpi_beam.cli:ecpi_run",
+            "caldb_init=ecpi_beam.cli:caldb_init",
+            "ecpi_conf_tool=ecpi_beam.cli:ecpi_conf_tool",
+            "ecpi_simulate=ecpi_beam.cli:ecpi_simulate",
+            "ecpi_demo=ecpi_beam.cli:ecpi_demo",
+        ]
+    },
+)
