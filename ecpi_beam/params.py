@@ -1,0 +1,387 @@
+"""The user's parameter file (.ini) -> one frozen, typed `Params` object.
+
+Keys, defaults and allowed values are the seed's (eclairs-gp installation page, "Filling the
+parameter file"); the few extra keys are listed in docs/parameters.md. Every validation happens
+here, and every mistake is one `EcpiError` line: "<file>: [section] key = <value>: <allowed>".
+"""
+from __future__ import annotations
+
+import ast
+import configparser
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from ecpi_beam import instrument
+from ecpi_beam.errors import EcpiError
+from ecpi_beam.io import fs  # pure fsspec, no Beam: lets the file and working_out be URLs
+
+LOGGER_LEVELS = ("debug", "info", "warning", "error", "critical")
+CALI_PRODUCTS = ("ECL-GTI-CAL", "ECL-EVT-CAL")
+BUBE_PRODUCTS = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM")
+IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
+DPCO_PRODUCTS: tuple[str, ...] = ()  # "No possible products at the time."
+BACKGROUND_CORRECTIONS = ("no_correction", "flat", "shape", "flat_moretti", "shape_moretti",
+                          "shape_moretti_earth", "shape_moretti_earth_ref",
+                          "shape_moretti_smart")
+IRF_CORRECTIONS = ("no_correction", "cos_theta", "irf")
+DETECTION_SNR_DEFAULT = 7.0  # the seed's "Minimum value: 7"; snr_ths = 0 means this
+CALDB_LOCAL = "@local"
+
+
+@dataclass(frozen=True)
+class GeneralParams:
+    working_in: tuple[str, ...]
+    working_out: str
+    logger_level: str = "warning"
+    caldb_dir: str = CALDB_LOCAL  # raw string; "@local" is resolved by the workspace module
+
+
+@dataclass(frozen=True)
+class DpcoParams:
+    out_files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CaliParams:
+    out_files: tuple[str, ...] = ()
+    chunk_size: int = 1_000_000  # events per chunk read from the EVENTS table
+
+
+@dataclass(frozen=True)
+class BubeParams:
+    out_files: tuple[str, ...] = ()
+    energy_channels: tuple[tuple[int, int], ...] = instrument.DEFAULT_BANDS
+    ear_occ_bub: tuple[str, ...] = ("PEO",)
+    bkg_cor_mod: tuple[str, ...] = ("shape_moretti_earth",)  # one per ear_occ_bub entry
+    peof_min: float = instrument.PEOF_MIN_DEFAULT
+    peof_max: float = instrument.PEOF_MAX_DEFAULT
+
+    def correction_for(self, occ: str) -> str:
+        """The background-correction mode chosen for occultation type `occ`."""
+        return self.bkg_cor_mod[self.ear_occ_bub.index(occ)]
+
+
+@dataclass(frozen=True)
+class ImagParams:
+    out_files: tuple[str, ...] = ()
+    snr_ths: float = 0.0
+    win_dim: float = 5.0
+    irf_corr: str = "cos_theta"
+    pcode_min: float = 0.1
+
+    @property
+    def effective_snr_threshold(self) -> float:
+        """The seed's default snr_ths = 0 means "use the detection default" (7)."""
+        return self.snr_ths if self.snr_ths > 0 else DETECTION_SNR_DEFAULT
+
+
+# Parameters that only say where data lives or how the work is split: they never change a
+# product's content, so they stay out of the fingerprint (PARHASH).
+_NOT_IN_FINGERPRINT = {("general", "logger_level"), ("general", "working_in"),
+                       ("general", "working_out"), ("cali", "chunk_size")}
+
+
+@dataclass(frozen=True)
+class Params:
+    general: GeneralParams
+    dpco: DpcoParams
+    cali: CaliParams
+    bube: BubeParams
+    imag: ImagParams
+    source: str = dataclasses.field(default="", compare=False)  # the file it came from
+
+    def as_dict(self) -> dict:
+        return {section.name: dataclasses.asdict(getattr(self, section.name))
+                for section in dataclasses.fields(self) if section.name != "source"}
+
+    def fingerprint(self) -> str:
+        """Short sha256 of every parameter that can change a product (header PARHASH)."""
+        canonical = {section: {key: value for key, value in values.items()
+                               if (section, key) not in _NOT_IN_FINGERPRINT}
+                     for section, values in self.as_dict().items()}
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def wanted_products(self) -> tuple[str, ...]:
+        return (self.dpco.out_files + self.cali.out_files + self.bube.out_files
+                + self.imag.out_files)
+
+
+# ============================================================================================
+# Reading
+# ============================================================================================
+SECTIONS = {
+    "general": ("logger_level", "working_in", "working_out", "caldb_dir"),
+    "dpco": ("out_files",),
+    "cali": ("out_files", "chunk_size"),
+    "bube": ("energy_channels", "ear_occ_bub", "bkg_cor_mod", "out_files", "peof_min",
+             "peof_max"),
+    "imag": ("snr_ths", "win_dim", "irf_corr", "out_files", "pcode_min"),
+}
+MANDATORY = {("general", "working_in"), ("general", "working_out"), ("dpco", "out_files"),
+             ("cali", "out_files"), ("bube", "out_files"), ("imag", "out_files")}
+
+
+def load_params(path: str, check_paths: bool = True) -> Params:
+    """Read and validate a parameter file (a local path or any fsspec URL)."""
+    try:
+        with fs.open_file(path, "rb") as stream:
+            text = stream.read().decode("utf-8")
+    except FileNotFoundError:
+        raise EcpiError(f"{path}: parameter file not found") from None
+    except UnicodeDecodeError as err:
+        raise EcpiError(f"{path}: parameter file is not UTF-8 text ({err.reason})") from None
+    return parse_params(text, source=path, check_paths=check_paths)
+
+
+def parse_params(text: str, source: str = "<parameters>", check_paths: bool = True) -> Params:
+    """Validate the text of a parameter file; `source` names it in error messages.
+
+    `check_paths=False` skips the check that working_out exists (for tests and tools that
+    only inspect a file).
+    """
+    reader = _SectionReader(_parse_ini(text, source), source)
+    general = GeneralParams(
+        working_in=reader.locations("general", "working_in"),
+        working_out=reader.location("general", "working_out"),
+        logger_level=reader.choice("general", "logger_level", LOGGER_LEVELS, "warning",
+                                   case_insensitive=True),
+        caldb_dir=reader.text("general", "caldb_dir", CALDB_LOCAL),
+    )
+    if check_paths:
+        reader.check_output_location(general.working_out)
+    ear_occ_bub = reader.names("bube", "ear_occ_bub", instrument.OCCULTATION_TYPES, ("PEO",))
+    bube = BubeParams(
+        out_files=reader.products("bube", BUBE_PRODUCTS),
+        energy_channels=reader.bands("bube", "energy_channels"),
+        ear_occ_bub=ear_occ_bub,
+        bkg_cor_mod=reader.corrections(len(ear_occ_bub)),
+        peof_min=reader.number("bube", "peof_min", instrument.PEOF_MIN_DEFAULT, 0.0, 1.0),
+        peof_max=reader.number("bube", "peof_max", instrument.PEOF_MAX_DEFAULT, 0.0, 1.0),
+    )
+    if not bube.peof_min < bube.peof_max:
+        reader.fail("bube", "peof_max", bube.peof_max,
+                    f"must be greater than peof_min = {bube.peof_min}")
+    params = Params(
+        general=general,
+        dpco=DpcoParams(out_files=reader.products("dpco", DPCO_PRODUCTS)),
+        cali=CaliParams(out_files=reader.products("cali", CALI_PRODUCTS),
+                        chunk_size=int(reader.number("cali", "chunk_size", 1_000_000, 1000,
+                                                     integer=True))),
+        bube=bube,
+        imag=ImagParams(
+            out_files=reader.products("imag", IMAG_PRODUCTS),
+            snr_ths=reader.snr_threshold(),
+            win_dim=reader.number("imag", "win_dim", 5.0, 1.0),
+            irf_corr=reader.choice("imag", "irf_corr", IRF_CORRECTIONS, "cos_theta"),
+            pcode_min=reader.number("imag", "pcode_min", 0.1, 0.0, 1.0, low_open=True),
+        ),
+        source=source,
+    )
+    return params
+
+
+def _parse_ini(text: str, source: str) -> dict[str, dict[str, str]]:
+    # No interpolation ('%' is legal in URLs); [DEFAULT] is not special, so it is reported
+    # as an unknown section instead of silently leaking its keys into every section.
+    parser = configparser.ConfigParser(interpolation=None, strict=True,
+                                       default_section="\0no-default",
+                                       inline_comment_prefixes=("#",), empty_lines_in_values=False)
+    try:
+        parser.read_string(text, source=source)
+    except configparser.DuplicateOptionError as err:
+        raise EcpiError(f"{source}: [{err.section}] {err.option}: key given twice "
+                        f"(line {err.lineno}); keep one") from None
+    except configparser.DuplicateSectionError as err:
+        raise EcpiError(f"{source}: [{err.section}]: section given twice (line {err.lineno}); "
+                        "merge them") from None
+    except configparser.MissingSectionHeaderError as err:
+        raise EcpiError(f"{source}: line {err.lineno}: {err.line.strip()!r} comes before any "
+                        "[section] header; expected e.g. [general]") from None
+    except configparser.Error as err:
+        raise EcpiError(f"{source}: not a valid parameter file: {err.message}") from None
+    sections = {name: dict(parser.items(name)) for name in parser.sections()}
+    for name, values in sections.items():
+        if name not in SECTIONS:
+            raise EcpiError(f"{source}: [{name}]: unknown section{_did_you_mean(name, SECTIONS)}"
+                            f"; allowed sections: {', '.join(SECTIONS)}")
+        for key, value in values.items():
+            if key not in SECTIONS[name]:
+                raise EcpiError(f"{source}: [{name}] {key} = {value}: unknown key"
+                                f"{_did_you_mean(key, SECTIONS[name])}; allowed keys: "
+                                f"{', '.join(SECTIONS[name])}")
+    return sections
+
+
+def _did_you_mean(word: str, candidates) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class _SectionReader:
+    """Typed getters over the raw strings; each failure names file, section, key and value."""
+
+    def __init__(self, sections: dict[str, dict[str, str]], source: str):
+        self.sections = sections
+        self.source = source
+
+    def fail(self, section: str, key: str, value, allowed: str):
+        raise EcpiError(f"{self.source}: [{section}] {key} = {value}: {allowed}")
+
+    def raw(self, section: str, key: str) -> str:
+        """The value as written, '' when absent or empty; a MANDATORY key must be present."""
+        value = self.sections.get(section, {}).get(key)
+        if value is None and (section, key) in MANDATORY:
+            raise EcpiError(f"{self.source}: [{section}] {key}: MANDATORY key is missing")
+        return (value or "").strip()
+
+    def text(self, section: str, key: str, default: str) -> str:
+        return self.raw(section, key) or default
+
+    def choice(self, section, key, allowed, default, case_insensitive=False) -> str:
+        value = self.raw(section, key).strip("'\"")
+        if not value:
+            return default
+        if case_insensitive:
+            value = value.lower()
+        if value not in allowed:
+            self.fail(section, key, value, f"expected one of {', '.join(allowed)}"
+                      f"{_did_you_mean(value, allowed)}")
+        return value
+
+    def number(self, section, key, default, minimum=None, maximum=None, integer=False,
+               low_open=False):
+        value = self.raw(section, key)
+        if not value:
+            return default
+        kind = "an integer" if integer else "a number"
+        try:
+            number = int(value.replace("_", "")) if integer else float(value)
+        except ValueError:
+            self.fail(section, key, value, f"expected {kind}")
+        if number != number or (minimum is not None and (
+                number < minimum or (low_open and number == minimum))) or (
+                maximum is not None and number > maximum):
+            if maximum is None:
+                allowed = f"{'>' if low_open else '>='} {minimum}"
+            else:
+                allowed = f"in {'(' if low_open else '['}{minimum}, {maximum}]"
+            self.fail(section, key, value, f"expected {kind} {allowed}")
+        return number
+
+    def literal(self, section, key, example):
+        value = self.raw(section, key)
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            self.fail(section, key, value, f"expected a Python list like {example}")
+
+    def names(self, section, key, allowed, default, example=None) -> tuple[str, ...]:
+        """A list of names: ['PEO', 'TEO'], or, leniently, a bare PEO or PEO, TEO."""
+        value = self.raw(section, key)
+        if not value:
+            return default
+        example = example or "[" + ", ".join(repr(name) for name in allowed[:2]) + "]"
+        if value.startswith(("[", "(", "'", '"')):
+            items = self.literal(section, key, example)
+            items = [items] if isinstance(items, str) else items
+        else:
+            items = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            self.fail(section, key, value, f"expected a Python list of names like {example}")
+        for item in items:
+            if item not in allowed:
+                choices = ", ".join(repr(name) for name in allowed) or "none (use [])"
+                self.fail(section, key, value, f"{item!r} is not allowed"
+                          f"{_did_you_mean(item, allowed)}; allowed: {choices}")
+        if len(set(items)) != len(items):
+            self.fail(section, key, value, "each name may appear only once")
+        return tuple(items) if items else default
+
+    def products(self, section, allowed) -> tuple[str, ...]:
+        self.raw(section, "out_files")  # MANDATORY even when it is []
+        return self.names(section, "out_files", allowed, ())
+
+    def bands(self, section, key) -> tuple[tuple[int, int], ...]:
+        value = self.raw(section, key)
+        example = "[[13,60],[61,140]]"
+        if not value:
+            return instrument.DEFAULT_BANDS
+        bands = self.literal(section, key, example)
+        if (isinstance(bands, (list, tuple)) and len(bands) == 2
+                and all(isinstance(b, int) for b in bands)):
+            bands = [bands]  # a single [lo, hi] pair is one band
+        if not isinstance(bands, (list, tuple)) or not all(
+                isinstance(b, (list, tuple)) and len(b) == 2
+                and all(isinstance(c, int) and not isinstance(c, bool) for c in b)
+                for b in bands):
+            self.fail(section, key, value, f"expected a Python list like {example} "
+                      "of [lo, hi] PI channel pairs")
+        last = instrument.N_PI - 1
+        for lo, hi in bands:
+            if not 0 <= lo <= hi <= last:
+                self.fail(section, key, value, f"band [{lo},{hi}] must have 0 <= lo <= hi <= "
+                          f"{last} (PI channels of the RMF EBOUNDS)")
+        result = tuple((int(lo), int(hi)) for lo, hi in bands)
+        if len(set(result)) != len(result):
+            self.fail(section, key, value, "each band may appear only once")
+        return result or instrument.DEFAULT_BANDS
+
+    def corrections(self, n_occultation_types: int) -> tuple[str, ...]:
+        modes = self.names("bube", "bkg_cor_mod", BACKGROUND_CORRECTIONS, ("shape_moretti_earth",),
+                           example="['shape_moretti_earth']")
+        if len(modes) == 1:
+            return modes * n_occultation_types
+        # several modes: one per ear_occ_bub entry, in the same order
+        if len(modes) != n_occultation_types:
+            self.fail("bube", "bkg_cor_mod", self.raw("bube", "bkg_cor_mod"),
+                      f"expected one mode, or one per ear_occ_bub entry "
+                      f"({n_occultation_types}), got {len(modes)}")
+        return modes
+
+    def snr_threshold(self) -> float:
+        value = self.number("imag", "snr_ths", 0.0)
+        if value != 0 and value < DETECTION_SNR_DEFAULT:
+            self.fail("imag", "snr_ths", self.raw("imag", "snr_ths"),
+                      f"expected 0 (use the default {DETECTION_SNR_DEFAULT:g}) or a number "
+                      f">= {DETECTION_SNR_DEFAULT:g}")
+        return float(value)
+
+    def locations(self, section, key) -> tuple[str, ...]:
+        """working_in: one directory, a glob, or several (comma-separated or a Python list)."""
+        value = self.raw(section, key)
+        if value.startswith("["):
+            items = self.literal(section, key, "['input/obs1', 'input/obs2']")
+            if not isinstance(items, (list, tuple)) or not all(
+                    isinstance(i, str) for i in items):
+                self.fail(section, key, value, "expected a Python list of directories like "
+                          "['input/obs1', 'input/obs2']")
+        else:
+            items = value.replace("\n", ",").split(",")
+        items = [_absolute(item.strip()) for item in items if item.strip()]
+        if not items:
+            self.fail(section, key, value, "expected a directory, a glob or a list of them")
+        return tuple(items)
+
+    def location(self, section, key) -> str:
+        value = self.raw(section, key)
+        if not value:
+            self.fail(section, key, value, "expected a directory (local path or URL)")
+        return _absolute(value)
+
+    def check_output_location(self, url: str):
+        if not fs.output_location_exists(url):
+            self.fail("general", "working_out", url, "expected an existing directory "
+                      "(create it first)")
+
+
+def _absolute(location: str) -> str:
+    """Local paths become absolute (workers may run elsewhere); URLs are kept as written."""
+    if "://" in location:
+        return location
+    return os.path.abspath(os.path.expanduser(location))
