@@ -1,0 +1,237 @@
+"""Coded-mask sky images by balanced weighted cross-correlation (SCIENCE.md, "Coded-mask
+imaging"; Goldwurm et al. 2003, A&A 411 L223). Conventions are instrument.py's:
+
+    sky[row, col] = sum_{i,j} D[i, j] G[i + row - 79, j + col - 79]
+
+with G a 120 x 120 array over the mask plane (the mask resampled to the 4.5 mm pitch):
+G+ = M (open fraction of each cell), G- = A - M (A = 1 on the mask plane; cells outside the
+plane belong to neither). Cross-correlations are FFT products of size 200 >= 80 + 120 - 1, so
+the circular correlation never wraps onto the 199 x 199 sky grid.
+
+Normalisation: a point source giving n counts per fully open detector pixel has S = n at its
+sky pixel (total counts = n x the sum of the open fractions it sees). V is the exact variance of
+the linear estimator S given the per-pixel variance of the detector image, including the
+G+ G- cross term that the fractional resampled mask makes non-zero.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import fft
+
+from ecpi_beam import instrument
+from ecpi_beam.errors import EcpiError
+
+FFT_SIZE = 200  # >= 80 + 120 - 1; 200 = 2^3 5^2 is a fast size
+PCODE_MIN_IMAGE = 1e-3  # below this the estimator is undefined: intensity 0, variance inf
+_KERNELS = ("positive", "negative", "positive_sq", "negative_sq", "cross", "aperture")
+
+
+@dataclass(frozen=True, eq=False)
+class CorrelationPlan:
+    """The resampled mask and the FFTs of its correlation kernels, made once per worker."""
+
+    resampled_mask: np.ndarray  # (120, 120) open fraction, [z cell, y cell]
+    kernel_fft: dict  # name -> rfft2 of the (FFT_SIZE, FFT_SIZE) zero-padded kernel
+
+
+@dataclass(frozen=True, eq=False)
+class SkyImages:
+    intensity: np.ndarray  # (199, 199) S: counts per fully open detector pixel
+    variance: np.ndarray  # (199, 199) variance of S; inf where S is not measured
+    snr: np.ndarray  # (199, 199) S / sqrt(V); 0 where S is not measured
+    pcode: np.ndarray  # (199, 199) partial coding fraction W (x) A / sum W
+
+
+def make_correlation_plan(resampled_mask) -> CorrelationPlan:
+    """Precompute the FFTs of G+, G-, G+^2, G-^2, G+ G- and A for a 120 x 120 resampled mask."""
+    mask = np.asarray(resampled_mask, dtype=float)
+    if mask.shape != (instrument.N_MASK_CELLS, instrument.N_MASK_CELLS):
+        raise EcpiError(f"resampled mask must be {instrument.N_MASK_CELLS} x "
+                        f"{instrument.N_MASK_CELLS}, got {mask.shape}")
+    positive, aperture = mask, np.ones_like(mask)
+    negative = aperture - mask
+    kernels = {"positive": positive, "negative": negative, "positive_sq": positive**2,
+               "negative_sq": negative**2, "cross": positive * negative, "aperture": aperture}
+    kernel_fft = {name: fft.rfft2(kernels[name], s=(FFT_SIZE, FFT_SIZE)) for name in _KERNELS}
+    mask = mask.copy()
+    mask.setflags(write=False)
+    return CorrelationPlan(mask, kernel_fft)
+
+
+def _detector_fft(detector_array):
+    array = np.asarray(detector_array, dtype=float)
+    if array.shape != (instrument.N_PIX, instrument.N_PIX):
+        raise EcpiError(f"detector image must be {instrument.N_PIX} x {instrument.N_PIX}, "
+                        f"got {array.shape}")
+    return np.conj(fft.rfft2(array, s=(FFT_SIZE, FFT_SIZE)))
+
+
+def _correlate(detector_fft_conj, kernel_fft) -> np.ndarray:
+    circular = fft.irfft2(detector_fft_conj * kernel_fft, s=(FFT_SIZE, FFT_SIZE))
+    # circular[k] holds sky shift row - 79 = k (mod FFT_SIZE): shift by 79 and keep 199
+    shifted = np.roll(circular, instrument.SHADOW_OFFSET, axis=(0, 1))
+    return shifted[:instrument.N_SKY, :instrument.N_SKY]
+
+
+def cross_correlate(plan: CorrelationPlan, detector_array, kernel: str = "positive"):
+    """(199, 199) sky[row, col] = sum D[i, j] G[i + row - 79, j + col - 79], G one of the
+    plan's kernels ('positive' = G+, 'negative' = G-, 'positive_sq', 'negative_sq', 'cross',
+    'aperture')."""
+    return _correlate(_detector_fft(detector_array), plan.kernel_fft[kernel])
+
+
+@dataclass(frozen=True, eq=False)
+class BalanceTerms:
+    """The weight-only terms of the estimator (per sky pixel): computed once per set of pixel
+    weights, shared by the image, its PSF and the estimator coefficients."""
+
+    b: np.ndarray
+    norm: np.ndarray
+    pcode: np.ndarray
+    measured: np.ndarray
+
+
+def balance_terms(plan: CorrelationPlan, weights,
+                  pcode_min: float = PCODE_MIN_IMAGE) -> BalanceTerms:
+    weights = np.asarray(weights, dtype=float)
+    total_weight = weights.sum()
+    if total_weight <= 0:
+        raise EcpiError("every detector pixel has weight 0: no sky image can be made")
+    w_fft = _detector_fft(weights)
+    w_pos, w_neg, w_pos2, w_cross, w_aperture = (
+        _correlate(w_fft, plan.kernel_fft[k])
+        for k in ("positive", "negative", "positive_sq", "cross", "aperture"))
+    pcode = np.clip(w_aperture / total_weight, 0.0, 1.0)
+    tiny = 1e-9 * total_weight  # FFT round-off level
+    measured = (pcode >= pcode_min) & (w_neg > tiny)
+    b = np.where(measured, w_pos / np.where(measured, w_neg, 1.0), 0.0)
+    norm = w_pos2 - b * w_cross
+    measured &= norm > tiny
+    return BalanceTerms(b, np.where(measured, norm, 1.0), pcode, measured)
+
+
+def balanced_intensity(plan, detector, weights, terms: BalanceTerms | None = None) -> np.ndarray:
+    """Only S, for images of noiseless models (PSF, shadowgrams)."""
+    bal = balance_terms(plan, weights) if terms is None else terms
+    d_fft = _detector_fft(np.asarray(weights, float) * np.asarray(detector, float))
+    s = (_correlate(d_fft, plan.kernel_fft["positive"])
+         - bal.b * _correlate(d_fft, plan.kernel_fft["negative"])) / bal.norm
+    return np.where(bal.measured, s, 0.0)
+
+
+def estimator_coefficients(plan: CorrelationPlan, weights, rows, cols,
+                           terms: BalanceTerms | None = None) -> np.ndarray:
+    """(k, 80, 80) linear coefficients c_p with S_p = sum c_p D for k sky pixels (rows, cols):
+    W (G+ - b G-) / norm, shifted to the pixel (zero where S is not measured). They give the
+    covariance of sky pixels, Cov(S_p, S_q) = sum c_p c_q Var, and are the mask weights of
+    mask-weighted spectra."""
+    weights = np.asarray(weights, dtype=float)
+    bal = balance_terms(plan, weights) if terms is None else terms
+    rows, cols = np.atleast_1d(rows).astype(int), np.atleast_1d(cols).astype(int)
+    padded_mask = _pad_for_shadows(plan.resampled_mask)
+    padded_aperture = _pad_for_shadows(np.ones_like(plan.resampled_mask))
+    out = np.zeros((len(rows), instrument.N_PIX, instrument.N_PIX))
+    for k, (row, col) in enumerate(zip(rows, cols)):
+        if bal.measured[row, col]:
+            positive = _integer_shadow(padded_mask, row, col)
+            negative = _integer_shadow(padded_aperture, row, col) - positive
+            out[k] = weights * (positive - bal.b[row, col] * negative) / bal.norm[row, col]
+    return out
+
+
+def balanced_sky_image(plan: CorrelationPlan, detector, variance, weights,
+                       pcode_min: float = PCODE_MIN_IMAGE) -> SkyImages:
+    """Intensity, variance, SNR and partial coding of a detector image.
+
+    detector: (80, 80) counts or background-corrected counts; variance: their per-pixel
+    variance; weights: W (0 for dead/noisy pixels). Pixels with partial coding below pcode_min
+    or no variance get S = 0, V = inf, SNR = 0.
+    """
+    weights = np.asarray(weights, dtype=float)
+    bal = balance_terms(plan, weights, pcode_min)
+    d_fft = _detector_fft(weights * np.asarray(detector, dtype=float))
+    v_fft = _detector_fft(weights**2 * np.asarray(variance, dtype=float))
+    k = plan.kernel_fft
+    intensity = (_correlate(d_fft, k["positive"]) - bal.b * _correlate(d_fft, k["negative"]))
+    intensity /= bal.norm
+    var = (_correlate(v_fft, k["positive_sq"]) - 2.0 * bal.b * _correlate(v_fft, k["cross"])
+           + bal.b**2 * _correlate(v_fft, k["negative_sq"])) / bal.norm**2
+    measured = bal.measured & (var > 1e-12 * max(float(var.max()), 1e-300))
+    intensity = np.where(measured, intensity, 0.0)
+    var = np.where(measured, var, np.inf)
+    snr = np.where(measured, intensity / np.sqrt(np.where(measured, var, 1.0)), 0.0)
+    return SkyImages(intensity, var, snr, bal.pcode)
+
+
+# ------------------------------------------------------------------------------------------
+# Off-axis response corrections ([imag] irf_corr)
+# ------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _sky_cos_theta() -> np.ndarray:
+    cos_theta = instrument.sky_grid_los()[..., 0]
+    cos_theta.setflags(write=False)
+    return cos_theta
+
+
+def _no_irf_correction(sky: SkyImages) -> SkyImages:
+    return sky
+
+
+def _cos_theta_correction(sky: SkyImages) -> SkyImages:
+    """Flux per detector area falls as cos(theta): divide S and sqrt(V) by it (SNR unchanged)."""
+    cos_theta = _sky_cos_theta()
+    return replace(sky, intensity=sky.intensity / cos_theta, variance=sky.variance / cos_theta**2)
+
+
+IRF_CORRECTIONS: dict[str, Callable[[SkyImages], SkyImages]] = {
+    "no_correction": _no_irf_correction,
+    "cos_theta": _cos_theta_correction,
+}
+PLANNED_IRF_CORRECTIONS = ("irf",)
+
+
+def irf_correction(name: str) -> Callable[[SkyImages], SkyImages]:
+    """The [imag] irf_corr function of that name."""
+    if name not in IRF_CORRECTIONS:
+        what = "is not available yet" if name in PLANNED_IRF_CORRECTIONS else "is not known"
+        raise EcpiError(f"[imag] irf_corr = {name!r} {what}; available: "
+                        f"{', '.join(IRF_CORRECTIONS)}")
+    return IRF_CORRECTIONS[name]
+
+
+# ------------------------------------------------------------------------------------------
+# Forward projection
+# ------------------------------------------------------------------------------------------
+def _pad_for_shadows(mask):
+    return np.pad(np.asarray(mask, dtype=float), instrument.N_PIX)
+
+
+def _integer_shadow(padded, row, col):
+    """Detector image of resampled-mask cell (i + row - 79, j + col - 79), 0 off the plane;
+    `padded` is the mask padded by 80 cells (_pad_for_shadows)."""
+    top, left = row + 1, col + 1  # i + row - 79 + 80
+    n_padded = padded.shape[0]
+    if not (0 <= top <= n_padded - instrument.N_PIX and 0 <= left <= n_padded - instrument.N_PIX):
+        return np.zeros((instrument.N_PIX, instrument.N_PIX))
+    return padded[top:top + instrument.N_PIX, left:left + instrument.N_PIX]
+
+
+def forward_project(mask_or_plan, row: float, col: float, counts_per_open_pixel: float = 1.0):
+    """(80, 80) shadowgram of a point source at a (fractional) sky position, n counts per fully
+    open pixel: the resampled mask shifted per instrument.py, bilinear in the sub-pixel shift
+    (exact wherever a 4.5 mm cell lies within one mask element)."""
+    mask = (mask_or_plan.resampled_mask if isinstance(mask_or_plan, CorrelationPlan)
+            else np.asarray(mask_or_plan, dtype=float))
+    row0, col0 = int(np.floor(row)), int(np.floor(col))
+    frac_row, frac_col = row - row0, col - col0
+    padded = _pad_for_shadows(mask)
+    image = np.zeros((instrument.N_PIX, instrument.N_PIX))
+    for d_row, w_row in ((0, 1.0 - frac_row), (1, frac_row)):
+        for d_col, w_col in ((0, 1.0 - frac_col), (1, frac_col)):
+            if w_row * w_col > 0:
+                image += w_row * w_col * _integer_shadow(padded, row0 + d_row, col0 + d_col)
+    return counts_per_open_pixel * image
