@@ -7,7 +7,7 @@ setup(
     description="ECLAIRs coded-mask telescope pipeline (DPCO, CALI, BUBE, IMAG) on Apache Beam",
     python_requires=">=3.10",
     packages=find_packages(include=["ecpi_beam", "ecpi_beam.*"]),
-    package_data={"ecpi_beam": ["caldb/data/*/*", "demo/*"]},
+    package_data={"ecpi_beam": ["caldb/data/*/*", "simu/scenarios/*.toml"]},
     install_requires=[
         "apache-beam>=2.60",
         "numpy>=1.24",
