@@ -391,12 +391,18 @@ def default_scenario() -> Scenario:
 
 def _phase_away_from(pointing: Pointing, scenario: Scenario) -> float:
     """Orbit phase at tstart placing the spacecraft above the pointing at mid observation,
-    so that the Earth stays behind the instrument (demo without occultation)."""
-    from ecpi_beam.simu.orbit import orbit_state  # local: orbit imports this module
+    so that the Earth stays behind the instrument, among the phases whose observation never
+    enters the SAA (a demo without occultation and without lost time)."""
+    from ecpi_beam.simu.orbit import orbit_state, saa_flags  # local: orbit imports this module
 
     target = instrument.radec_to_unit(pointing.ra, pointing.dec)
-    phases = np.arange(0.0, 360.0, 1.0)
+    times = scenario.tstart + np.linspace(0.0, scenario.duration, 51)
     t_mid = np.array([scenario.tstart + scenario.duration / 2.0])
-    best = max(phases, key=lambda ph: float(
-        orbit_state(replace(scenario.orbit, phase_deg=ph), scenario.tstart, t_mid)[0][0] @ target))
-    return float(best)
+
+    def score(phase):
+        orbit = replace(scenario.orbit, phase_deg=phase)
+        positions = orbit_state(orbit, scenario.tstart, times)[0]
+        outside_saa = not np.any(saa_flags(positions, times))
+        return (outside_saa, float(orbit_state(orbit, scenario.tstart, t_mid)[0][0] @ target))
+
+    return float(max(np.arange(0.0, 360.0, 1.0), key=score))

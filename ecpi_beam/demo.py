@@ -1,0 +1,156 @@
+"""`ecpi_demo`: the embedded default run, end to end, as a new user would do it by hand.
+
+A workspace with the default CALDB (`caldb_init -s`), a simulated observation (`ecpi_simulate`),
+a seed-style parameter file, `ecpi_run` on the DirectRunner, then a table of injected against
+found sources and a quick-look PNG of the SNR sky image with both marked, axes in RA/Dec.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+DEMO_BANDS = "[[13,60],[61,140],[141,300],[301,620],[621,1260],[13,1260]]"
+QUICKLOOK_BAND = "13-1260"
+
+PARAMS_TEMPLATE = """\
+[general]
+logger_level = warning
+working_in = {working_in}
+working_out = {working_out}
+caldb_dir = @local
+
+[dpco]
+out_files = []
+
+[cali]
+out_files = ['ECL-GTI-CAL', 'ECL-EVT-CAL']
+
+[bube]
+energy_channels = {bands}
+ear_occ_bub = ['PEO']
+bkg_cor_mod = ['shape']
+out_files = ['ECL-DET-IMA', 'ECL-DET-UBC', 'ECL-GTI-UBC']
+
+[imag]
+snr_ths = 7
+win_dim = 5.0
+irf_corr = cos_theta
+out_files = ['ECL-SKY-IMA', 'ECL-SOP-IMA']
+"""
+
+
+def angular_offset_arcmin(ra1, dec1, ra2, dec2):
+    from ecpi_beam.instrument import radec_to_unit
+
+    cosine = np.clip(np.sum(radec_to_unit(ra1, dec1) * radec_to_unit(ra2, dec2), axis=-1), -1, 1)
+    return np.degrees(np.arccos(cosine)) * 60.0
+
+
+def match_sources(injected, found, radius_arcmin=60.0):
+    """Pair each injected source (name, ra, dec) with the nearest found row (ra, dec, snr)."""
+    pairs = []
+    for name, ra, dec in injected:
+        best = None
+        for row in found:
+            offset = float(angular_offset_arcmin(ra, dec, row["RA"], row["DEC"]))
+            if offset <= radius_arcmin and (best is None or offset < best[0]):
+                best = (offset, row)
+        pairs.append((name, ra, dec, best))
+    return pairs
+
+
+def print_table(pairs, out=sys.stdout):
+    print(f"{'source':<16}{'RA':>9}{'Dec':>9}  {'found':>6}{'offset':>10}{'SNR':>8}{'err90':>9}",
+          file=out)
+    for name, ra, dec, best in pairs:
+        if best is None:
+            print(f"{name:<16}{ra:9.3f}{dec:9.3f}  {'no':>6}", file=out)
+        else:
+            offset, row = best
+            print(f"{name:<16}{ra:9.3f}{dec:9.3f}  {'yes':>6}{offset:8.1f} '{row['SNR']:8.1f}"
+                  f"{row['ERR_RAD']:7.1f} '", file=out)
+
+
+def quicklook_png(sky_file, sources_found, injected, band, occ, png_path):
+    """SNR sky image in RA/Dec with injected (circles) and found (crosses) sources."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from astropy.wcs import WCS
+
+    with fits.open(sky_file) as hdul:
+        hdu = hdul[f"SNR_{band}_{occ}"]
+        snr, wcs = hdu.data, WCS(hdu.header)
+    fig = plt.figure(figsize=(8, 7))
+    ax = fig.add_subplot(projection=wcs)
+    image = ax.imshow(snr, origin="lower", cmap="viridis", vmin=-4, vmax=max(8.0, np.nanmax(snr)))
+    fig.colorbar(image, ax=ax, label="SNR")
+    transform = ax.get_transform("icrs")
+    for _, ra, dec in injected:
+        ax.scatter(ra, dec, transform=transform, s=200, facecolors="none", edgecolors="red",
+                   label="injected" if _ == injected[0][0] else None)
+    for row in sources_found:
+        ax.scatter(row["RA"], row["DEC"], transform=transform, marker="+", s=120, color="white")
+    ax.set_xlabel("RA")
+    ax.set_ylabel("Dec")
+    ax.set_title(f"ECL-SKY-IMA SNR, PI {band}, {occ}: red circles injected, white crosses found")
+    ax.coords.grid(color="white", alpha=0.3, linestyle=":")
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv) -> int:
+    parser = argparse.ArgumentParser(prog="ecpi_demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="demo-output", help="folder for everything (default %(default)s)")
+    parser.add_argument("--scenario", help="scenario file (default: the embedded one)")
+    args, beam_args = parser.parse_known_args(argv)
+
+    from ecpi_beam import run
+    from ecpi_beam.caldb import Caldb
+    from ecpi_beam.caldb.init import main as caldb_init
+    from ecpi_beam.simu import default_scenario, load_scenario, simulate
+    from ecpi_beam.workspace import resolve_caldb_dir
+
+    out = Path(args.out).resolve()
+    working_in, working_out = out / "input", out / "output"
+    working_in.mkdir(parents=True, exist_ok=True)
+    working_out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("ECPI_HOME", str(out / "workspace"))
+    print(f"[1/4] caldb_init -s  (workspace {os.environ['ECPI_HOME']})")
+    caldb_init(["-s"])
+    scenario = load_scenario(args.scenario) if args.scenario else default_scenario()
+    print(f"[2/4] ecpi_simulate  ({scenario.name}: {scenario.duration:.0f} s) -> {working_in}")
+    truth = simulate(scenario, str(working_in), Caldb.open(resolve_caldb_dir("@local")))
+    params_file = out / "parameters_file.ini"
+    params_file.write_text(PARAMS_TEMPLATE.format(working_in=working_in, working_out=working_out,
+                                                  bands=DEMO_BANDS))
+    print(f"[3/4] ecpi_run {params_file}")
+    code = run.main([str(params_file), *beam_args])
+    if code:
+        return code
+
+    print("[4/4] injected against found sources (broad band 13-1260, PEO)")
+    obs_id = truth.obs_id
+    with fits.open(working_out / f"ECL-SOP-IMA_{obs_id}.fits") as hdul:
+        table = hdul["SOURCES"].data
+        found = [row for row in table if row["BAND"].strip() == QUICKLOOK_BAND]
+    injected = [(src["name"], src["ra"], src["dec"]) for src in truth.sources]
+    pairs = match_sources(injected, found)
+    print_table(pairs)
+    png = out / "quicklook_snr.png"
+    quicklook_png(working_out / f"ECL-SKY-IMA_{obs_id}.fits", found, injected, QUICKLOOK_BAND,
+                  "PEO", png)
+    print(f"quick-look: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    from ecpi_beam.cli import ecpi_demo
+
+    sys.exit(ecpi_demo(sys.argv[1:]))

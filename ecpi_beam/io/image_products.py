@@ -1,0 +1,133 @@
+"""HDU builders for the BUBE and IMAG products (ICD section 4), one registry entry per product.
+
+Each product file holds, for every (band, occ) it was made for, a group of HDUs whose EXTNAME
+ends in `_<band>_<occ>` (e.g. `SNR_13-60_PEO`) and whose header carries BAND, PI_MIN, PI_MAX,
+E_MIN, E_MAX and OCC_TYPE, so ds9 (`file.fits[SNR_13-60_PEO]`) and astropy can pick one.
+"""
+from __future__ import annotations
+
+import numpy as np
+from astropy.io import fits
+
+from ecpi_beam.io.gti import gti_hdu
+from ecpi_beam.io.products import band_keywords
+
+
+def parse_band(band: str):
+    lo, hi = band.split("-")
+    return int(lo), int(hi)
+
+
+def _image_hdu(data, extname, keywords, comment=None, bunit=None):
+    hdu = fits.ImageHDU(np.ascontiguousarray(data), name=extname)
+    for key, value in keywords.items():
+        hdu.header[key] = value
+    if bunit:
+        hdu.header["BUNIT"] = bunit
+    if comment:
+        hdu.header["COMMENT"] = comment
+    return hdu
+
+
+def _group_keywords(band, occ, exposure):
+    keywords = dict(band_keywords(parse_band(band), occ))
+    keywords["EXPOSURE"] = (float(exposure), "[s] good time in the occultation class")
+    return keywords
+
+
+def detector_image_hdus(entries, timeline=None):
+    """ECL-DET-IMA: counts per (band, occ) and the pixel mask (1 good, 0 dead or noisy)."""
+    hdus = []
+    for band, occ, products in entries:
+        keywords = _group_keywords(band, occ, products.exposure)
+        hdus.append(_image_hdu(products.counts.astype(np.int32), f"COUNTS_{band}_{occ}", keywords,
+                               bunit="count"))
+    good = entries[0][2].good_pixels.astype(np.uint8)
+    hdus.append(_image_hdu(good, "PIXEL_MASK", {}, "1 = good pixel, 0 = dead or noisy"))
+    return hdus
+
+
+def corrected_image_hdus(entries, timeline=None):
+    """ECL-DET-UBC: background-corrected counts, their variance and the fitted model."""
+    hdus = []
+    for band, occ, products in entries:
+        correction = products.correction
+        keywords = _group_keywords(band, occ, products.exposure)
+        keywords["BKGMODE"] = (products.mode, "background correction mode ([bube] bkg_cor_mod)")
+        for index, (name, (value, error)) in enumerate(sorted(correction.coefficients.items()), 1):
+            keywords[f"BKGPAR{index}"] = (name, "background model term")
+            keywords[f"BKGVAL{index}"] = (float(value), f"fitted coefficient of {name}")
+            keywords[f"BKGERR{index}"] = (float(error), f"1-sigma error of {name}")
+        hdus += [
+            _image_hdu(correction.corrected.astype(np.float32), f"UBC_{band}_{occ}", keywords,
+                       bunit="count"),
+            _image_hdu(correction.variance.astype(np.float32), f"VARIANCE_{band}_{occ}", keywords,
+                       "Poisson variance of the counts", bunit="count2"),
+            _image_hdu(correction.model.astype(np.float32), f"BACKGROUND_{band}_{occ}", keywords,
+                       bunit="count"),
+        ]
+    return hdus
+
+
+def sky_image_hdus(entries, timeline=None):
+    """ECL-SKY-IMA: intensity, variance, SNR, partial coding and exposure maps with a TAN WCS."""
+    hdus = []
+    for band, occ, sky in entries:
+        keywords = {**_group_keywords(band, occ, sky.exposure), **sky.wcs_keywords}
+        images = sky.images
+        maps = (("INTENSITY", images.intensity, "count", "counts per fully open detector pixel"),
+                ("VARIANCE", images.variance, "count2", "variance of INTENSITY"),
+                ("SNR", images.snr, "", "INTENSITY / sqrt(VARIANCE)"),
+                ("PCODE", images.pcode, "", "partial coding fraction"),
+                ("EXPOSURE", images.pcode * sky.exposure, "s", "exposure x partial coding"))
+        for name, data, unit, comment in maps:
+            finite = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
+            hdus.append(_image_hdu(finite, f"{name}_{band}_{occ}", keywords, comment, unit or None))
+    return hdus
+
+
+SOURCE_COLUMNS = (
+    ("RA", "D", "deg"), ("DEC", "D", "deg"), ("ERR_RAD", "E", "arcmin"), ("SNR", "E", None),
+    ("FLUX", "E", "count/(s cm2)"), ("FLUX_ERR", "E", "count/(s cm2)"), ("BAND", "12A", None),
+    ("PI_MIN", "J", "chan"), ("PI_MAX", "J", "chan"), ("E_MIN", "E", "keV"), ("E_MAX", "E", "keV"),
+    ("OCC_TYPE", "3A", None), ("SKY_X", "E", "pixel"), ("SKY_Y", "E", "pixel"), ("PCODE", "E", None),
+)
+
+
+def source_table_hdus(entries, timeline=None):
+    """ECL-SOP-IMA: one row per detected source per (band, occ); SKY_X/Y are 1-based FITS pixels."""
+    rows = []
+    for band, occ, sky in entries:
+        lo, hi = parse_band(band)
+        band_kw = band_keywords((lo, hi), occ)
+        for src in sky.sources:
+            rows.append((src.ra, src.dec, src.err_rad_arcmin, src.snr, src.flux, src.flux_err,
+                         band, lo, hi, _value(band_kw["E_MIN"]), _value(band_kw["E_MAX"]), occ,
+                         src.col + 1.0, src.row + 1.0, src.pcode))
+    columns = []
+    for index, (name, fmt, unit) in enumerate(SOURCE_COLUMNS):
+        values = [row[index] for row in rows]
+        columns.append(fits.Column(name=name, format=fmt, unit=unit, array=np.array(
+            values, dtype=object if fmt.endswith("A") else float) if values else None))
+    table = fits.BinTableHDU.from_columns(columns, name="SOURCES", nrows=len(rows))
+    if rows:  # from_columns with nrows pads; fill strings explicitly for clarity
+        for name in ("BAND", "OCC_TYPE"):
+            table.data[name] = [row[[c[0] for c in SOURCE_COLUMNS].index(name)] for row in rows]
+    return [table]
+
+
+def _value(keyword):
+    return keyword[0] if isinstance(keyword, tuple) else keyword
+
+
+def occultation_gti_hdus(timeline, occ_types):
+    """ECL-GTI-UBC: the good time of each occultation type, one OGIP GTI extension each."""
+    return [gti_hdu(timeline.class_gti[occ], f"GTI_{occ}", {"OCC_TYPE": occ}) for occ in occ_types]
+
+
+PRODUCT_BUILDERS = {
+    "ECL-DET-IMA": detector_image_hdus,
+    "ECL-DET-UBC": corrected_image_hdus,
+    "ECL-SKY-IMA": sky_image_hdus,
+    "ECL-SOP-IMA": source_table_hdus,
+}

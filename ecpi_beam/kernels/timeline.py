@@ -1,0 +1,65 @@
+"""Per-observation imaging timeline: reference attitude, Earth occultation and good time per class.
+
+ICD section 1 (Earth occultation classes): a product for occultation type T uses the time in
+class T and every lower class. Sky images are made in the frame of one reference attitude, so
+time when the boresight strays from it (slews, a second pointing) is left out of imaging.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ecpi_beam import instrument
+from ecpi_beam.kernels import intervals, occultation
+
+# Boresight excursion from the reference attitude beyond which time is not imaged: a tenth of
+# a sky pixel, so the accumulated shadowgram stays sharp.
+POINTING_TOLERANCE_DEG = 0.05
+
+
+@dataclass(frozen=True)
+class ImagingTimeline:
+    """What BUBE and IMAG need of one observation's attitude, orbit and good time."""
+
+    reference_quaternion: np.ndarray  # (4,) scalar-last
+    good_time: np.ndarray  # (n, 2): CALI good time, on the reference pointing
+    class_gti: dict = field(default_factory=dict)  # occ type -> (n, 2), cumulative classes
+    sample_time: np.ndarray = None  # attitude sample times (s)
+    occultation_fraction: np.ndarray = None  # f(t) at sample_time
+
+    def exposure(self, occ_type: str) -> float:
+        return float(intervals.duration(self.class_gti[occ_type]))
+
+
+def interpolate_positions(orbit_time, position, times):
+    """Orbit positions at `times`, linear per axis (ICD: orbit sampled at about 1 Hz)."""
+    return np.stack([np.interp(times, orbit_time, position[:, k]) for k in range(3)], axis=-1)
+
+
+def imaging_timeline(att_time, qparam, orbit_time, position, good_time, occ_types,
+                     peof_min=instrument.PEOF_MIN_DEFAULT, peof_max=instrument.PEOF_MAX_DEFAULT,
+                     grid=None) -> ImagingTimeline:
+    """Reference attitude, f(t) on the attitude grid and the good time of each occultation type."""
+    att_time = np.asarray(att_time, dtype=float)
+    qparam = np.asarray(qparam, dtype=float)
+    in_good = intervals.mask_times(att_time, good_time)
+    if not np.any(in_good):
+        empty = np.zeros((0, 2))
+        return ImagingTimeline(instrument.quaternion_from_pointing(0.0, 0.0), empty,
+                               {occ: empty for occ in occ_types}, att_time,
+                               np.zeros(len(att_time)))
+    reference = instrument.mean_quaternion(qparam[in_good])
+    boresight = instrument.attitude_matrix(qparam)[:, :, 0]
+    reference_boresight = instrument.attitude_matrix(reference)[:, 0]
+    offset_deg = np.degrees(np.arccos(np.clip(boresight @ reference_boresight, -1.0, 1.0)))
+    on_target = intervals.from_boolean_samples(att_time, offset_deg <= POINTING_TOLERANCE_DEG)
+    imaging_time = intervals.intersect(good_time, on_target)
+
+    grid = occultation.field_of_view_grid() if grid is None else grid
+    fraction = occultation.occultation_fraction(
+        qparam, interpolate_positions(orbit_time, position, att_time), grid)
+    classes = occultation.occultation_classes(fraction, peof_min, peof_max)
+    class_gti = {occ: occultation.class_intervals(att_time, classes, occ, imaging_time)
+                 for occ in occ_types}
+    return ImagingTimeline(reference, imaging_time, class_gti, att_time, fraction)

@@ -1,0 +1,55 @@
+"""Params + PipelineOptions -> the Beam graph of DPCO, CALI, BUBE and IMAG.
+
+One graph serves one observation or a campaign of thousands: every collection is keyed by
+obs_id first, so more observations are just more keys.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+
+from ecpi_beam.transforms.bube import Bube, ImagingTimelines
+from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
+from ecpi_beam.transforms.imag import Imag
+from ecpi_beam.transforms.read import ReadObservation
+from ecpi_beam.transforms.write import WriteFailures, WriteImageProducts, WriteTimelineProducts
+
+BUBE_PRODUCTS = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM")
+IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
+
+
+def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dirs):
+    """Add the whole chain to `pipeline`; returns the dict of named output collections."""
+    general = params.general
+    fingerprint = params.fingerprint()
+    read = (pipeline
+            | "ObservationDirs" >> beam.Create(list(observation_dirs))
+            | "Read" >> ReadObservation(chunk_size=params.cali.chunk_size))
+    observations = read.observations
+    calibrated = read.chunks | "Cali" >> Cali(caldb_dir, observations)
+    outputs = {"observations": observations, "calibrated": calibrated}
+
+    if params.cali.out_files:
+        _ = calibrated | "WriteCali" >> WriteCaliProducts(
+            general.working_out, params.cali.out_files, fingerprint, observations)
+
+    wants_imag = bool(params.imag.out_files)
+    if params.bube.out_files or wants_imag:
+        timelines = observations | "Timelines" >> ImagingTimelines(params.bube)
+        detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines)
+        outputs.update(timelines=timelines, detector=detector)
+        write = dict(working_out=general.working_out, fingerprint=fingerprint,
+                     observations=observations)
+        if "ECL-GTI-UBC" in params.bube.out_files:
+            _ = timelines | "WriteGtiUbc" >> WriteTimelineProducts("ECL-GTI-UBC", **write)
+        for product in ("ECL-DET-IMA", "ECL-DET-UBC"):
+            if product in params.bube.out_files:
+                _ = detector | f"Write{product}" >> WriteImageProducts(product, **write)
+        if wants_imag:
+            sky = detector | "Imag" >> Imag(params.imag, caldb_dir, timelines)
+            outputs["sky"] = sky
+            for product in params.imag.out_files:
+                _ = sky | f"Write{product}" >> WriteImageProducts(product, **write)
+
+    _ = read.failures | "WriteFailures" >> WriteFailures(general.working_out)
+    outputs["failures"] = read.failures
+    return outputs

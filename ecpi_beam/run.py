@@ -1,0 +1,104 @@
+"""`python -m ecpi_beam.run --params params.ini --runner DirectRunner` and `ecpi_run params.ini`.
+
+Every option that is not ours is passed to Beam's PipelineOptions (runner, workers, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from ecpi_beam.errors import EcpiError
+from ecpi_beam.io import fs
+from ecpi_beam.params import load_params
+from ecpi_beam.pipelines.observation import build_observation_pipeline
+from ecpi_beam.pipelines.preflight import check_capabilities, preflight_observations
+from ecpi_beam.transforms.write import FAILURES_FILE
+from ecpi_beam.workspace import resolve_caldb_dir
+
+log = logging.getLogger("ecpi_beam")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="ecpi_run", description="Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG) on Beam.",
+        epilog="Other options (--runner, --direct_num_workers, ...) go to Beam's PipelineOptions.")
+    parser.add_argument("params_file", nargs="?", help="the parameter file (.ini)")
+    parser.add_argument("--params", dest="params_option", help="the parameter file (.ini)")
+    args, beam_args = parser.parse_known_args(argv)
+    path = args.params_option or args.params_file
+    if not path:
+        raise EcpiError("no parameter file: give it as `ecpi_run params.ini` or --params params.ini")
+    if not any(arg.startswith("--runner") for arg in beam_args):
+        beam_args = ["--runner", "DirectRunner", *beam_args]
+    return path, beam_args
+
+
+def configure_logging(level_name: str):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(getattr(logging, level_name.upper()))
+
+
+def metric_totals(result):
+    """Counter name -> total over steps, for the summary line (Metrics are the log of record)."""
+    totals = {}
+    for counter in result.metrics().query(MetricsFilter())["counters"]:
+        name = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[name] = totals.get(name, 0) + (value or 0)
+    return totals
+
+
+def read_failures(working_out):
+    url = fs.join(working_out, FAILURES_FILE)
+    if not fs.exists(url):
+        return []
+    with fs.open_file(url, "rb") as handle:
+        return [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]
+
+
+def run(params, beam_args, caldb_dir, observation_dirs):
+    """Build and run the pipeline; returns (metric totals, failure records)."""
+    stale = fs.join(params.general.working_out, FAILURES_FILE)
+    if fs.exists(stale):
+        fs.remove(stale)
+    options = PipelineOptions(beam_args)
+    with beam.Pipeline(options=options) as pipeline:
+        build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs)
+    result = pipeline.result if hasattr(pipeline, "result") else None
+    totals = metric_totals(result) if result is not None else {}
+    return totals, read_failures(params.general.working_out)
+
+
+def main(argv) -> int:
+    started = time.time()
+    path, beam_args = parse_args(argv)
+    params = load_params(path)
+    configure_logging(params.general.logger_level)
+    check_capabilities(params)
+    caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
+    observation_dirs = fs.find_observation_dirs(params.general.working_in)
+    preflight_observations(observation_dirs)
+    totals, failures = run(params, beam_args, caldb_dir, observation_dirs)
+    for failure in failures:
+        print(f"error: {failure.get('obs_dir')}: {failure.get('error')}", file=sys.stderr)
+    done = len(observation_dirs) - len(failures)
+    print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed in "
+          f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "
+          f"calibrated {int(totals.get('ecpi.cali.events_out', 0))}; "
+          f"products {int(totals.get('ecpi.write.products_written', 0))}; "
+          f"sources {int(totals.get('ecpi.imag.sources_found', 0))}; "
+          f"products in {params.general.working_out}")
+    return 2 if failures else 0
+
+
+if __name__ == "__main__":
+    from ecpi_beam.cli import ecpi_run
+
+    sys.exit(ecpi_run(sys.argv[1:]))

@@ -1,0 +1,136 @@
+"""BUBE as Beam transforms: Earth-occultation timelines, keyed detector images, background.
+
+Calibrated chunks (obs_id, events) become partial 80 x 80 images keyed (obs_id, band, occ);
+a CombineFn with an image-sized accumulator sums them, so memory does not grow with the
+observation; the background is then fitted per key (SCIENCE.md, Backgrounds).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from ecpi_beam import instrument
+from ecpi_beam.caldb import Caldb
+from ecpi_beam.kernels import background, binning, intervals
+from ecpi_beam.kernels.gti import good_time
+from ecpi_beam.kernels.timeline import ImagingTimeline, imaging_timeline
+
+NAMESPACE = "ecpi.bube"
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorProducts:
+    """BUBE result for one (obs_id, band, occ) key."""
+
+    counts: np.ndarray  # (80, 80) int64
+    exposure: float  # s: good time in the occultation class
+    good_pixels: np.ndarray  # (80, 80) bool: not dead, not noisy
+    efficiency: np.ndarray  # (80, 80) relative efficiency (CALDB EFFIC)
+    mode: str
+    correction: background.BackgroundResult
+
+
+def observation_timeline(observation, bube_params) -> ImagingTimeline:
+    """The ImagingTimeline of an Observation (see transforms.read) for the [bube] parameters."""
+    return imaging_timeline(
+        observation.attitude.time, observation.attitude.qparam,
+        observation.orbit.time, observation.orbit.position,
+        good_time(observation)["ALL"], bube_params.ear_occ_bub,
+        bube_params.peof_min, bube_params.peof_max)
+
+
+class BinDetectorImages(beam.DoFn):
+    """One partial detector image per (band, occ) of each calibrated chunk."""
+
+    def __init__(self, bands, occ_types):
+        self._bands = tuple((int(lo), int(hi)) for lo, hi in bands)
+        self._occ_types = tuple(occ_types)
+        self._binned = Metrics.counter(NAMESPACE, "events_binned")
+
+    def process(self, element, timelines):
+        obs_id, events = element
+        timeline = timelines[obs_id]
+        for occ in self._occ_types:
+            in_class = intervals.mask_times(events["TIME"], timeline.class_gti[occ])
+            for band in self._bands:
+                selected = in_class & binning.band_mask(events["PI"], band)
+                self._binned.inc(int(selected.sum()))
+                image = binning.detector_histogram(events["IDET"][selected], events["JDET"][selected])
+                yield (str(obs_id), instrument.band_name(band), occ), image
+
+
+class DetectorImageSum(beam.CombineFn):
+    """Sums 80 x 80 count images; the accumulator is one image (associative, commutative)."""
+
+    def create_accumulator(self):
+        return binning.empty_image()
+
+    def add_input(self, accumulator, image):
+        return binning.add(accumulator, image)
+
+    def merge_accumulators(self, accumulators):
+        return binning.merge(accumulators)
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+class CorrectBackground(beam.DoFn):
+    """Fits and removes the background of each keyed detector image (mode per occ type)."""
+
+    def __init__(self, caldb_dir: str, mode_by_occ: dict):
+        self._caldb_dir = caldb_dir
+        self._mode_by_occ = dict(mode_by_occ)
+
+    def setup(self):
+        caldb = Caldb.open(self._caldb_dir)
+        pixcal = caldb.pixel_calibration()
+        self._good = pixcal.status == 0
+        self._efficiency = np.where(self._good, pixcal.effic, 0.0)
+        self._template = background.sky_illumination_template(caldb.mask_pattern(), self._efficiency)
+
+    def process(self, element, timelines):
+        (obs_id, band, occ), counts = element
+        mode = self._mode_by_occ[occ]
+        correction = background.correct_background(mode, counts, self._good, self._template)
+        yield (obs_id, band, occ), DetectorProducts(
+            counts=counts, exposure=timelines[obs_id].exposure(occ), good_pixels=self._good,
+            efficiency=self._efficiency, mode=mode, correction=correction)
+
+
+@dataclasses.dataclass(eq=False)
+class ImagingTimelines(beam.PTransform):
+    """(obs_id, Observation) -> (obs_id, ImagingTimeline)."""
+
+    bube_params: object
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, observations):
+        params = self.bube_params
+        return observations | beam.MapTuple(lambda obs_id, obs: (obs_id, observation_timeline(obs, params)))
+
+
+@dataclasses.dataclass(eq=False)
+class Bube(beam.PTransform):
+    """Calibrated chunks -> ((obs_id, band, occ), DetectorProducts)."""
+
+    bube_params: object
+    caldb_dir: str
+    timelines: beam.PCollection
+
+    def __post_init__(self):
+        super().__init__()
+
+    def expand(self, calibrated):
+        params = self.bube_params
+        side = beam.pvalue.AsDict(self.timelines)
+        images = (calibrated
+                  | "Bin" >> beam.ParDo(BinDetectorImages(params.energy_channels, params.ear_occ_bub), side)
+                  | "Sum" >> beam.CombinePerKey(DetectorImageSum()))
+        mode_by_occ = {occ: params.correction_for(occ) for occ in params.ear_occ_bub}
+        return images | "Background" >> beam.ParDo(CorrectBackground(self.caldb_dir, mode_by_occ), side)
