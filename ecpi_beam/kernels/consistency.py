@@ -1,0 +1,240 @@
+"""DPCO consistency checks of an input triplet (ICD section 2), as pure functions.
+
+Every check returns a list of problem strings (one line each, naming the file, extension, key or
+column, the value found and the value expected) so that DPCO reports ALL problems of an
+observation at once. Checks over the EVENTS rows work per row-range chunk (`check_event_chunk`)
+and their results merge (`EventCheck.merge`), so a whole event file is never in memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+from ecpi_beam import instrument
+
+# extension -> {column: FITS TFORM} per ICD section 2, and the file kind that carries it
+REQUIRED_TABLES = {
+    "evt": {"EVENTS": {"TIME": "D", "IDET": "B", "JDET": "B", "PHA": "I", "FLAG": "B"},
+            "GTI": {"START": "D", "STOP": "D"}},
+    "att": {"ATTITUDE": {"TIME": "D", "QPARAM": "4D", "FLAG_ATT": "B"}},
+    "orb": {"ORBIT": {"TIME": "D", "POSITION": "3D", "VELOCITY": "3D", "FLAG_PVT": "B"}},
+}
+PRIMARY_KEYWORDS = ("TELESCOP", "OBS_ID", "TSTART", "TSTOP", "MJDREFI", "MJDREFF", "TIMESYS",
+                    "TIMEUNIT")
+SHARED_KEYWORDS = ("OBS_ID", "TELESCOP", "MJDREFI", "MJDREFF", "TIMESYS")
+TELESCOP = "SVOM"
+EVENTS_INSTRUME = "ECLAIRs"
+MAX_TIME_BACKSTEP_S = 100e-6  # ICD: EVENTS rows may step back in TIME by up to 100 us
+QUATERNION_NORM_TOLERANCE = 1e-3
+MJDREFF_TOLERANCE = 1e-12
+
+
+class Triplet(NamedTuple):
+    """URLs of one observation's input files."""
+
+    evt: str
+    att: str
+    orb: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSummary:
+    """What DPCO needs of one FITS file: its name, primary keywords and table columns."""
+
+    name: str  # base name, used in messages
+    primary: dict  # primary-header keywords
+    columns: dict  # extname -> {column: TFORM}
+    extension_keywords: dict = dataclasses.field(default_factory=dict)  # extname -> {key: value}
+    unreadable: frozenset = frozenset()  # extensions present but damaged (reported already)
+
+
+def _normal_tform(tform):
+    """'1D' and 'D' are the same FITS column type; keep the repeat count otherwise."""
+    match = re.fullmatch(r"\s*(\d*)([A-Za-z])\S*\s*", str(tform))
+    if not match:
+        return str(tform).strip()
+    repeat = match.group(1) or "1"
+    return match.group(2).upper() if repeat == "1" else repeat + match.group(2).upper()
+
+
+def check_columns(kind, summary):
+    """Missing extensions, missing columns and wrong FITS types of one file of the triplet."""
+    problems = []
+    for extname, required in REQUIRED_TABLES[kind].items():
+        columns = summary.columns.get(extname)
+        if extname in summary.unreadable:
+            continue
+        if columns is None:
+            problems.append(f"{summary.name}: extension {extname} is missing")
+            continue
+        for column, tform in required.items():
+            if column not in columns:
+                problems.append(f"{summary.name} {extname}: column {column} is missing "
+                                f"(expected TFORM {tform})")
+            elif _normal_tform(columns[column]) != tform:
+                problems.append(f"{summary.name} {extname}: column {column} has TFORM "
+                                f"{columns[column]}; expected {tform}")
+    if kind == "evt" and "EVENTS" in summary.columns:
+        instrume = summary.extension_keywords.get("EVENTS", {}).get("INSTRUME")
+        if instrume != EVENTS_INSTRUME:
+            problems.append(f"{summary.name} EVENTS: INSTRUME = {instrume!r}; "
+                            f"expected {EVENTS_INSTRUME!r}")
+    return problems
+
+
+def check_primary_keywords(summaries):
+    """ICD keywords present in each primary header, equal across the triplet where they must be.
+
+    summaries: {kind: FileSummary}, kinds among 'evt', 'att', 'orb'.
+    """
+    problems = []
+    for summary in summaries.values():
+        missing = [key for key in PRIMARY_KEYWORDS if key not in summary.primary]
+        if missing:
+            problems.append(f"{summary.name}: primary header lacks {', '.join(missing)}")
+        if "TELESCOP" in summary.primary and summary.primary["TELESCOP"] != TELESCOP:
+            problems.append(f"{summary.name}: TELESCOP = {summary.primary['TELESCOP']!r}; "
+                            f"expected {TELESCOP!r}")
+        if "TIMEUNIT" in summary.primary and summary.primary["TIMEUNIT"] != "s":
+            problems.append(f"{summary.name}: TIMEUNIT = {summary.primary['TIMEUNIT']!r}; "
+                            "expected 's'")
+    for key in SHARED_KEYWORDS:
+        values = {s.name: s.primary[key] for s in summaries.values() if key in s.primary}
+        if len(values) < 2:
+            continue
+        reference = next(iter(values.values()))
+        if key == "MJDREFF":
+            equal = all(abs(float(v) - float(reference)) <= MJDREFF_TOLERANCE
+                        for v in values.values())
+        else:
+            equal = all(str(v).strip() == str(reference).strip() for v in values.values())
+        if not equal:
+            listed = ", ".join(f"{name} {value!r}" for name, value in values.items())
+            problems.append(f"{key} differs across the triplet: {listed}")
+    evt = summaries.get("evt")
+    if evt is not None and "TSTART" in evt.primary and "TSTOP" in evt.primary:
+        if not float(evt.primary["TSTART"]) < float(evt.primary["TSTOP"]):
+            problems.append(f"{evt.name}: TSTART {evt.primary['TSTART']} is not before "
+                            f"TSTOP {evt.primary['TSTOP']}")
+    return problems
+
+
+def check_sampled_table(name, extname, time, tstart, tstop):
+    """An attitude or orbit TIME column: increasing and covering the events' [TSTART, TSTOP]."""
+    time = np.asarray(time, dtype=float)
+    if len(time) == 0:
+        return [f"{name} {extname}: no rows; expected samples covering [{tstart}, {tstop}]"]
+    problems = []
+    if np.any(np.diff(time) <= 0):
+        problems.append(f"{name} {extname}: TIME is not strictly increasing")
+    if time.min() > tstart or time.max() < tstop:
+        problems.append(f"{name} {extname}: TIME covers [{time.min()}, {time.max()}], not the "
+                        f"events' [TSTART, TSTOP] = [{tstart}, {tstop}]")
+    return problems
+
+
+def check_quaternions(name, qparam):
+    """Attitude quaternions must have unit norm (ICD)."""
+    norm = np.linalg.norm(np.asarray(qparam, dtype=float).reshape(-1, 4), axis=1)
+    bad = np.flatnonzero(np.abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE)
+    if len(bad) == 0:
+        return []
+    return [f"{name} ATTITUDE: {len(bad)} QPARAM rows with norm != 1 "
+            f"(first at row {bad[0]}: norm {norm[bad[0]]:.6g})"]
+
+
+# ----------------------------------------------------------------------------------------------
+# EVENTS rows, chunk by chunk
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Finding:
+    """Rows of one kind of problem: how many, and the first one (row number, value)."""
+
+    count: int
+    first_row: int
+    first_value: float
+
+    def merge(self, other):
+        first = self if self.first_row <= other.first_row else other
+        return Finding(self.count + other.count, first.first_row, first.first_value)
+
+
+# kind -> message template: '{count} ... (first at row {row}: {value})'
+EVENT_FINDINGS = {
+    "time_backstep": "TIME steps back by more than 100 us",
+    "time_outside": "TIME outside [TSTART, TSTOP]",
+    "pha_range": f"PHA outside 0..{instrument.N_PHA - 1}",
+    "idet_range": f"IDET outside 0..{instrument.N_PIX - 1}",
+    "jdet_range": f"JDET outside 0..{instrument.N_PIX - 1}",
+}
+
+
+@dataclasses.dataclass
+class EventCheck:
+    """Merged result of checking EVENTS row chunks: a small accumulator (counts and firsts)."""
+
+    n_rows: int = 0
+    n_chunks: int = 0
+    tolerated_backsteps: int = 0  # steps back of at most 100 us, allowed by the ICD
+    findings: dict = dataclasses.field(default_factory=dict)  # kind -> Finding
+
+    def merge(self, other):
+        findings = dict(self.findings)
+        for kind, finding in other.findings.items():
+            findings[kind] = findings[kind].merge(finding) if kind in findings else finding
+        return EventCheck(self.n_rows + other.n_rows, self.n_chunks + other.n_chunks,
+                          self.tolerated_backsteps + other.tolerated_backsteps, findings)
+
+    def problems(self, file_name, n_expected_rows=None):
+        """One message per kind of problem, in EVENT_FINDINGS order."""
+        messages = [f"{file_name} EVENTS: {self.findings[kind].count} rows with "
+                    f"{EVENT_FINDINGS[kind]} (first at row {self.findings[kind].first_row}: "
+                    f"{self.findings[kind].first_value:.9g})"
+                    for kind in EVENT_FINDINGS if kind in self.findings]
+        if n_expected_rows is not None and self.n_rows != n_expected_rows:
+            messages.append(f"{file_name} EVENTS: {self.n_rows} rows checked; NAXIS2 says "
+                            f"{n_expected_rows}")
+        return messages
+
+
+def _finding(bad, values, first_row):
+    index = np.flatnonzero(bad)
+    if len(index) == 0:
+        return None
+    return Finding(int(len(index)), int(first_row + index[0]), float(values[index[0]]))
+
+
+def check_event_chunk(events, first_row, previous_time, tstart, tstop):
+    """EventCheck of the EVENTS rows [first_row, first_row + len(events)).
+
+    previous_time: TIME of row first_row - 1 (None for the first chunk), so that the time-order
+    check also holds across chunk boundaries.
+    """
+    time = events["TIME"]
+    times = time if previous_time is None else np.concatenate([[previous_time], time])
+    step = np.diff(times)
+    step_row = first_row + 1 if previous_time is None else first_row  # row of step[0]'s later row
+    candidates = {
+        "time_backstep": (step < -MAX_TIME_BACKSTEP_S, step, step_row),
+        "time_outside": ((time < tstart) | (time > tstop), time, first_row),
+        "pha_range": ((events["PHA"] < 0) | (events["PHA"] >= instrument.N_PHA), events["PHA"],
+                      first_row),
+        "idet_range": (events["IDET"] >= instrument.N_PIX, events["IDET"], first_row),
+        "jdet_range": (events["JDET"] >= instrument.N_PIX, events["JDET"], first_row),
+    }
+    findings = {}
+    for kind, (bad, values, row0) in candidates.items():
+        finding = _finding(bad, values, row0)
+        if finding is not None:
+            findings[kind] = finding
+    tolerated = int(((step < 0) & (step >= -MAX_TIME_BACKSTEP_S)).sum())
+    return EventCheck(len(events), 1, tolerated, findings)
+
+
+def dpco_error_message(obs_dir, problems):
+    """The one-line DPCO failure: '<obs_dir>: DPCO found N problems: p1; p2; ...'."""
+    noun = "problem" if len(problems) == 1 else "problems"
+    return f"{obs_dir}: DPCO found {len(problems)} {noun}: " + "; ".join(problems)
