@@ -125,19 +125,35 @@ def mask_transmits(pattern, y_mask_mm, z_mask_mm):
     return out
 
 
-def _overlap_matrix():
-    """O[k, m]: fraction of 4.5 mm cell k covered by mask element m (one axis)."""
-    cell_lo = -MASK_WIDTH_MM / 2.0 + PIXEL_PITCH_MM * np.arange(N_MASK_CELLS)
+def axis_overlap(centres_mm, width_mm):
+    """O[k, m]: fraction of a window of `width_mm` centred at centres_mm[k] (mask-plane
+    coordinate along one axis) covered by mask element m. Mask elements are rectangles, so a
+    2-D overlap with the open elements separates into O_z @ pattern @ O_y.T."""
+    centres = np.asarray(centres_mm, dtype=float)
     elem_lo = -MASK_WIDTH_MM / 2.0 + MASK_PITCH_MM * np.arange(N_MASK)
-    lo = np.maximum(cell_lo[:, None], elem_lo[None, :])
-    hi = np.minimum(cell_lo[:, None] + PIXEL_PITCH_MM, elem_lo[None, :] + MASK_PITCH_MM)
-    return np.clip(hi - lo, 0.0, None) / PIXEL_PITCH_MM
+    lo = np.maximum(centres[:, None] - width_mm / 2.0, elem_lo[None, :])
+    hi = np.minimum(centres[:, None] + width_mm / 2.0, elem_lo[None, :] + MASK_PITCH_MM)
+    return np.clip(hi - lo, 0.0, None) / width_mm
 
 
 def resample_mask(pattern):
     """Open fraction of each 4.5 mm cell of the mask plane: 120 x 120, exact area overlap."""
-    overlap = _overlap_matrix()
+    centres = (np.arange(N_MASK_CELLS) - (N_MASK_CELLS - 1) / 2.0) * PIXEL_PITCH_MM
+    overlap = axis_overlap(centres, PIXEL_PITCH_MM)
     return overlap @ np.asarray(pattern, dtype=float) @ overlap.T
+
+
+def pixel_open_fraction(pattern, direction_los):
+    """(80, 80) [IDET, JDET]: exact open fraction of each pixel's 4.0 mm active area seen from
+    direction u through the thin mask (ICD photon path: the active square shifted by
+    460 (u_y/u_x, u_z/u_x) mm on the mask plane). Zero for directions behind the detector."""
+    u = np.asarray(direction_los, dtype=float)
+    if u[0] <= 0:
+        return np.zeros((N_PIX, N_PIX))
+    centres = pixel_centre_mm(np.arange(N_PIX))
+    return (axis_overlap(centres + MASK_HEIGHT_MM * u[2] / u[0], PIXEL_SIZE_MM)
+            @ np.asarray(pattern, dtype=float)
+            @ axis_overlap(centres + MASK_HEIGHT_MM * u[1] / u[0], PIXEL_SIZE_MM).T)
 
 
 def mask_crossing_mm(y_mm, z_mm, direction_los):

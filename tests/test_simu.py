@@ -173,9 +173,14 @@ def test_background_only_rate_is_realistic_and_earth_hides_cxb(tmp_path, caldb):
     assert truth.backgrounds["cxb"]["injected_total"] > truth.backgrounds["internal"][
         "injected_total"]
     assert truth.backgrounds["albedo"]["injected_total"] == 0  # demo: Earth out of the field
-    # half an orbit later the Earth fills the field: less CXB, some albedo
+    # with the spacecraft on the far side of the Earth from the pointing, the Earth fills the
+    # field: less CXB, some albedo
+    pointing = instrument.radec_to_unit(base.pointings[0].ra, base.pointings[0].dec)
+    facing_earth = min(np.arange(0.0, 360.0, 2.0), key=lambda phase: float(orbit_state(
+        dataclasses.replace(quiet.orbit, phase_deg=phase), quiet.tstart,
+        np.array([quiet.tstart]))[0][0] @ pointing))
     earthy = dataclasses.replace(quiet, name="earthy", orbit=dataclasses.replace(
-        quiet.orbit, phase_deg=quiet.orbit.phase_deg + 180.0))
+        quiet.orbit, phase_deg=float(facing_earth)))
     hidden = simulate(earthy, str(tmp_path), caldb)
     assert hidden.backgrounds["cxb"]["injected_total"] < 0.5 * truth.backgrounds["cxb"][
         "injected_total"]
@@ -185,7 +190,7 @@ def test_background_only_rate_is_realistic_and_earth_hides_cxb(tmp_path, caldb):
         earthy.background, earth=False))
     open_sky = simulate(no_earth, str(tmp_path), caldb)
     assert open_sky.backgrounds["cxb"]["expected_photons"] == pytest.approx(
-        truth.backgrounds["cxb"]["expected_photons"], rel=1e-6)
+        truth.backgrounds["cxb"]["expected_photons"], rel=1e-3)  # the demo phase grazes the field corners
 
 
 def test_grb_follows_its_fred_light_curve(tmp_path, caldb):

@@ -20,30 +20,10 @@ from scipy.special import ndtr
 
 from ecpi_beam import instrument
 
-HALF_ACTIVE_MM = instrument.PIXEL_SIZE_MM / 2.0
-_ELEMENT_LO_MM = -instrument.MASK_WIDTH_MM / 2.0 + instrument.MASK_PITCH_MM * np.arange(
-    instrument.N_MASK)
 STATUS_GOOD, STATUS_NOISY, STATUS_DEAD = 0, 1, 2
 
-
-def _axis_overlap(centres_mm) -> np.ndarray:
-    """O[k, m]: fraction of the 4.0 mm active width centred at centres_mm[k] over mask element m."""
-    lo = np.maximum(centres_mm[:, None] - HALF_ACTIVE_MM, _ELEMENT_LO_MM[None, :])
-    hi = np.minimum(centres_mm[:, None] + HALF_ACTIVE_MM,
-                    _ELEMENT_LO_MM[None, :] + instrument.MASK_PITCH_MM)
-    return np.clip(hi - lo, 0.0, None) / instrument.PIXEL_SIZE_MM
-
-
-def open_fraction(pattern, direction_los) -> np.ndarray:
-    """(80, 80) [IDET, JDET] open fraction of each pixel's active area towards direction u."""
-    u = np.asarray(direction_los, float)
-    if u[0] <= 0:
-        return np.zeros((instrument.N_PIX, instrument.N_PIX))
-    centres = instrument.pixel_centre_mm(np.arange(instrument.N_PIX))
-    shift_y = instrument.MASK_HEIGHT_MM * u[1] / u[0]
-    shift_z = instrument.MASK_HEIGHT_MM * u[2] / u[0]
-    return _axis_overlap(centres + shift_z) @ np.asarray(pattern, float) @ _axis_overlap(
-        centres + shift_y).T
+# The exact thin-mask shadow lives in the instrument model, shared with IMAG's source cleaning.
+open_fraction = instrument.pixel_open_fraction
 
 
 def cell_open_fraction(pattern) -> np.ndarray:
@@ -51,7 +31,7 @@ def cell_open_fraction(pattern) -> np.ndarray:
     cell; the shadow of sky-grid pixel (row, col) on pixel (i, j) is cell (i+row-79, j+col-79)."""
     centres = (np.arange(instrument.N_MASK_CELLS) - (instrument.N_MASK_CELLS - 1) / 2.0) \
         * instrument.PIXEL_PITCH_MM
-    overlap = _axis_overlap(centres)
+    overlap = instrument.axis_overlap(centres, instrument.PIXEL_SIZE_MM)
     return overlap @ np.asarray(pattern, float) @ overlap.T
 
 
