@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
-from ecpi_beam.kernels import detection, imaging
+from ecpi_beam.kernels import cleaning, detection, imaging
 
 NAMESPACE = "ecpi.imag"
 
@@ -80,18 +80,18 @@ class MakeSkyImages(beam.DoFn):
         self._sources = Metrics.counter(NAMESPACE, "sources_found")
 
     def setup(self):
-        pattern = Caldb.open(self._caldb_dir).mask_pattern()
-        self._plan = imaging.make_correlation_plan(instrument.resample_mask(pattern))
+        self._pattern = Caldb.open(self._caldb_dir).mask_pattern()
+        self._plan = imaging.make_correlation_plan(instrument.resample_mask(self._pattern))
         self._irf_correction = imaging.irf_correction(self._params.irf_corr)
 
     def process(self, element, timelines):
         (obs_id, band, occ), products = element
         data, variance, weights = flat_fielded(products)
         sky = self._irf_correction(imaging.balanced_sky_image(self._plan, data, variance, weights))
-        found = detection.find_sources(
-            sky, snr_threshold=self._params.effective_snr_threshold,
-            pcode_min=self._params.pcode_min, win_dim=self._params.win_dim,
-            plan=self._plan, weights=weights)
+        found = cleaning.detect_and_clean(
+            self._plan, self._pattern, data, variance, weights,
+            snr_threshold=self._params.effective_snr_threshold, pcode_min=self._params.pcode_min,
+            win_dim=self._params.win_dim, irf_correction=self._irf_correction).detections
         quaternion = timelines[obs_id].reference_quaternion
         self._images.inc()
         self._sources.inc(len(found))
