@@ -7,8 +7,10 @@ found sources and a quick-look PNG of the SNR sky image with both marked, axes i
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,25 +84,31 @@ def quicklook_png(sky_file, sources_found, injected, band, occ, png_path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from astropy.wcs import WCS
+    from astropy.wcs import WCS, FITSFixedWarning
 
-    with fits.open(sky_file) as hdul:
-        hdu = hdul[f"SNR_{band}_{occ}"]
-        snr, wcs = hdu.data, WCS(hdu.header)
-    fig = plt.figure(figsize=(8, 7))
-    ax = fig.add_subplot(projection=wcs)
-    image = ax.imshow(snr, origin="lower", cmap="viridis", vmin=-4, vmax=max(8.0, np.nanmax(snr)))
-    fig.colorbar(image, ax=ax, label="SNR")
-    transform = ax.get_transform("icrs")
-    for _, ra, dec in injected:
-        ax.scatter(ra, dec, transform=transform, s=200, facecolors="none", edgecolors="red",
-                   label="injected" if _ == injected[0][0] else None)
-    for row in sources_found:
-        ax.scatter(row["RA"], row["DEC"], transform=transform, marker="+", s=120, color="white")
-    ax.set_xlabel("RA")
-    ax.set_ylabel("Dec")
-    ax.set_title(f"ECL-SKY-IMA SNR, PI {band}, {occ}: red circles injected, white crosses found")
-    ax.coords.grid(color="white", alpha=0.3, linestyle=":")
+    with fits.open(sky_file) as hdul, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)  # DATEREF derived from MJDREF: fine
+        panels = [(hdul[f"{name}_{band}_{occ}"].data, title) for name, title in
+                  (("SNR", "SNR"), ("RESIDUAL_SNR", "SNR, found sources removed"))]
+        wcs = WCS(hdul[f"SNR_{band}_{occ}"].header)
+    fig = plt.figure(figsize=(15, 7))
+    for index, (data, title) in enumerate(panels, 1):
+        ax = fig.add_subplot(1, 2, index, projection=wcs)
+        image = ax.imshow(data, origin="lower", cmap="magma", vmin=-4, vmax=12)
+        if np.linalg.det(wcs.pixel_scale_matrix) > 0:
+            ax.invert_xaxis()  # show east to the left, as on the sky
+        transform = ax.get_transform("icrs")
+        ax.scatter([ra for _, ra, _ in injected], [dec for _, _, dec in injected],
+                   transform=transform, s=250, facecolors="none", edgecolors="cyan",
+                   linewidths=1.5, label="injected")
+        ax.scatter([row["RA"] for row in sources_found], [row["DEC"] for row in sources_found],
+                   transform=transform, marker="x", s=80, color="lime", label="found")
+        ax.set_xlabel("RA (ICRS)")
+        ax.set_ylabel("Dec (ICRS)")
+        ax.set_title(f"ECL-SKY-IMA {title}, PI {band} ({occ})")
+        ax.legend(loc="upper right", framealpha=0.6)
+        ax.coords.grid(color="white", alpha=0.3, linestyle=":")
+    fig.colorbar(image, ax=fig.axes, label="SNR (clipped at 12)", shrink=0.8)
     fig.savefig(png_path, dpi=90)
     plt.close(fig)
 
@@ -142,7 +150,15 @@ def main(argv) -> int:
         found = [row for row in table if row["BAND"].strip() == QUICKLOOK_BAND]
     injected = [(src["name"], src["ra"], src["dec"]) for src in truth.sources]
     pairs = match_sources(injected, found)
-    print_table(pairs)
+    table = io.StringIO()
+    print_table(pairs, out=table)
+    matched = {id(best[1]) for *_, best in pairs if best is not None}
+    others = [row for row in found if id(row) not in matched]
+    table.write(f"other detections in this band: {len(others)}"
+                + "".join(f"\n  RA {row['RA']:.3f} Dec {row['DEC']:.3f} SNR {row['SNR']:.1f}"
+                          for row in others) + "\n")
+    print(table.getvalue(), end="")
+    (out / "sources.txt").write_text(table.getvalue())
     png = out / "quicklook_snr.png"
     quicklook_png(working_out / f"ECL-SKY-IMA_{obs_id}.fits", found, injected, QUICKLOOK_BAND,
                   "PEO", png)

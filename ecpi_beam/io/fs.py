@@ -244,6 +244,15 @@ def output_location_exists(url: str) -> bool:
 # ============================================================================================
 # Writing
 # ============================================================================================
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_CREATE_MODE = _umask_mode()
+
+
 @contextlib.contextmanager
 def atomic_write(url: str):
     """Write a binary file that appears at `url` complete or not at all.
@@ -263,6 +272,7 @@ def atomic_write(url: str):
                 yield stream
                 stream.flush()
                 os.fsync(stream.fileno())
+            os.chmod(temporary, _CREATE_MODE)  # mkstemp makes 0600; products are plain files
             os.replace(temporary, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -70,7 +70,8 @@ def corrected_image_hdus(entries, timeline=None):
 
 
 def sky_image_hdus(entries, timeline=None):
-    """ECL-SKY-IMA: intensity, variance, SNR, partial coding and exposure maps with a TAN WCS."""
+    """ECL-SKY-IMA: intensity, variance, SNR, partial coding, cleaned SNR and exposure maps,
+    each with the TAN WCS of the observation's reference attitude."""
     hdus = []
     for band, occ, sky in entries:
         keywords = {**_group_keywords(band, occ, sky.exposure), **sky.wcs_keywords}
@@ -79,6 +80,7 @@ def sky_image_hdus(entries, timeline=None):
                 ("VARIANCE", images.variance, "count2", "variance of INTENSITY"),
                 ("SNR", images.snr, "", "INTENSITY / sqrt(VARIANCE)"),
                 ("PCODE", images.pcode, "", "partial coding fraction"),
+                ("RESIDUAL_SNR", sky.residual_snr, "", "SNR after removing every found source"),
                 ("EXPOSURE", images.pcode * sky.exposure, "s", "exposure x partial coding"))
         for name, data, unit, comment in maps:
             finite = np.where(np.isfinite(data), data, 0.0).astype(np.float32)

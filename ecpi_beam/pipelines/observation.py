@@ -30,7 +30,7 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
 
     if params.cali.out_files:
         _ = calibrated | "WriteCali" >> WriteCaliProducts(
-            general.working_out, params.cali.out_files, fingerprint, observations)
+            general.working_out, params.cali.out_files, fingerprint, observations, read.failures)
 
     wants_imag = bool(params.imag.out_files)
     if params.bube.out_files or wants_imag:
@@ -38,7 +38,7 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
         detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines)
         outputs.update(timelines=timelines, detector=detector)
         write = dict(working_out=general.working_out, fingerprint=fingerprint,
-                     observations=observations)
+                     observations=observations, failures=read.failures)
         if "ECL-GTI-UBC" in params.bube.out_files:
             _ = timelines | "WriteGtiUbc" >> WriteTimelineProducts("ECL-GTI-UBC", **write)
         for product in ("ECL-DET-IMA", "ECL-DET-UBC"):

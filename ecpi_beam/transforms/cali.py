@@ -31,6 +31,7 @@ from ecpi_beam.io.events import CALIBRATED_DTYPE
 from ecpi_beam.kernels import intervals
 from ecpi_beam.kernels.calibrate import DROP_REASONS, calibrate_events
 from ecpi_beam.kernels.gti import good_time
+from ecpi_beam.transforms.write import failed_obs_ids
 
 NAMESPACE = "ecpi.cali"
 WRITE_NAMESPACE = "ecpi.write"  # products_written: shared with transforms/write.py
@@ -276,10 +277,6 @@ def _write_gti_unless_failed(keyed, working_out, fingerprint, failed_obs_ids):
         yield url
 
 
-def _failed_obs_ids(failures):
-    return {failure.get("obs_id") for failure in failures if failure.get("obs_id")}
-
-
 @dataclasses.dataclass
 class WriteCaliProducts(beam.PTransform):
     """Calibrated chunks -> the requested CALI products; returns the PCollection of their URLs.
@@ -303,8 +300,7 @@ class WriteCaliProducts(beam.PTransform):
         pipeline = calibrated.pipeline
         failures = self.failures if self.failures is not None else (
             pipeline | "NoFailures" >> beam.Create([]))
-        failed = beam.pvalue.AsSingleton(
-            failures | "FailedIds" >> beam.combiners.ToList() | beam.Map(_failed_obs_ids))
+        failed = failed_obs_ids(failures)
         written = []
         if GTI_CAL in self.out_files:
             written.append(

@@ -22,6 +22,7 @@ class SkyProducts:
     """IMAG result for one (obs_id, band, occ) key."""
 
     images: imaging.SkyImages
+    residual_snr: np.ndarray  # SNR once every found source's shadowgram is removed
     exposure: float
     wcs_keywords: dict
     sources: tuple  # of SourceRow
@@ -88,15 +89,17 @@ class MakeSkyImages(beam.DoFn):
         (obs_id, band, occ), products = element
         data, variance, weights = flat_fielded(products)
         sky = self._irf_correction(imaging.balanced_sky_image(self._plan, data, variance, weights))
-        found = cleaning.detect_and_clean(
+        cleaned = cleaning.detect_and_clean(
             self._plan, self._pattern, data, variance, weights,
             snr_threshold=self._params.effective_snr_threshold, pcode_min=self._params.pcode_min,
-            win_dim=self._params.win_dim, irf_correction=self._irf_correction).detections
+            win_dim=self._params.win_dim, irf_correction=self._irf_correction)
+        found = cleaned.detections
+        residual = imaging.balanced_sky_image(self._plan, cleaned.residual, variance, weights)
         quaternion = timelines[obs_id].reference_quaternion
         self._images.inc()
         self._sources.inc(len(found))
         yield (obs_id, band, occ), SkyProducts(
-            images=sky, exposure=products.exposure,
+            images=sky, residual_snr=residual.snr, exposure=products.exposure,
             wcs_keywords=instrument.sky_wcs_keywords(quaternion),
             sources=source_rows(found, quaternion, products.exposure))
 

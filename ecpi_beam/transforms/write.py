@@ -19,6 +19,14 @@ NAMESPACE = "ecpi.write"
 FAILURES_FILE = "failures.jsonl"
 
 
+def failed_obs_ids(failures):
+    """Side input: the set of obs_ids that failed (DPCO), so that no product is written for them."""
+    return beam.pvalue.AsSingleton(
+        failures
+        | "FailedIds" >> beam.combiners.ToList()
+        | "AsSet" >> beam.Map(lambda records: {r.get("obs_id") for r in records if r.get("obs_id")}))
+
+
 def _write(working_out, product, observation, fingerprint, hdus):
     url = product_url(working_out, product, observation.obs_id)
     keywords = standard_keywords(product, observation.keywords, fingerprint)
@@ -35,8 +43,10 @@ class WriteObservationProduct(beam.DoFn):
         self._working_out = working_out
         self._fingerprint = fingerprint
 
-    def process(self, element, observations):
+    def process(self, element, observations, failed):
         obs_id, entries = element
+        if obs_id in failed:
+            return
         entries = sorted(entries, key=lambda entry: (entry[1], _band_order(entry[0])))
         hdus = PRODUCT_BUILDERS[self._product](entries)
         yield _write(self._working_out, self._product, observations[obs_id], self._fingerprint, hdus)
@@ -55,6 +65,7 @@ class WriteImageProducts(beam.PTransform):
     working_out: str
     fingerprint: str
     observations: beam.PCollection
+    failures: beam.PCollection
 
     def __post_init__(self):
         super().__init__()
@@ -65,7 +76,7 @@ class WriteImageProducts(beam.PTransform):
                 | "Group" >> beam.GroupByKey()
                 | "Write" >> beam.ParDo(
                     WriteObservationProduct(self.product, self.working_out, self.fingerprint),
-                    beam.pvalue.AsDict(self.observations)))
+                    beam.pvalue.AsDict(self.observations), failed_obs_ids(self.failures)))
 
 
 @dataclasses.dataclass(eq=False)
@@ -76,17 +87,21 @@ class WriteTimelineProducts(beam.PTransform):
     working_out: str
     fingerprint: str
     observations: beam.PCollection
+    failures: beam.PCollection
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, timelines):
-        def write(element, observations):
+        def write(element, observations, failed):
             obs_id, timeline = element
+            if obs_id in failed:
+                return
             hdus = occultation_gti_hdus(timeline, sorted(timeline.class_gti))
-            return _write(self.working_out, self.product, observations[obs_id], self.fingerprint, hdus)
+            yield _write(self.working_out, self.product, observations[obs_id], self.fingerprint, hdus)
 
-        return timelines | "Write" >> beam.Map(write, beam.pvalue.AsDict(self.observations))
+        return timelines | "Write" >> beam.FlatMap(
+            write, beam.pvalue.AsDict(self.observations), failed_obs_ids(self.failures))
 
 
 @dataclasses.dataclass(eq=False)
