@@ -135,19 +135,27 @@ def _fit_components(counts, good, named_components):
 # ------------------------------------------------------------------------------------------
 # Modes
 # ------------------------------------------------------------------------------------------
+def _flat_field(counts, context):
+    """The pixel efficiency map (CALDB EFFIC) from the context; every detected count, sky or
+    particle, scales with it, so a "flat" background is flat after flat-fielding."""
+    efficiency = context.get("efficiency")
+    return np.ones(counts.shape) if efficiency is None else np.asarray(efficiency, dtype=float)
+
+
 def no_correction(counts, good, template, context):
     """No background model: the image is used as it is."""
     return np.zeros(counts.shape), {}
 
 
 def flat(counts, good, template, context):
-    """counts ~ c (a constant per good pixel): c = mean counts, error sqrt(c / n_good)."""
-    return _fit_components(counts, good, {"constant": np.ones(counts.shape)})
+    """counts ~ c x efficiency: c = counts per unit efficiency, error ~ sqrt(c / n_good)."""
+    return _fit_components(counts, good, {"constant": _flat_field(counts, context)})
 
 
 def shape(counts, good, template, context):
     """counts ~ a T + c, T the sky-illumination template normalised to mean 1 on good pixels,
-    so a is the mean counts per pixel from the sky and c the flat (particle) part."""
+    so a is the mean counts per pixel from the sky and c the flat (particle) part; T carries
+    the pixel efficiencies when it was made with them, and so does the flat part."""
     if template is None:
         pattern = (context or {}).get("mask_pattern")
         if pattern is None:
@@ -157,7 +165,7 @@ def shape(counts, good, template, context):
     template = np.asarray(template, dtype=float)
     normalised = template / template[good].mean()
     return _fit_components(counts, good, {"sky_shape": normalised,
-                                          "constant": np.ones(counts.shape)})
+                                          "constant": _flat_field(counts, context)})
 
 
 BackgroundMode = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", Mapping],
@@ -178,7 +186,8 @@ def correct_background(mode: str, counts, good, template=None,
     """Fit background `mode` to an (80, 80) counts image over the good pixels and remove it.
 
     good: (80, 80) bool mask or weights (> 0 = used); template: (80, 80) sky-illumination
-    template for `shape`; context: extra inputs of later modes (Earth template, ...).
+    template for `shape`; context: {"efficiency": (80, 80) flat field, ...} and the extra
+    inputs of later modes (Earth template, ...).
     """
     if mode not in BACKGROUND_MODES:
         what = "is not available yet" if mode in PLANNED_MODES else "is not a background mode"

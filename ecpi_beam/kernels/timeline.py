@@ -37,6 +37,16 @@ def interpolate_positions(orbit_time, position, times):
     return np.stack([np.interp(times, orbit_time, position[:, k]) for k in range(3)], axis=-1)
 
 
+def reference_attitude(qparam, boresight, candidates=200):
+    """The attitude held longest: among evenly spaced samples, the one with the most samples
+    within POINTING_TOLERANCE_DEG, averaged over those (slews and other pointings left out)."""
+    cos_tolerance = np.cos(np.radians(POINTING_TOLERANCE_DEG))
+    picks = np.unique(np.linspace(0, len(qparam) - 1, min(candidates, len(qparam))).astype(int))
+    support = [boresight @ boresight[k] >= cos_tolerance for k in picks]
+    best = support[int(np.argmax([s.sum() for s in support]))]
+    return instrument.mean_quaternion(qparam[best])
+
+
 def imaging_timeline(att_time, qparam, orbit_time, position, good_time, occ_types,
                      peof_min=instrument.PEOF_MIN_DEFAULT, peof_max=instrument.PEOF_MAX_DEFAULT,
                      grid=None) -> ImagingTimeline:
@@ -49,8 +59,8 @@ def imaging_timeline(att_time, qparam, orbit_time, position, good_time, occ_type
         return ImagingTimeline(instrument.quaternion_from_pointing(0.0, 0.0), empty,
                                {occ: empty for occ in occ_types}, att_time,
                                np.zeros(len(att_time)))
-    reference = instrument.mean_quaternion(qparam[in_good])
     boresight = instrument.attitude_matrix(qparam)[:, :, 0]
+    reference = reference_attitude(qparam[in_good], boresight[in_good])
     reference_boresight = instrument.attitude_matrix(reference)[:, 0]
     offset_deg = np.degrees(np.arccos(np.clip(boresight @ reference_boresight, -1.0, 1.0)))
     on_target = intervals.from_boolean_samples(att_time, offset_deg <= POINTING_TOLERANCE_DEG)

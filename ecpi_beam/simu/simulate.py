@@ -241,7 +241,9 @@ def build_components(scenario: Scenario, response: DetectorResponse) -> list[_Co
                                            bkg.albedo_scale, True))
     alive = (response.status != STATUS_DEAD).astype(float)
     if bkg.internal_rate > 0:
-        components.append(FlatComponent("internal", bkg.internal_rate * alive, bkg.internal_band))
+        # detected particle/internal counts scale with the pixel efficiency like photons do
+        components.append(FlatComponent("internal", bkg.internal_rate * alive * response.effic,
+                                        bkg.internal_band))
     noisy = (response.status == STATUS_NOISY).astype(float)
     if bkg.noisy_rate > 0 and noisy.any():
         components.append(FlatComponent("noisy", bkg.noisy_rate * noisy, bkg.noisy_band))

@@ -95,7 +95,8 @@ class CorrectBackground(beam.DoFn):
     def process(self, element, timelines):
         (obs_id, band, occ), counts = element
         mode = self._mode_by_occ[occ]
-        correction = background.correct_background(mode, counts, self._good, self._template)
+        correction = background.correct_background(mode, counts, self._good, self._template,
+                                                   {"efficiency": self._efficiency})
         yield (obs_id, band, occ), DetectorProducts(
             counts=counts, exposure=timelines[obs_id].exposure(occ), good_pixels=self._good,
             efficiency=self._efficiency, mode=mode, correction=correction)
