@@ -16,34 +16,18 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-DEMO_BANDS = "[[13,60],[61,140],[141,300],[301,620],[621,1260],[13,1260]]"
+from ecpi_beam.params import params_text
+
+DEMO_BANDS = ((13, 60), (61, 140), (141, 300), (301, 620), (621, 1260), (13, 1260))
 QUICKLOOK_BAND = "13-1260"
 
-PARAMS_TEMPLATE = """\
-[general]
-logger_level = warning
-working_in = {working_in}
-working_out = {working_out}
-caldb_dir = @local
 
-[dpco]
-out_files = []
-
-[cali]
-out_files = ['ECL-GTI-CAL', 'ECL-EVT-CAL']
-
-[bube]
-energy_channels = {bands}
-ear_occ_bub = ['PEO']
-bkg_cor_mod = ['shape']
-out_files = ['ECL-DET-IMA', 'ECL-DET-UBC', 'ECL-GTI-UBC']
-
-[imag]
-snr_ths = 7
-win_dim = 5.0
-irf_corr = cos_theta
-out_files = ['ECL-SKY-IMA', 'ECL-SOP-IMA']
-"""
+def demo_params(working_in, working_out) -> str:
+    """The seed's parameter file with every product asked for and the `shape` background."""
+    return params_text(
+        working_in, working_out, cali_out=("ECL-GTI-CAL", "ECL-EVT-CAL"),
+        bube_out=("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC"),
+        imag_out=("ECL-SKY-IMA", "ECL-SOP-IMA"), energy_channels=DEMO_BANDS)
 
 
 def angular_offset_arcmin(ra1, dec1, ra2, dec2):
@@ -136,8 +120,7 @@ def main(argv) -> int:
     print(f"[2/4] ecpi_simulate  ({scenario.name}: {scenario.duration:.0f} s) -> {working_in}")
     truth = simulate(scenario, str(working_in), Caldb.open(resolve_caldb_dir("@local")))
     params_file = out / "parameters_file.ini"
-    params_file.write_text(PARAMS_TEMPLATE.format(working_in=working_in, working_out=working_out,
-                                                  bands=DEMO_BANDS))
+    params_file.write_text(demo_params(working_in, working_out))
     print(f"[3/4] ecpi_run {params_file}")
     code = run.main([str(params_file), *beam_args])
     if code:

@@ -385,3 +385,31 @@ def _absolute(location: str) -> str:
     if "://" in location:
         return location
     return os.path.abspath(os.path.expanduser(location))
+
+
+# ============================================================================================
+# Writing
+# ============================================================================================
+def params_text(working_in, working_out, caldb_dir=CALDB_LOCAL, *, logger_level="warning",
+                cali_out=(), bube_out=(), imag_out=(), energy_channels=(), ear_occ_bub=("PEO",),
+                bkg_cor_mod=("shape",), snr_ths=7, win_dim=5.0, irf_corr="cos_theta",
+                extra: dict | None = None) -> str:
+    """A seed-style parameter file (what a user writes by hand), for the demo, tests and
+    benchmarks. `extra` maps a section to more `key: value` lines (e.g. {'cali': {...}})."""
+    def listing(values):
+        return "[" + ", ".join(repr(v) if isinstance(v, str) else str(list(v)) for v in values) + "]"
+
+    sections = {
+        "general": {"logger_level": logger_level, "working_in": working_in,
+                    "working_out": working_out, "caldb_dir": caldb_dir},
+        "dpco": {"out_files": "[]"},
+        "cali": {"out_files": listing(cali_out)},
+        "bube": {"energy_channels": listing(energy_channels), "ear_occ_bub": listing(ear_occ_bub),
+                 "bkg_cor_mod": listing(bkg_cor_mod), "out_files": listing(bube_out)},
+        "imag": {"snr_ths": snr_ths, "win_dim": win_dim, "irf_corr": irf_corr,
+                 "out_files": listing(imag_out)},
+    }
+    for section, values in (extra or {}).items():
+        sections[section].update(values)
+    return "\n".join(f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+                     for name, values in sections.items())

@@ -34,12 +34,15 @@ def test_shadowgram_is_the_open_fraction_of_the_mask():
     assert cleaning.source_shadowgram(pattern, 0.0, 0.0).sum() < 1e-9
 
 
-def test_shadow_amplitude_ignores_a_constant():
+def test_shadow_amplitudes_are_fitted_with_the_background_terms():
     rng = np.random.default_rng(0)
-    shadow = rng.random((80, 80))
-    data = 7.5 * shadow + 100.0
-    assert cleaning.fit_shadow_amplitude(data, np.ones_like(data), WEIGHTS, shadow) == \
-        pytest.approx(7.5)
+    shadows = [rng.random((80, 80)), rng.random((80, 80))]
+    slope = np.linspace(0.0, 1.0, 80)[None, :] * np.ones((80, 1))
+    data = 7.5 * shadows[0] + 2.0 * shadows[1] + 100.0 + 30.0 * slope
+    amplitudes, model = cleaning.fit_shadowgrams(data, np.ones_like(data), WEIGHTS, shadows,
+                                                 [np.ones((80, 80)), slope])
+    assert amplitudes == pytest.approx([7.5, 2.0])
+    np.testing.assert_allclose(model, data)
 
 
 def test_bright_source_side_lobes_are_cleaned_and_a_faint_neighbour_is_found(mask):
@@ -50,7 +53,8 @@ def test_bright_source_side_lobes_are_cleaned_and_a_faint_neighbour_is_found(mas
     raw = detection.find_sources(sky, 7.0, 0.1, 5, plan=plan, weights=WEIGHTS)
     assert len(raw) > 2  # without cleaning, side lobes of the bright source pass the threshold
     cleaned = cleaning.detect_and_clean(plan, pattern, data, counts, WEIGHTS, snr_threshold=7.0,
-                                        pcode_min=0.1, win_dim=5)
+                                        pcode_min=0.1, win_dim=5,
+                                        background_components=[np.ones((80, 80))])
     assert len(cleaned.detections) == 2
     first, second = cleaned.detections
     assert np.hypot(first.row - bright[0], first.col - bright[1]) < 0.1

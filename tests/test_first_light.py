@@ -14,34 +14,15 @@ from ecpi_beam import instrument, run
 from ecpi_beam.caldb import Caldb, default_caldb_dir
 from ecpi_beam.demo import angular_offset_arcmin
 from ecpi_beam.kernels.occultation import geometric_partial_coding
+from ecpi_beam.params import params_text
 from ecpi_beam.simu import PointSource, default_scenario, scenario_with, simulate
 
 DURATION_S = 150.0
 DETECTION_BAND = "13-300"
-BANDS = "[[13,60],[61,140],[141,300],[301,620],[621,1260],[13,300]]"
+BANDS = ((13, 60), (61, 140), (141, 300), (301, 620), (621, 1260), (13, 300))
 # Broad-band (13-300) SNR of a Crab-like source (norm 10) fully coded on axis in DURATION_S,
 # measured on this simulator; fluxes are scaled from it to aim at a target SNR.
 CRAB_SNR = 140.0
-PARAMS = """\
-[general]
-logger_level = warning
-working_in = {working_in}
-working_out = {working_out}
-caldb_dir = {caldb}
-[dpco]
-out_files = []
-[cali]
-out_files = []
-[bube]
-energy_channels = {bands}
-ear_occ_bub = ['PEO']
-bkg_cor_mod = ['shape']
-out_files = []
-[imag]
-snr_ths = 7
-irf_corr = cos_theta
-out_files = ['ECL-SKY-IMA', 'ECL-SOP-IMA']
-"""
 
 
 def run_campaign(root: Path, scenarios):
@@ -54,8 +35,8 @@ def run_campaign(root: Path, scenarios):
     out = root / "out"
     out.mkdir()
     params = root / "params.ini"
-    params.write_text(PARAMS.format(working_in=root / "obs_*", working_out=out,
-                                    caldb=default_caldb_dir(), bands=BANDS))
+    params.write_text(params_text(root / "obs_*", out, default_caldb_dir(), energy_channels=BANDS,
+                                  imag_out=("ECL-SKY-IMA", "ECL-SOP-IMA")))
     assert run.main([str(params)]) == 0
     return truths, out
 

@@ -29,58 +29,66 @@ def source_shadowgram(pattern, row: float, col: float) -> np.ndarray:
     return instrument.pixel_open_fraction(pattern, instrument.sky_pixel_to_los(row, col))
 
 
-def fit_shadow_amplitude(data, variance, weights, shadow) -> float:
-    """Weighted least-squares amplitude a of data = a * shadow + constant over good pixels.
+def fit_shadowgrams(data, variance, weights, shadows, background_components=()):
+    """Weighted least-squares amplitudes of data = sum a_k shadow_k + sum b_j component_j.
 
-    The free constant absorbs what the background fit left: the balanced correlation ignores a
-    constant, so it must not leak into the source amplitude either.
+    The background components (e.g. a constant, the sky-illumination template) are refitted
+    with the sources: a bright source's counts biased the background fit made without it, and
+    that bias, left in, would image as broad structure. Returns (a, the fitted model).
     """
     use = (np.asarray(weights) > 0) & (np.asarray(variance) > 0)
-    if use.sum() < 3:
-        return 0.0
-    inverse_variance = 1.0 / np.asarray(variance)[use]
-    design = np.column_stack([np.asarray(shadow)[use], np.ones(use.sum())])
-    normal = design.T @ (design * inverse_variance[:, None])
-    try:
-        amplitude, _ = np.linalg.solve(normal, design.T @ (np.asarray(data)[use] * inverse_variance))
-    except np.linalg.LinAlgError:
-        return 0.0
-    return float(amplitude)
+    columns = [np.asarray(c, dtype=float) for c in (*shadows, *background_components)]
+    if use.sum() <= len(columns) or not columns:
+        return np.zeros(len(shadows)), np.zeros(np.shape(data))
+    sigma = np.sqrt(np.asarray(variance)[use])
+    design = np.column_stack([c[use] for c in columns])
+    coefficients, *_ = np.linalg.lstsq(design / sigma[:, None], np.asarray(data)[use] / sigma,
+                                       rcond=None)
+    model = np.zeros(np.shape(data))
+    model[use] = design @ coefficients
+    return coefficients[:len(shadows)], model
 
 
-def _brightest(plan, data, variance, weights, irf_correction, **find):
+def _near(row, col, positions):
+    return any(np.hypot(row - r, col - c) < SAME_SOURCE_PIXELS for r, c in positions)
+
+
+def _brightest(plan, data, variance, weights, irf_correction, exclude=(), **find):
+    """The brightest source in the image of `data`, away from the `exclude` positions."""
     sky = irf_correction(imaging.balanced_sky_image(plan, data, variance, weights))
-    found = detection.find_sources(sky, max_sources=1, plan=plan, weights=weights, **find)
-    return found[0] if found else None
+    found = detection.find_sources(sky, max_sources=len(exclude) + 1, plan=plan, weights=weights,
+                                   **find)
+    return next((det for det in found if not _near(det.row, det.col, exclude)), None)
 
 
 def detect_and_clean(plan, pattern, data, variance, weights, *, snr_threshold, pcode_min, win_dim,
-                     irf_correction=imaging.irf_correction("no_correction"), max_sources=20):
-    """Detections in a flat-fielded, background-corrected detector image, cleaned one by one."""
+                     irf_correction=imaging.irf_correction("no_correction"), max_sources=20,
+                     background_components=()):
+    """Detections in a flat-fielded, background-corrected detector image, cleaned one by one.
+
+    background_components: (80, 80) arrays (in the same flat-fielded units as `data`) of the
+    background model's terms, refitted jointly with the source shadowgrams.
+    """
     find = dict(snr_threshold=snr_threshold, pcode_min=pcode_min, win_dim=win_dim)
-    residual = np.asarray(data, dtype=float).copy()
-    positions, models = [], []
-    for _ in range(2 * max_sources):  # a residual re-found at a known position costs one pass
-        found = _brightest(plan, residual, variance, weights, irf_correction, **find)
-        if found is None:
+    data = np.asarray(data, dtype=float)
+    good = np.asarray(weights) > 0
+    positions, shadows = [], []
+    residual, amplitudes = data.copy(), np.zeros(0)
+    for _ in range(max_sources + 1):
+        # what is left at a cleaned position is the model's limit, not a new source
+        found = _brightest(plan, residual, variance, weights, irf_correction, positions, **find)
+        if found is None or len(positions) >= max_sources:
             break
-        shadow = source_shadowgram(pattern, found.row, found.col) * (np.asarray(weights) > 0)
-        model = fit_shadow_amplitude(residual, variance, weights, shadow) * shadow
-        residual -= model
-        known = [k for k, (row, col) in enumerate(positions)
-                 if np.hypot(row - found.row, col - found.col) < SAME_SOURCE_PIXELS]
-        if known:
-            models[known[0]] = models[known[0]] + model
-        elif len(positions) < max_sources:
-            positions.append((found.row, found.col))
-            models.append(model)
-        else:
-            residual += model
-            break
+        positions.append((found.row, found.col))
+        shadows.append(source_shadowgram(pattern, found.row, found.col) * good)
+        amplitudes, model = fit_shadowgrams(data, variance, weights, shadows,
+                                            background_components)
+        residual = np.where(good, data - model, 0.0)
     detections = []
-    for (row, col), model in zip(positions, models):
-        alone = _brightest(plan, residual + model, variance, weights, irf_correction, **find)
-        if alone is not None and np.hypot(alone.row - row, alone.col - col) < SAME_SOURCE_PIXELS:
+    for (row, col), shadow, amplitude in zip(positions, shadows, amplitudes):
+        alone = _brightest(plan, residual + amplitude * shadow, variance, weights, irf_correction,
+                           **find)
+        if alone is not None and _near(alone.row, alone.col, [(row, col)]):
             detections.append(alone)
     detections.sort(key=lambda det: -det.snr)
     return CleanedField(tuple(detections), residual)

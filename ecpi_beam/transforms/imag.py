@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
-from ecpi_beam.kernels import cleaning, detection, imaging
+from ecpi_beam.kernels import background, cleaning, detection, imaging
 
 NAMESPACE = "ecpi.imag"
 
@@ -84,6 +84,13 @@ class MakeSkyImages(beam.DoFn):
         self._pattern = Caldb.open(self._caldb_dir).mask_pattern()
         self._plan = imaging.make_correlation_plan(instrument.resample_mask(self._pattern))
         self._irf_correction = imaging.irf_correction(self._params.irf_corr)
+        pixcal = Caldb.open(self._caldb_dir).pixel_calibration()
+        efficiency = np.where(pixcal.status == 0, pixcal.effic, 0.0)
+        flat_fielded_template = np.divide(
+            background.sky_illumination_template(self._pattern, efficiency), efficiency,
+            out=np.zeros((instrument.N_PIX, instrument.N_PIX)), where=efficiency > 0)
+        # background terms refitted with the sources when cleaning, per BUBE mode (flat-fielded)
+        self._background_terms = {"shape": (np.ones_like(efficiency), flat_fielded_template)}
 
     def process(self, element, timelines):
         (obs_id, band, occ), products = element
@@ -92,7 +99,9 @@ class MakeSkyImages(beam.DoFn):
         cleaned = cleaning.detect_and_clean(
             self._plan, self._pattern, data, variance, weights,
             snr_threshold=self._params.effective_snr_threshold, pcode_min=self._params.pcode_min,
-            win_dim=self._params.win_dim, irf_correction=self._irf_correction)
+            win_dim=self._params.win_dim, irf_correction=self._irf_correction,
+            background_components=self._background_terms.get(
+                products.mode, (np.ones((instrument.N_PIX, instrument.N_PIX)),)))
         found = cleaned.detections
         residual = imaging.balanced_sky_image(self._plan, cleaned.residual, variance, weights)
         quaternion = timelines[obs_id].reference_quaternion
