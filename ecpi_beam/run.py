@@ -29,10 +29,13 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="ecpi_run", description="Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG) on Beam.",
         epilog="Other options (--runner, --direct_num_workers, ...) go to Beam's PipelineOptions.")
-    parser.add_argument("params_file", nargs="?", help="the parameter file (.ini)")
     parser.add_argument("--params", dest="params_option", help="the parameter file (.ini)")
+    argv = list(argv)
+    # The positional form is `ecpi_run params.ini [beam options]`: only the first argument, so
+    # that the value of a Beam option (`--runner DirectRunner`) is never taken for it.
+    params_file = argv.pop(0) if argv and not argv[0].startswith("-") else None
     args, beam_args = parser.parse_known_args(argv)
-    path = args.params_option or args.params_file
+    path = args.params_option or params_file
     if not path:
         raise EcpiError("no parameter file: give it as `ecpi_run params.ini` or --params params.ini")
     if not any(arg.startswith("--runner") for arg in beam_args):
@@ -48,7 +51,11 @@ def configure_logging(level_name: str):
 def metric_totals(result):
     """Counter name -> total over steps, for the summary line (Metrics are the log of record)."""
     totals = {}
-    for counter in result.metrics().query(MetricsFilter())["counters"]:
+    try:
+        counters = result.metrics().query(MetricsFilter())["counters"]
+    except NotImplementedError:  # the DaskRunner has no metrics yet
+        return totals
+    for counter in counters:
         name = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[name] = totals.get(name, 0) + (value or 0)
@@ -87,7 +94,7 @@ def main(argv) -> int:
     preflight_observations(observation_dirs)
     totals, failures = run(params, beam_args, caldb_dir, observation_dirs)
     for failure in failures:
-        print(f"error: {failure.get('obs_dir')}: {failure.get('error')}", file=sys.stderr)
+        print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
     done = len(observation_dirs) - len(failures)
     print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed in "
           f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "

@@ -118,7 +118,7 @@ def describe_workspace(home=None) -> str:
         lines += [f"  {e.product:12s} version {e.version:6s} valid from {e.valid_from}  {e.file}"
                   for e in entries.values()]
     else:
-        lines.append(f"caldb:        not installed (run `caldb_init -s`, or `caldb_init`)")
+        lines.append("caldb:        not installed (run `caldb_init -s`, or `caldb_init`)")
     lines.append(f"caldb server: {caldb_server(None, home)}")
     return "\n".join(lines)
 

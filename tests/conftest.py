@@ -4,6 +4,10 @@ import subprocess
 
 import pytest
 
+# fixtures shared by several test modules: a moto S3 server, a simulated observation and its
+# reference pipeline run
+pytest_plugins = ["s3_server", "pipeline_fixtures"]
+
 
 def run_fitsverify(path):
     """Return fitsverify's report; assert it says 'verification OK' with no warning."""

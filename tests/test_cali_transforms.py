@@ -16,6 +16,7 @@ from ecpi_beam.kernels.gti import good_time
 from ecpi_beam.simu import default_scenario, scenario_with, simulate
 from ecpi_beam.transforms.cali import PARTS_FOLDER, Cali, WriteCaliProducts
 from ecpi_beam.transforms.read import ReadObservation, inspect_observation
+from ecpi_beam.transforms.write import failed_obs_ids
 
 OBS_ID = "0000000400"
 CHUNK_SIZE = 10_000
@@ -82,7 +83,7 @@ def cali_run(observation_dir, tmp_path_factory):
     read = pipeline | beam.Create([observation_dir]) | ReadObservation(chunk_size=CHUNK_SIZE)
     calibrated = read.chunks | Cali(default_caldb_dir(), read.observations)
     urls = calibrated | WriteCaliProducts(out, ("ECL-GTI-CAL", "ECL-EVT-CAL"), "f00d",
-                                          read.observations, read.failures)
+                                          read.observations, failed_obs_ids(read.failures))
     assert_that(urls | beam.Map(os.path.basename),
                 equal_to([f"ECL-GTI-CAL_{OBS_ID}.fits", f"ECL-EVT-CAL_{OBS_ID}.fits"]))
     dtypes = (calibrated | beam.MapTuple(lambda obs_id, chunk: (obs_id, str(chunk.dtype)))

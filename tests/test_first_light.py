@@ -3,7 +3,6 @@
 Each test runs the real pipeline (DirectRunner) once over a campaign of simulated observations,
 so the statistics below come from the products an astronomer would read.
 """
-import json
 from pathlib import Path
 
 import numpy as np

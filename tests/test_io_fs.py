@@ -12,7 +12,6 @@ from fsspec.registry import register_implementation
 
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import events, fs
-from s3_server import s3_bucket, s3_endpoint  # noqa: F401 - pytest fixtures
 from test_io_events import write_event_file
 
 TRIPLET = ("ECL-EVT-SEC_obs.fits", "SVO-ATT-CNV_obs.fits", "SVO-ORB-CNV_obs.fits")

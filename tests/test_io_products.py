@@ -7,7 +7,6 @@ import ecpi_beam
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs, products
 from ecpi_beam.io.gti import gti_hdu, read_gti
-from s3_server import s3_bucket, s3_endpoint  # noqa: F401 - pytest fixtures
 
 OBSERVATION = {"OBS_ID": "0123456789", "TSTART": 1000.0, "TSTOP": 6800.0, "MJDREFI": 57754,
                "MJDREFF": 0.000800740741, "TIMESYS": "TT", "TIMEUNIT": "s", "EXTRA": 1}

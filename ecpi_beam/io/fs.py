@@ -254,7 +254,7 @@ _CREATE_MODE = _umask_mode()
 
 
 @contextlib.contextmanager
-def atomic_write(url: str):
+def atomic_write(url: str, durable: bool = True):
     """Write a binary file that appears at `url` complete or not at all.
 
     Yields a local file object. Local: a temporary file in the same directory, then
@@ -271,7 +271,8 @@ def atomic_write(url: str):
             with os.fdopen(handle, "wb") as stream:
                 yield stream
                 stream.flush()
-                os.fsync(stream.fileno())
+                if durable:  # temporary intermediates skip the (slow) flush to disk
+                    os.fsync(stream.fileno())
             os.chmod(temporary, _CREATE_MODE)  # mkstemp makes 0600; products are plain files
             os.replace(temporary, target)
         except BaseException:
@@ -294,9 +295,9 @@ def atomic_write(url: str):
             raise
 
 
-def put_atomic(local_path_or_bytes, url: str) -> str:
+def put_atomic(local_path_or_bytes, url: str, durable: bool = True) -> str:
     """Copy a local file, or write bytes, to `url` atomically; returns `url`."""
-    with atomic_write(url) as stream:
+    with atomic_write(url, durable) as stream:
         if isinstance(local_path_or_bytes, (bytes, bytearray, memoryview)):
             stream.write(local_path_or_bytes)
         else:

@@ -53,12 +53,12 @@ def _near(row, col, positions):
     return any(np.hypot(row - r, col - c) < SAME_SOURCE_PIXELS for r, c in positions)
 
 
-def _brightest(plan, data, variance, weights, irf_correction, exclude=(), **find):
+def _brightest(plan, terms, data, variance, weights, irf_correction, exclude=(), **find):
     """The brightest source in the image of `data`, away from the `exclude` positions."""
-    sky = irf_correction(imaging.balanced_sky_image(plan, data, variance, weights))
-    found = detection.find_sources(sky, max_sources=len(exclude) + 1, plan=plan, weights=weights,
-                                   **find)
-    return next((det for det in found if not _near(det.row, det.col, exclude)), None)
+    sky = irf_correction(imaging.balanced_sky_image(plan, data, variance, weights, terms=terms))
+    found = detection.find_sources(sky, max_sources=1, plan=plan, weights=weights, terms=terms,
+                                   exclude=exclude, exclude_radius=SAME_SOURCE_PIXELS, **find)
+    return found[0] if found else None
 
 
 def detect_and_clean(plan, pattern, data, variance, weights, *, snr_threshold, pcode_min, win_dim,
@@ -72,11 +72,13 @@ def detect_and_clean(plan, pattern, data, variance, weights, *, snr_threshold, p
     find = dict(snr_threshold=snr_threshold, pcode_min=pcode_min, win_dim=win_dim)
     data = np.asarray(data, dtype=float)
     good = np.asarray(weights) > 0
+    terms = imaging.balance_terms(plan, weights)  # weights never change while cleaning
     positions, shadows = [], []
     residual, amplitudes = data.copy(), np.zeros(0)
     for _ in range(max_sources + 1):
         # what is left at a cleaned position is the model's limit, not a new source
-        found = _brightest(plan, residual, variance, weights, irf_correction, positions, **find)
+        found = _brightest(plan, terms, residual, variance, weights, irf_correction, positions,
+                           **find)
         if found is None or len(positions) >= max_sources:
             break
         positions.append((found.row, found.col))
@@ -86,8 +88,8 @@ def detect_and_clean(plan, pattern, data, variance, weights, *, snr_threshold, p
         residual = np.where(good, data - model, 0.0)
     detections = []
     for (row, col), shadow, amplitude in zip(positions, shadows, amplitudes):
-        alone = _brightest(plan, residual + amplitude * shadow, variance, weights, irf_correction,
-                           **find)
+        alone = _brightest(plan, terms, residual + amplitude * shadow, variance, weights,
+                           irf_correction, **find)
         if alone is not None and _near(alone.row, alone.col, [(row, col)]):
             detections.append(alone)
     detections.sort(key=lambda det: -det.snr)

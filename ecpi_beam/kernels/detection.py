@@ -164,16 +164,22 @@ def _fit_peak(sky, row0, col0, half, psf) -> Detection | None:
 
 
 def find_sources(sky: imaging.SkyImages, snr_threshold: float, pcode_min: float,
-                 win_dim: float, max_sources: int = 50, plan=None, weights=None
-                 ) -> list[Detection]:
+                 win_dim: float, max_sources: int = 50, plan=None, weights=None,
+                 exclude=(), exclude_radius: float = 2.0, terms=None) -> list[Detection]:
     """Sources above snr_threshold where pcode >= pcode_min, brightest first, each fitted in a
     (2 round(win_dim) + 1)^2 window. With `plan` and `weights`, the PSF is computed from them
-    (recommended); otherwise the analytic separable profile is used."""
+    (recommended); otherwise the analytic separable profile is used. Peaks within
+    exclude_radius pixels of an `exclude` (row, col) are skipped before any fit; `terms` are
+    imaging.balance_terms(plan, weights) when already computed."""
     if not win_dim >= 1:
         raise EcpiError(f"[imag] win_dim must be at least 1 sky pixel, got {win_dim}")
     half = int(round(win_dim))
     rows, cols = _local_maxima(sky.snr, sky.pcode, snr_threshold, pcode_min)
-    terms = None if plan is None or len(rows) == 0 else imaging.balance_terms(plan, weights)
+    keep = [not any(np.hypot(r - er, c - ec) < exclude_radius for er, ec in exclude)
+            for r, c in zip(rows, cols)]
+    rows, cols = rows[np.asarray(keep, dtype=bool)], cols[np.asarray(keep, dtype=bool)]
+    if terms is None and plan is not None and len(rows):
+        terms = imaging.balance_terms(plan, weights)
     found = []
     for row0, col0 in zip(rows, cols):
         if len(found) >= max_sources:

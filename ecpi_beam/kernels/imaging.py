@@ -144,15 +144,17 @@ def estimator_coefficients(plan: CorrelationPlan, weights, rows, cols,
 
 
 def balanced_sky_image(plan: CorrelationPlan, detector, variance, weights,
-                       pcode_min: float = PCODE_MIN_IMAGE) -> SkyImages:
+                       pcode_min: float = PCODE_MIN_IMAGE,
+                       terms: BalanceTerms | None = None) -> SkyImages:
     """Intensity, variance, SNR and partial coding of a detector image.
 
     detector: (80, 80) counts or background-corrected counts; variance: their per-pixel
     variance; weights: W (0 for dead/noisy pixels). Pixels with partial coding below pcode_min
-    or no variance get S = 0, V = inf, SNR = 0.
+    or no variance get S = 0, V = inf, SNR = 0. `terms`: balance_terms(plan, weights, pcode_min)
+    when already computed for these weights (they depend on the weights only).
     """
     weights = np.asarray(weights, dtype=float)
-    bal = balance_terms(plan, weights, pcode_min)
+    bal = balance_terms(plan, weights, pcode_min) if terms is None else terms
     d_fft = _detector_fft(weights * np.asarray(detector, dtype=float))
     v_fft = _detector_fft(weights**2 * np.asarray(variance, dtype=float))
     k = plan.kernel_fft

@@ -11,7 +11,8 @@ from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
 from ecpi_beam.transforms.imag import Imag
 from ecpi_beam.transforms.read import ReadObservation
-from ecpi_beam.transforms.write import WriteFailures, WriteImageProducts, WriteTimelineProducts
+from ecpi_beam.transforms.write import (WriteFailures, WriteImageProducts,
+                                        WriteTimelineProducts, failed_obs_ids)
 
 BUBE_PRODUCTS = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM")
 IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
@@ -20,17 +21,19 @@ IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
 def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dirs):
     """Add the whole chain to `pipeline`; returns the dict of named output collections."""
     general = params.general
+    written = []  # URLs of every writer: joined at the end (see below)
     fingerprint = params.fingerprint()
     read = (pipeline
             | "ObservationDirs" >> beam.Create(list(observation_dirs))
             | "Read" >> ReadObservation(chunk_size=params.cali.chunk_size))
     observations = read.observations
+    failed = failed_obs_ids(read.failures)  # one side input shared by every writer
     calibrated = read.chunks | "Cali" >> Cali(caldb_dir, observations)
     outputs = {"observations": observations, "calibrated": calibrated}
 
     if params.cali.out_files:
-        _ = calibrated | "WriteCali" >> WriteCaliProducts(
-            general.working_out, params.cali.out_files, fingerprint, observations, read.failures)
+        written.append(calibrated | "WriteCali" >> WriteCaliProducts(
+            general.working_out, params.cali.out_files, fingerprint, observations, failed))
 
     wants_imag = bool(params.imag.out_files)
     if params.bube.out_files or wants_imag:
@@ -38,18 +41,22 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
         detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines)
         outputs.update(timelines=timelines, detector=detector)
         write = dict(working_out=general.working_out, fingerprint=fingerprint,
-                     observations=observations, failures=read.failures)
+                     observations=observations, failed=failed)
         if "ECL-GTI-UBC" in params.bube.out_files:
-            _ = timelines | "WriteGtiUbc" >> WriteTimelineProducts("ECL-GTI-UBC", **write)
+            written.append(timelines | "WriteGtiUbc" >> WriteTimelineProducts("ECL-GTI-UBC", **write))
         for product in ("ECL-DET-IMA", "ECL-DET-UBC"):
             if product in params.bube.out_files:
-                _ = detector | f"Write{product}" >> WriteImageProducts(product, **write)
+                written.append(detector | f"Write{product}" >> WriteImageProducts(product, **write))
         if wants_imag:
             sky = detector | "Imag" >> Imag(params.imag, caldb_dir, timelines)
             outputs["sky"] = sky
             for product in params.imag.out_files:
-                _ = sky | f"Write{product}" >> WriteImageProducts(product, **write)
+                written.append(sky | f"Write{product}" >> WriteImageProducts(product, **write))
 
-    _ = read.failures | "WriteFailures" >> WriteFailures(general.working_out)
+    written.append(read.failures | "WriteFailures" >> WriteFailures(general.working_out))
     outputs["failures"] = read.failures
+    # One last transform downstream of every writer: the DaskRunner computes only the graph
+    # behind the last transform applied, so the writers must all lead to it.
+    outputs["written"] = (tuple(written) | "AllWritten" >> beam.Flatten()
+                          | "CountWritten" >> beam.combiners.Count.Globally())
     return outputs

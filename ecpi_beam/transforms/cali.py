@@ -136,7 +136,7 @@ def write_event_part(working_out: str, obs_id: str, calibrated) -> EventPart:
     folder = parts_folder(working_out, obs_id)
     fs.makedirs(folder)
     url = fs.join(folder, f"{uuid.uuid4().hex}.rows")  # unique: retried bundles never collide
-    fs.put_atomic(calibrated.astype(ROW_DTYPE).tobytes(), url)
+    fs.put_atomic(calibrated.astype(ROW_DTYPE).tobytes(), url, durable=False)  # a temporary part
     if len(calibrated) == 0:
         return EventPart(np.inf, np.inf, 0, url)
     return EventPart(float(calibrated["TIME"][0]), float(calibrated["TIME"][-1]),
@@ -281,14 +281,14 @@ def _write_gti_unless_failed(keyed, working_out, fingerprint, failed_obs_ids):
 class WriteCaliProducts(beam.PTransform):
     """Calibrated chunks -> the requested CALI products; returns the PCollection of their URLs.
 
-    Observations listed in `failures` (records with an obs_id) get no product.
+    Observations in the `failed` side input get no product.
     """
 
     working_out: str
     out_files: tuple
     fingerprint: str
     observations: beam.PCollection  # (obs_id, Observation)
-    failures: beam.PCollection | None = None  # {obs_dir, obs_id, error}
+    failed: object = None  # side input: the set of failed obs_ids (write.failed_obs_ids)
 
     def __post_init__(self):
         super().__init__()
@@ -298,9 +298,8 @@ class WriteCaliProducts(beam.PTransform):
 
     def expand(self, calibrated):
         pipeline = calibrated.pipeline
-        failures = self.failures if self.failures is not None else (
+        failed = self.failed if self.failed is not None else failed_obs_ids(
             pipeline | "NoFailures" >> beam.Create([]))
-        failed = failed_obs_ids(failures)
         written = []
         if GTI_CAL in self.out_files:
             written.append(

@@ -12,7 +12,8 @@ from apache_beam.metrics import Metrics
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
-from ecpi_beam.kernels import background, cleaning, detection, imaging
+from ecpi_beam.kernels import imaging
+from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
 
 NAMESPACE = "ecpi.imag"
 
@@ -25,50 +26,7 @@ class SkyProducts:
     residual_snr: np.ndarray  # SNR once every found source's shadowgram is removed
     exposure: float
     wcs_keywords: dict
-    sources: tuple  # of SourceRow
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceRow:
-    """One detected source: a row of ECL-SOP-IMA."""
-
-    ra: float
-    dec: float
-    err_rad_arcmin: float
-    snr: float
-    flux: float  # counts s-1 cm-2 (on-axis equivalent, per open detector area)
-    flux_err: float
-    row: float  # 0-based sky-image pixel
-    col: float
-    pcode: float
-
-
-def flat_fielded(products):
-    """Background-corrected counts and their variance divided by the pixel efficiency.
-
-    The balanced correlation assumes every open pixel sees n counts of a source; dividing by
-    the efficiency restores that, and dead or noisy pixels get weight 0.
-    """
-    weights = (products.good_pixels & (products.efficiency > 0)).astype(float)
-    efficiency = np.where(weights > 0, products.efficiency, 1.0)
-    data = products.correction.corrected / efficiency
-    variance = products.correction.variance / efficiency**2
-    return data * weights, variance * weights, weights
-
-
-def source_rows(found, quaternion, exposure):
-    """Convert sub-pixel detections to RA/Dec rows with fluxes in counts s-1 cm-2."""
-    rows = []
-    scale = 1.0 / (max(exposure, 1e-9) * instrument.PIXEL_AREA_CM2)
-    for det in found:
-        ra, dec = instrument.los_to_radec(instrument.sky_pixel_to_los(det.row, det.col), quaternion)
-        rows.append(SourceRow(
-            ra=float(ra), dec=float(dec),
-            err_rad_arcmin=float(detection.error_radius_arcmin(
-                det.snr, det.row_err, det.col_err, row=det.row, col=det.col)),
-            snr=float(det.snr), flux=float(det.flux * scale), flux_err=float(det.flux_err * scale),
-            row=float(det.row), col=float(det.col), pcode=float(det.pcode)))
-    return tuple(rows)
+    sources: tuple  # of kernels.sky_analysis.SourceRow
 
 
 class MakeSkyImages(beam.DoFn):
@@ -81,36 +39,21 @@ class MakeSkyImages(beam.DoFn):
         self._sources = Metrics.counter(NAMESPACE, "sources_found")
 
     def setup(self):
-        self._pattern = Caldb.open(self._caldb_dir).mask_pattern()
-        self._plan = imaging.make_correlation_plan(instrument.resample_mask(self._pattern))
-        self._irf_correction = imaging.irf_correction(self._params.irf_corr)
-        pixcal = Caldb.open(self._caldb_dir).pixel_calibration()
-        efficiency = np.where(pixcal.status == 0, pixcal.effic, 0.0)
-        flat_fielded_template = np.divide(
-            background.sky_illumination_template(self._pattern, efficiency), efficiency,
-            out=np.zeros((instrument.N_PIX, instrument.N_PIX)), where=efficiency > 0)
-        # background terms refitted with the sources when cleaning, per BUBE mode (flat-fielded)
-        self._background_terms = {"shape": (np.ones_like(efficiency), flat_fielded_template)}
+        caldb = Caldb.open(self._caldb_dir)
+        self._analyser = SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), self._params)
 
     def process(self, element, timelines):
         (obs_id, band, occ), products = element
-        data, variance, weights = flat_fielded(products)
-        sky = self._irf_correction(imaging.balanced_sky_image(self._plan, data, variance, weights))
-        cleaned = cleaning.detect_and_clean(
-            self._plan, self._pattern, data, variance, weights,
-            snr_threshold=self._params.effective_snr_threshold, pcode_min=self._params.pcode_min,
-            win_dim=self._params.win_dim, irf_correction=self._irf_correction,
-            background_components=self._background_terms.get(
-                products.mode, (np.ones((instrument.N_PIX, instrument.N_PIX)),)))
-        found = cleaned.detections
-        residual = imaging.balanced_sky_image(self._plan, cleaned.residual, variance, weights)
+        analysis = self._analyser.analyse(
+            products.correction.corrected, products.correction.variance, products.good_pixels,
+            products.efficiency, products.mode)
         quaternion = timelines[obs_id].reference_quaternion
         self._images.inc()
-        self._sources.inc(len(found))
+        self._sources.inc(len(analysis.detections))
         yield (obs_id, band, occ), SkyProducts(
-            images=sky, residual_snr=residual.snr, exposure=products.exposure,
-            wcs_keywords=instrument.sky_wcs_keywords(quaternion),
-            sources=source_rows(found, quaternion, products.exposure))
+            images=analysis.images, residual_snr=analysis.residual_snr,
+            exposure=products.exposure, wcs_keywords=instrument.sky_wcs_keywords(quaternion),
+            sources=source_rows(analysis.detections, quaternion, products.exposure))
 
 
 @dataclasses.dataclass(eq=False)

@@ -9,6 +9,7 @@ file. A failing observation becomes a failure record and does not stop the other
 from __future__ import annotations
 
 import dataclasses
+import typing
 import logging
 from typing import NamedTuple
 
@@ -126,13 +127,12 @@ class InspectObservation(beam.DoFn):
         except EcpiError as err:
             self._failed.inc()
             LOG.error("DPCO %s", err)
-            yield beam.pvalue.TaggedOutput(FAILURES, {"obs_dir": obs_dir, "obs_id": None,
-                                                      "error": str(err)})
+            yield FAILURES, {"obs_dir": obs_dir, "obs_id": None, "error": str(err)}
             return
         self._inspected.inc()
         LOG.info("DPCO %s: triplet consistent (OBS_ID %s, %d events)", obs_dir,
                  observation.obs_id, observation.n_events)
-        yield observation.obs_id, observation
+        yield OBSERVATIONS, (observation.obs_id, observation)
 
 
 class ReadEventChunk(beam.DoFn):
@@ -166,11 +166,11 @@ class ReadEventChunk(beam.DoFn):
         check = consistency.check_event_chunk(
             events, descriptor.first_row, previous_time,
             float(observation.keywords["TSTART"]), float(observation.keywords["TSTOP"]))
-        yield beam.pvalue.TaggedOutput(CHECKS, (descriptor.obs_id, check))
+        yield CHECKS, (descriptor.obs_id, check)
         if check.findings:
             self._bad_chunks.inc()
             return
-        yield descriptor.obs_id, events
+        yield CHUNKS, (descriptor.obs_id, events)
 
 
 class ReadResult(NamedTuple):
@@ -193,15 +193,26 @@ class ReadObservation(beam.PTransform):
         super().__init__()
 
     def expand(self, obs_dirs):
-        inspected = obs_dirs | "Inspect" >> beam.ParDo(InspectObservation()).with_outputs(
-            FAILURES, main=OBSERVATIONS)
+        inspected = split_outputs(
+            obs_dirs | "Inspect" >> beam.ParDo(InspectObservation()).with_output_types(
+                typing.Tuple[str, typing.Any]), "Inspect",
+            OBSERVATIONS, FAILURES)
         observations = inspected[OBSERVATIONS]
         read = (observations
                 | "ChunkDescriptors" >> beam.FlatMap(
                     lambda keyed, size: chunk_descriptors(keyed[1], size), self.chunk_size)
                 | "Reshuffle" >> beam.Reshuffle()
                 | "ReadChunks" >> beam.ParDo(ReadEventChunk(), beam.pvalue.AsDict(observations))
-                .with_outputs(CHECKS, main=CHUNKS))
+                .with_output_types(typing.Tuple[str, typing.Any]))
+        read = split_outputs(read, "ReadChunks", CHUNKS, CHECKS)
         event_failures = read[CHECKS] | "Dpco" >> dpco.SummarizeEventChecks(observations)
         failures = (inspected[FAILURES], event_failures) | "Failures" >> beam.Flatten()
         return ReadResult(observations, read[CHUNKS], failures)
+
+
+def split_outputs(tagged, label, *tags):
+    """(tag, value) pairs -> {tag: PCollection of values}. Used instead of with_outputs, which
+    Beam 2.77's DaskRunner does not separate (every consumer would get every output)."""
+    return {tag: tagged | f"{label}{tag.capitalize()}" >> beam.FlatMap(
+        lambda item, wanted: [item[1]] if item[0] == wanted else [], tag
+    ).with_output_types(typing.Any) for tag in tags}

@@ -65,7 +65,7 @@ class WriteImageProducts(beam.PTransform):
     working_out: str
     fingerprint: str
     observations: beam.PCollection
-    failures: beam.PCollection
+    failed: object  # side input: failed_obs_ids(failures)
 
     def __post_init__(self):
         super().__init__()
@@ -76,7 +76,7 @@ class WriteImageProducts(beam.PTransform):
                 | "Group" >> beam.GroupByKey()
                 | "Write" >> beam.ParDo(
                     WriteObservationProduct(self.product, self.working_out, self.fingerprint),
-                    beam.pvalue.AsDict(self.observations), failed_obs_ids(self.failures)))
+                    beam.pvalue.AsDict(self.observations), self.failed))
 
 
 @dataclasses.dataclass(eq=False)
@@ -87,7 +87,7 @@ class WriteTimelineProducts(beam.PTransform):
     working_out: str
     fingerprint: str
     observations: beam.PCollection
-    failures: beam.PCollection
+    failed: object  # side input: failed_obs_ids(failures)
 
     def __post_init__(self):
         super().__init__()
@@ -101,7 +101,7 @@ class WriteTimelineProducts(beam.PTransform):
             yield _write(self.working_out, self.product, observations[obs_id], self.fingerprint, hdus)
 
         return timelines | "Write" >> beam.FlatMap(
-            write, beam.pvalue.AsDict(self.observations), failed_obs_ids(self.failures))
+            write, beam.pvalue.AsDict(self.observations), self.failed)
 
 
 @dataclasses.dataclass(eq=False)

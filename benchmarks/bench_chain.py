@@ -1,0 +1,453 @@
+"""Whole-chain benchmark: `ecpi_run` (DirectRunner) against a bare numpy script, same input.
+
+    python benchmarks/bench_chain.py --events 1e7 [--events 3e7] [--products all,images]
+        [--modes numpy,beam,beam-mp] [--chunk-size 1000000] [--repeat 3] [--cache DIR]
+    python benchmarks/bench_chain.py --events 1e7 --profile beam   # cProfile of one ecpi_run
+    python benchmarks/bench_chain.py --events 1e7 --phases         # imports / graph / run split
+    python benchmarks/bench_chain.py --report runs.json            # the table from --json files
+
+The default scenario (ecpi_beam.simu.default_scenario, about 4000 counts/s) is simulated once
+per size into the cache folder (default benchmarks/output/cache, git-ignored) and reused. For
+each product set a parameter file is written:
+  all     every product: ECL-GTI-CAL, ECL-EVT-CAL, ECL-DET-IMA, ECL-DET-UBC, ECL-GTI-UBC,
+          ECL-SKY-IMA, ECL-SOP-IMA;
+  images  the sky images and source lists only (ECL-SKY-IMA, ECL-SOP-IMA).
+Bands and occultation classes are the demo's (six bands, PEO, background 'shape').
+
+Each measurement is one fresh process, timed from outside (whole-process wall time, imports
+included):
+  numpy    python benchmarks/bare_numpy_chain.py params.ini  (same kernels, no Beam)
+  beam     ecpi_run params.ini                                (DirectRunner defaults)
+  beam-mp  ecpi_run params.ini --direct_num_workers 2 --direct_running_mode multi_processing
+Memory: `peak RSS` is the largest single process (ru_maxrss from wait4, which covers the
+process and every descendant it waited for); `peak tree` is the largest sum of RSS over the
+process and all its descendants, sampled every 50 ms (what matters for multi_processing).
+Prints one markdown table, with medians over --repeat runs, and writes the raw runs as JSON
+(--json). Measured processes get their own bytecode cache and a warm-up run (see child_env;
+--cold-imports measures the environment as it is).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # run as a script from a checkout: the package is the folder above
+
+DEFAULT_CACHE = os.path.join(HERE, "output", "cache")
+EVENTS_PER_SECOND_ESTIMATE = 4000.0  # the default scenario's count rate, to size the duration
+BANDS = "[[13,60],[61,140],[141,300],[301,620],[621,1260],[13,1260]]"  # as ecpi_beam.demo
+PRODUCT_SETS = {
+    "all": {"cali": ["ECL-GTI-CAL", "ECL-EVT-CAL"],
+            "bube": ["ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC"],
+            "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
+    "images": {"cali": [], "bube": [], "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
+}
+PARAMS_TEMPLATE = """\
+[general]
+logger_level = warning
+working_in = {working_in}
+working_out = {working_out}
+caldb_dir = {caldb_dir}
+
+[dpco]
+out_files = []
+
+[cali]
+out_files = {cali}
+chunk_size = {chunk_size}
+
+[bube]
+energy_channels = {bands}
+ear_occ_bub = ['PEO']
+bkg_cor_mod = ['shape']
+out_files = {bube}
+
+[imag]
+snr_ths = 7
+win_dim = 5.0
+irf_corr = cos_theta
+out_files = {imag}
+"""
+WARM_UP_EVENTS = 100_000
+MODES = ("numpy", "beam", "beam-mp")
+MP_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+
+
+# ==============================================================================================
+# Input and parameter files
+# ==============================================================================================
+def simulate_input(n_events: int, cache: str) -> str:
+    """An observation directory (under cache/input-<n>/) with about n_events events."""
+    from ecpi_beam.caldb import Caldb, default_caldb_dir
+    from ecpi_beam.simu import default_scenario, scenario_with, simulate
+
+    top = os.path.join(cache, f"input-{n_events}")
+    directory = os.path.join(top, "obs")
+    if os.path.exists(os.path.join(top, "done")):
+        return directory
+    duration = max(10.0, n_events / EVENTS_PER_SECOND_ESTIMATE)
+    scenario = scenario_with(default_scenario(), duration=duration, obs_id="0000001000")
+    started = time.perf_counter()
+    print(f"simulating {duration:.0f} s (~{n_events:.3g} events) into {directory} ...",
+          file=sys.stderr, flush=True)
+    simulate(scenario, directory, Caldb.open(default_caldb_dir()))
+    print(f"simulated in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    with open(os.path.join(top, "done"), "w", encoding="utf-8") as stream:
+        stream.write(f"{duration}\n")
+    return directory
+
+
+def write_params(cache: str, n_events: int, products: str, chunk_size: int) -> str:
+    """cache/runs/<n>-<products>-<chunk>/params.ini, its working_out next to it."""
+    from ecpi_beam.caldb import default_caldb_dir
+
+    obs_dir = os.path.join(cache, f"input-{n_events}", "obs")
+    run_dir = os.path.join(cache, "runs", f"{n_events}-{products}-{chunk_size}")
+    working_out = os.path.join(run_dir, "output")
+    os.makedirs(working_out, exist_ok=True)
+    chosen = PRODUCT_SETS[products]
+    path = os.path.join(run_dir, "params.ini")
+    with open(path, "w", encoding="utf-8") as stream:
+        stream.write(PARAMS_TEMPLATE.format(
+            working_in=obs_dir, working_out=working_out, caldb_dir=default_caldb_dir(),
+            chunk_size=chunk_size, bands=BANDS, cali=chosen["cali"], bube=chosen["bube"],
+            imag=chosen["imag"]))
+    return path
+
+
+def ecpi_run_command() -> list[str]:
+    script = os.path.join(os.path.dirname(sys.executable), "ecpi_run")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "ecpi_beam.run"]
+
+
+def child_env(cache: str, cold_imports: bool) -> dict:
+    """The environment of measured processes.
+
+    By default the bytecode of every imported module is cached under cache/pycache
+    (PYTHONPYCACHEPREFIX), as a normal installation has it: a virtual environment whose .pyc
+    are stale (sources copied after installation) or PYTHONDONTWRITEBYTECODE=1 would make
+    every run recompile Beam, astropy and scipy (about 6 s per process on 2 cores).
+    --cold-imports keeps the caller's environment as it is.
+    """
+    env = dict(os.environ)
+    if not cold_imports:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(cache, "pycache")
+    return env
+
+
+def warm_up(cache: str, modes, env) -> None:
+    """One unmeasured run of each mode on a small input, to fill the bytecode cache."""
+    simulate_input(WARM_UP_EVENTS, cache)
+    params = write_params(cache, WARM_UP_EVENTS, "all", 1_000_000)
+    for mode in modes:
+        done = subprocess.run(command_for(mode, params), env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"warning: warm-up run of {mode} failed (exit {done.returncode}):\n"
+                  f"{done.stderr[-2000:]}", file=sys.stderr)
+
+
+def command_for(mode: str, params: str) -> list[str]:
+    if mode == "numpy":
+        return [sys.executable, os.path.join(HERE, "bare_numpy_chain.py"), params]
+    if mode == "beam":
+        return [*ecpi_run_command(), params]
+    if mode == "beam-mp":
+        return [*ecpi_run_command(), params, *MP_ARGS]
+    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+
+# ==============================================================================================
+# Measuring one process
+# ==============================================================================================
+def _tree_rss_bytes(pid: int) -> int:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(command: list[str], env=None) -> dict:
+    """Wall time, peak single-process RSS (wait4) and sampled peak tree RSS of one command."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    peak_tree = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak_tree[0] = max(peak_tree[0], _tree_rss_bytes(process.pid))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = {}
+
+    def drain(stream, key):
+        output[key] = stream.read().decode(errors="replace")
+
+    readers = [threading.Thread(target=drain, args=(process.stdout, "stdout")),
+               threading.Thread(target=drain, args=(process.stderr, "stderr"))]
+    for reader in readers:
+        reader.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    stop.set()
+    sampler.join()
+    for reader in readers:
+        reader.join()
+    return {"command": command, "returncode": process.returncode, "seconds": seconds,
+            "peak_rss_mb": usage.ru_maxrss / 1024.0, "peak_tree_mb": peak_tree[0] / 2**20,
+            "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+            "load": os.getloadavg()[0], "stdout": output.get("stdout", ""),
+            "stderr": output.get("stderr", "")}
+
+
+def _clean_outputs(params: str) -> None:
+    """Remove the products of a previous run (products are re-written each time anyway)."""
+    folder = os.path.join(os.path.dirname(params), "output")
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+# ==============================================================================================
+# Phases of one ecpi_run (in a child process)
+# ==============================================================================================
+def phases_child(params_path: str, beam_args: list[str]) -> None:
+    """Seconds spent importing, building the graph and running it, as run.main does them."""
+    started = time.perf_counter()
+    import apache_beam as beam  # noqa: F401  (what `import ecpi_beam.run` costs, mostly)
+    beam_imported = time.perf_counter()
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from ecpi_beam import run
+    from ecpi_beam.io import fs
+    from ecpi_beam.params import load_params
+    from ecpi_beam.pipelines.observation import build_observation_pipeline
+    from ecpi_beam.workspace import resolve_caldb_dir
+    imported = time.perf_counter()
+    params = load_params(params_path)
+    caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
+    observation_dirs = fs.find_observation_dirs(params.general.working_in)
+    _, beam_args = run.parse_args([params_path, *beam_args])
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs)
+    built = time.perf_counter()
+    result = pipeline.run()
+    result.wait_until_finish()
+    done = time.perf_counter()
+    print(json.dumps({"import apache_beam": beam_imported - started,
+                      "import ecpi_beam (run, pipeline, kernels)": imported - beam_imported,
+                      "build the graph": built - imported,
+                      "run (translate, fuse, execute, write)": done - built,
+                      "total in process": done - started}))
+
+
+# ==============================================================================================
+# Profile
+# ==============================================================================================
+def profile(mode: str, params: str, out_dir: str, env=None, top: int = 45) -> str:
+    """cProfile of one run of `mode` (in-process for the main process only); prints the top."""
+    os.makedirs(out_dir, exist_ok=True)
+    stats = os.path.join(out_dir, f"{mode}-{os.path.basename(os.path.dirname(params))}.prof")
+    if mode == "numpy":
+        target = [os.path.join(HERE, "bare_numpy_chain.py"), params]
+    else:
+        target = ["-m", "ecpi_beam.run", params, *(MP_ARGS if mode == "beam-mp" else [])]
+    command = [sys.executable, "-m", "cProfile", "-o", stats, *target]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=env)
+    print(f"profiled run: {time.perf_counter() - started:.1f} s -> {stats}")
+    import pstats
+
+    for sort in ("cumulative", "tottime"):
+        print(f"\n=== top {top} by {sort} ===")
+        pstats.Stats(stats).sort_stats(sort).print_stats(top)
+    return stats
+
+
+# ==============================================================================================
+def _median(runs, key):
+    return statistics.median(run[key] for run in runs)
+
+
+def _joined(runs, key):
+    return ", ".join(f"{run[key]:.1f}" for run in runs)
+
+
+def _reported(runs, what, default=None):
+    """A number from the summary line of ecpi_run or of the bare script ('events read N')."""
+    for run in runs:
+        match = re.search(what + r" (\d+)", run["stdout"])
+        if match:
+            return int(match.group(1))
+    return default
+
+
+TABLE_HEADER = (
+    "| events read | products | chunk | mode | wall s (median) | wall s (runs) | events/s | "
+    "x numpy | CPU s (user+sys) | peak RSS MB | peak tree MB | sources | load (1 min) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table_row(runs, numpy_seconds=None) -> str:
+    """One markdown row for the runs of one (events, products, chunk, mode)."""
+    first = runs[0]
+    seconds = _median(runs, "seconds")
+    ratio = f"{seconds / numpy_seconds:.2f}" if numpy_seconds else "-"
+    events = _reported(runs, "events read", first["events"])
+    sources = _reported(runs, "sources", "?")
+    cpu = statistics.median(run["user_s"] + run["sys_s"] for run in runs)
+    return (f"| {events:.3g} | {first['products']} | {first['chunk_size']:.0e} | {first['mode']} | "
+            f"{seconds:.1f} | {_joined(runs, 'seconds')} | {events / seconds:.3g} | {ratio} | "
+            f"{cpu:.1f} | {_median(runs, 'peak_rss_mb'):.0f} | {_median(runs, 'peak_tree_mb'):.0f} | "
+            f"{sources} | {_joined(runs, 'load')} |")
+
+
+def report(json_files) -> None:
+    """The table again, from the --json files of earlier runs."""
+    groups = {}
+    for path in json_files:
+        with open(path, encoding="utf-8") as stream:
+            for run in json.load(stream):
+                key = (run["events"], run["products"], run["chunk_size"])
+                groups.setdefault(key, {}).setdefault(run["mode"], []).append(run)
+    print(TABLE_HEADER)
+    for key in sorted(groups):
+        by_mode = groups[key]
+        numpy_seconds = _median(by_mode["numpy"], "seconds") if "numpy" in by_mode else None
+        for mode in MODES:
+            if mode in by_mode:
+                print(table_row(by_mode[mode], numpy_seconds))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", action="append", type=float,
+                        help="events to simulate, repeatable (default 1e7)")
+    parser.add_argument("--products", default="all,images", help="product sets: all,images")
+    parser.add_argument("--modes", default=",".join(MODES), help="numpy,beam,beam-mp")
+    parser.add_argument("--chunk-size", default="1000000",
+                        help="[cali] chunk_size values, comma separated (1000000)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
+    parser.add_argument("--cache", default=DEFAULT_CACHE, help="input and output folder "
+                        "(default benchmarks/output/cache)")
+    parser.add_argument("--json", help="write every run (commands, times, memory) here")
+    parser.add_argument("--profile", choices=MODES, help="cProfile one run of this mode instead")
+    parser.add_argument("--simulate-only", action="store_true")
+    parser.add_argument("--phases", action="store_true",
+                        help="time the phases of ecpi_run (imports, graph, run) instead")
+    parser.add_argument("--phases-child", help=argparse.SUPPRESS)
+    parser.add_argument("--report", nargs="+", metavar="JSON",
+                        help="print the table from --json files of earlier runs, run nothing")
+    parser.add_argument("--cold-imports", action="store_true",
+                        help="no bytecode cache of our own, no warm-up run (see child_env)")
+    args, beam_args = parser.parse_known_args(argv)
+    if args.report:
+        report(args.report)
+        return 0
+    if args.phases_child:
+        phases_child(args.phases_child, beam_args)
+        return 0
+
+    sizes = [int(n) for n in (args.events or [1e7])]
+    products = args.products.split(",")
+    modes = args.modes.split(",")
+    chunk_sizes = [int(float(c)) for c in args.chunk_size.split(",")]
+    for n_events in sizes:
+        simulate_input(n_events, args.cache)
+    if args.simulate_only:
+        return 0
+    if args.phases:
+        env = child_env(args.cache, args.cold_imports)
+        if not args.cold_imports:
+            warm_up(args.cache, ["beam"], env)
+        print("| events | products | chunk | phase | seconds (median) | runs | load |")
+        print("|---|---|---|---|---|---|---|")
+        for n_events in sizes:
+            for product_set in products:
+                for chunk_size in chunk_sizes:
+                    params = write_params(args.cache, n_events, product_set, chunk_size)
+                    runs = []
+                    for _ in range(args.repeat):
+                        _clean_outputs(params)
+                        out = subprocess.run(
+                            [sys.executable, os.path.abspath(__file__), "--phases-child", params,
+                             *beam_args], env=env, check=True, capture_output=True, text=True)
+                        runs.append((json.loads(out.stdout.strip().splitlines()[-1]),
+                                     os.getloadavg()[0]))
+                    for phase in runs[0][0]:
+                        values = [r[phase] for r, _ in runs]
+                        print(f"| {n_events:.3g} | {product_set} | {chunk_size:.0e} | {phase} | "
+                              f"{statistics.median(values):.2f} | "
+                              f"{', '.join(f'{v:.2f}' for v in values)} | "
+                              f"{', '.join(f'{load:.1f}' for _, load in runs)} |", flush=True)
+        return 0
+    if args.profile:
+        env = child_env(args.cache, args.cold_imports)
+        if not args.cold_imports:
+            warm_up(args.cache, [args.profile], env)
+        for n_events in sizes:
+            for product_set in products:
+                for chunk_size in chunk_sizes:
+                    params = write_params(args.cache, n_events, product_set, chunk_size)
+                    profile(args.profile, params, os.path.join(args.cache, "profiles"), env)
+        return 0
+
+    env = child_env(args.cache, args.cold_imports)
+    if not args.cold_imports:
+        warm_up(args.cache, modes, env)
+    print(f"machine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(TABLE_HEADER)
+    records = []
+    for n_events in sizes:
+        for product_set in products:
+            for chunk_size in chunk_sizes:
+                params = write_params(args.cache, n_events, product_set, chunk_size)
+                numpy_seconds = None
+                for mode in modes:
+                    runs = []
+                    for _ in range(args.repeat):
+                        _clean_outputs(params)
+                        run = measure(command_for(mode, params), env)
+                        run.update(events=n_events, products=product_set,
+                                   chunk_size=chunk_size, mode=mode)
+                        runs.append(run)
+                        records.append(run)
+                        if run["returncode"] != 0:
+                            print(run["stderr"][-3000:], file=sys.stderr)
+                            raise SystemExit(f"{' '.join(run['command'])}: exit "
+                                             f"{run['returncode']}")
+                    if mode == "numpy":
+                        numpy_seconds = _median(runs, "seconds")
+                    print(table_row(runs, numpy_seconds), flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as stream:
+            json.dump(records, stream, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
