@@ -23,6 +23,7 @@ from ecpi_beam.simu import default_scenario, scenario_with, simulate
 from ecpi_beam.transforms import dpco
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
 from ecpi_beam.transforms.read import ReadObservation, inspect_observation
+from ecpi_beam.transforms.write import failed_obs_ids
 
 EVT, ATT, ORB = "ECL-EVT-SEC_demo.fits", "SVO-ATT-CNV_demo.fits", "SVO-ORB-CNV_demo.fits"
 
@@ -268,7 +269,7 @@ def test_bad_triplets_fail_alone_and_write_no_product(good_triplet, bad_triplets
     read = (pipeline | beam.Create(directories) | ReadObservation(chunk_size=4000))
     calibrated = read.chunks | Cali(default_caldb_dir(), read.observations)
     _ = calibrated | WriteCaliProducts(out, ("ECL-GTI-CAL", "ECL-EVT-CAL"), "test",
-                                       read.observations, read.failures)
+                                       read.observations, failed_obs_ids(read.failures))
     failures = read.failures | beam.Map(lambda f: (f["obs_dir"], f["error"]))
     assert_that(failures, equal_to(list(bad_triplets.values())))
     result = pipeline.run()
