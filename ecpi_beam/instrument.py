@@ -24,6 +24,8 @@ DETECTOR_AREA_CM2 = N_PIX * N_PIX * PIXEL_AREA_CM2  # 1024 cm2 of CdTe
 LOW_THRESHOLD_KEV = 4.0
 TIME_RESOLUTION_S = 20e-6
 N_PHA = 4096
+FLAG_MULTIPLE_PIXEL = 0x01  # EVENTS FLAG bit 0: a multiple-pixel event
+FLAG_FORCED_TRIGGER = 0x02  # EVENTS FLAG bit 1: an electronic forced trigger, not a photon
 
 # --- mask -----------------------------------------------------------------------------------
 N_MASK = 46

@@ -23,6 +23,7 @@ def random_chunk(rng, n, t0=0.0, t1=100.0):
     chunk["IDET"] = rng.integers(0, 80, n)
     chunk["JDET"] = rng.integers(0, 80, n)
     chunk["PI"] = rng.integers(0, 400, n)
+    chunk["FLAG"] = np.where(rng.random(n) < 0.01, instrument.FLAG_FORCED_TRIGGER, 0)
     return chunk
 
 
@@ -50,7 +51,7 @@ def timeline_with(class_gti):
                            class_gti)
 
 
-def test_bube_keys_every_band_and_class_and_conserves_events():
+def test_bube_keys_every_band_and_class_and_images_every_photon_but_no_forced_trigger():
     rng = np.random.default_rng(2)
     chunks = [("obs1", random_chunk(rng, 5000)), ("obs1", random_chunk(rng, 7000)),
               ("obs2", random_chunk(rng, 3000))]
@@ -63,7 +64,8 @@ def test_bube_keys_every_band_and_class_and_conserves_events():
         events = np.concatenate([c for o, c in chunks if o == obs_id])
         lo, hi = band
         t0, t1 = gti[occ][0]
-        return int(np.sum((events["PI"] >= lo) & (events["PI"] <= hi)
+        photons = (events["FLAG"] & instrument.FLAG_FORCED_TRIGGER) == 0
+        return int(np.sum(photons & (events["PI"] >= lo) & (events["PI"] <= hi)
                           & (events["TIME"] >= t0) & (events["TIME"] < t1)))
 
     expected = [((obs, instrument.band_name(band), occ), expected_counts(obs, band, occ))

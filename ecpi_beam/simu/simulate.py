@@ -28,8 +28,8 @@ from ecpi_beam.simu.writer import (EventFileWriter, common_keywords, primary_hdu
                                    write_hdus_atomically)
 
 SLEW_STEP_S = 1.0
-FLAG_MULTIPLE = 0x01
-FLAG_FORCED = 0x02
+FLAG_MULTIPLE = instrument.FLAG_MULTIPLE_PIXEL
+FLAG_FORCED = instrument.FLAG_FORCED_TRIGGER
 MAX_BACK_STEP_S = 100e-6
 N_BANDS = len(instrument.DEFAULT_BANDS)
 

@@ -49,12 +49,16 @@ class BinDetectorImages(beam.DoFn):
         self._bands = tuple((int(lo), int(hi)) for lo, hi in bands)
         self._occ_types = tuple(occ_types)
         self._binned = Metrics.counter(NAMESPACE, "events_binned")
+        self._forced = Metrics.counter(NAMESPACE, "forced_triggers_not_imaged")
 
     def process(self, element, timelines):
         obs_id, events = element
         timeline = timelines[obs_id]
+        # forced triggers are electronic test events, not photons: kept in ECL-EVT-CAL, not imaged
+        photon = (events["FLAG"] & instrument.FLAG_FORCED_TRIGGER) == 0
+        self._forced.inc(int(len(events) - photon.sum()))
         for occ in self._occ_types:
-            in_class = intervals.mask_times(events["TIME"], timeline.class_gti[occ])
+            in_class = photon & intervals.mask_times(events["TIME"], timeline.class_gti[occ])
             for band in self._bands:
                 selected = in_class & binning.band_mask(events["PI"], band)
                 self._binned.inc(int(selected.sum()))
