@@ -18,9 +18,9 @@ setup(
         "requests>=2.28",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist", "stingray", "moto[server]>=5", "s3fs", "flask"],
+        "test": ["pytest>=7", "pytest-xdist", "stingray", "moto[server]>=5", "s3fs>=2024.2", "flask"],
         "dask": ["apache-beam[dask]", "dask", "distributed"],
-        "s3": ["s3fs", "boto3"],
+        "s3": ["s3fs>=2024.2"],
     },
     entry_points={
         "console_scripts": [

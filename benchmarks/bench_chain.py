@@ -44,39 +44,14 @@ sys.path.insert(0, ROOT)  # run as a script from a checkout: the package is the 
 
 DEFAULT_CACHE = os.path.join(HERE, "output", "cache")
 EVENTS_PER_SECOND_ESTIMATE = 4000.0  # the default scenario's count rate, to size the duration
-BANDS = "[[13,60],[61,140],[141,300],[301,620],[621,1260],[13,1260]]"  # as ecpi_beam.demo
+from ecpi_beam.demo import DEMO_BANDS as BANDS  # noqa: E402
+from ecpi_beam.params import params_text  # noqa: E402
 PRODUCT_SETS = {
     "all": {"cali": ["ECL-GTI-CAL", "ECL-EVT-CAL"],
             "bube": ["ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC"],
             "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
     "images": {"cali": [], "bube": [], "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
 }
-PARAMS_TEMPLATE = """\
-[general]
-logger_level = warning
-working_in = {working_in}
-working_out = {working_out}
-caldb_dir = {caldb_dir}
-
-[dpco]
-out_files = []
-
-[cali]
-out_files = {cali}
-chunk_size = {chunk_size}
-
-[bube]
-energy_channels = {bands}
-ear_occ_bub = ['PEO']
-bkg_cor_mod = ['shape']
-out_files = {bube}
-
-[imag]
-snr_ths = 7
-win_dim = 5.0
-irf_corr = cos_theta
-out_files = {imag}
-"""
 WARM_UP_EVENTS = 100_000
 MODES = ("numpy", "beam", "beam-mp")
 MP_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
@@ -117,10 +92,10 @@ def write_params(cache: str, n_events: int, products: str, chunk_size: int) -> s
     chosen = PRODUCT_SETS[products]
     path = os.path.join(run_dir, "params.ini")
     with open(path, "w", encoding="utf-8") as stream:
-        stream.write(PARAMS_TEMPLATE.format(
-            working_in=obs_dir, working_out=working_out, caldb_dir=default_caldb_dir(),
-            chunk_size=chunk_size, bands=BANDS, cali=chosen["cali"], bube=chosen["bube"],
-            imag=chosen["imag"]))
+        stream.write(params_text(
+            obs_dir, working_out, default_caldb_dir(), energy_channels=BANDS,
+            cali_out=chosen["cali"], bube_out=chosen["bube"], imag_out=chosen["imag"],
+            extra={"cali": {"chunk_size": chunk_size}}))
     return path
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from ecpi_beam.params import params_text
+
 OBS_DURATION_S = 120.0  # 100 s of pointing after the 20 s slew
 SOURCE_CRAB = 0.5
 CRAB_NORM = 10.0          # the simulator's Crab normalisation (ph cm-2 s-1 keV-1 at 1 keV)
@@ -35,31 +37,6 @@ BUBE_PRODUCTS = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC")
 IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
 ALL_PRODUCTS = CALI_PRODUCTS + BUBE_PRODUCTS + IMAG_PRODUCTS
 
-PARAMS_TEMPLATE = """\
-[general]
-logger_level = {logger_level}
-working_in = {working_in}
-working_out = {working_out}
-caldb_dir = {caldb_dir}
-
-[dpco]
-out_files = []
-
-[cali]
-out_files = {cali_out}
-
-[bube]
-energy_channels = {energy_channels}
-ear_occ_bub = {ear_occ_bub}
-bkg_cor_mod = {bkg_cor_mod}
-out_files = {bube_out}
-
-[imag]
-snr_ths = {snr_ths}
-win_dim = 5.0
-irf_corr = {irf_corr}
-out_files = {imag_out}
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,14 +94,13 @@ def simulate_observation(directory: Path, caldb_home: Path, **scenario_changes
 def write_params(path: Path, working_in, working_out, *, cali_out=CALI_PRODUCTS,
                  bube_out=BUBE_PRODUCTS, imag_out=IMAG_PRODUCTS, bkg_cor_mod=("shape",),
                  ear_occ_bub=("PEO",), irf_corr="cos_theta", snr_ths=7,
-                 energy_channels="[]", logger_level="warning", caldb_dir="@local") -> Path:
+                 energy_channels=(), logger_level="warning", caldb_dir="@local") -> Path:
     """A seed-style parameter file (the five sections, the seed's keys)."""
     path = Path(path)
-    path.write_text(PARAMS_TEMPLATE.format(
-        logger_level=logger_level, working_in=working_in, working_out=working_out,
-        caldb_dir=caldb_dir, cali_out=list(cali_out), bube_out=list(bube_out),
-        imag_out=list(imag_out), bkg_cor_mod=list(bkg_cor_mod), ear_occ_bub=list(ear_occ_bub),
-        irf_corr=irf_corr, snr_ths=snr_ths, energy_channels=energy_channels))
+    path.write_text(params_text(
+        working_in, working_out, caldb_dir, logger_level=logger_level, cali_out=cali_out,
+        bube_out=bube_out, imag_out=imag_out, energy_channels=energy_channels,
+        ear_occ_bub=ear_occ_bub, bkg_cor_mod=bkg_cor_mod, snr_ths=snr_ths, irf_corr=irf_corr))
     return path
 
 
