@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from ecpi_beam.io import fs
-from ecpi_beam.io.image_products import PRODUCT_BUILDERS, occultation_gti_hdus
+from ecpi_beam.io.image_products import PRODUCT_BUILDERS, occultation_gti_hdus, parse_band
 from ecpi_beam.io.products import product_url, standard_keywords, write_product
 
 NAMESPACE = "ecpi.write"
@@ -35,73 +35,61 @@ def _write(working_out, product, observation, fingerprint, hdus):
     return url
 
 
-class WriteObservationProduct(beam.DoFn):
-    """(obs_id, [(band, occ, value), ...]) -> the product file's URL."""
-
-    def __init__(self, product, working_out, fingerprint):
-        self._product = product
-        self._working_out = working_out
-        self._fingerprint = fingerprint
-
-    def process(self, element, observations, failed):
-        obs_id, entries = element
-        if obs_id in failed:
-            return
-        entries = sorted(entries, key=lambda entry: (entry[1], _band_order(entry[0])))
-        hdus = PRODUCT_BUILDERS[self._product](entries)
-        yield _write(self._working_out, self._product, observations[obs_id], self._fingerprint, hdus)
+def keyed_image_hdus(product):
+    """[(band, occ, value), ...] of one observation -> the HDUs of `product`, in a fixed order."""
+    build = PRODUCT_BUILDERS[product]
+    return lambda entries: build(sorted(entries, key=lambda e: (e[1], parse_band(e[0]))))
 
 
-def _band_order(band: str):
-    lo, hi = band.split("-")
-    return int(lo), int(hi)
+def timeline_gti_hdus(timeline):
+    return occultation_gti_hdus(timeline, sorted(timeline.class_gti))
 
 
 @dataclasses.dataclass(eq=False)
-class WriteImageProducts(beam.PTransform):
-    """((obs_id, band, occ), value) -> one product file per observation; yields URLs."""
+class _ObservationProductWriter(beam.PTransform):
+    """Writes one product file per observation from (obs_id, payload); yields the URLs.
+
+    Observations in the `failed` side input (DPCO failures) get no product.
+    """
 
     product: str
     working_out: str
     fingerprint: str
-    observations: beam.PCollection
+    observations: beam.PCollection  # (obs_id, Observation): the header keywords
     failed: object  # side input: failed_obs_ids(failures)
 
     def __post_init__(self):
         super().__init__()
+
+    def _write_each(self, payloads, hdus_of):
+        working_out, product, fingerprint = self.working_out, self.product, self.fingerprint
+
+        def write(element, observations, failed):
+            obs_id, payload = element
+            if obs_id not in failed:
+                yield _write(working_out, product, observations[obs_id], fingerprint,
+                             hdus_of(payload))
+
+        return payloads | "Write" >> beam.FlatMap(write, beam.pvalue.AsDict(self.observations),
+                                                   self.failed)
+
+
+class WriteImageProducts(_ObservationProductWriter):
+    """((obs_id, band, occ), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or ECL-SOP-IMA."""
 
     def expand(self, keyed):
-        return (keyed
-                | "ByObservation" >> beam.MapTuple(lambda key, value: (key[0], (key[1], key[2], value)))
-                | "Group" >> beam.GroupByKey()
-                | "Write" >> beam.ParDo(
-                    WriteObservationProduct(self.product, self.working_out, self.fingerprint),
-                    beam.pvalue.AsDict(self.observations), self.failed))
+        grouped = (keyed
+                   | "ByObservation" >> beam.MapTuple(
+                       lambda key, value: (key[0], (key[1], key[2], value)))
+                   | "Group" >> beam.GroupByKey())
+        return self._write_each(grouped, keyed_image_hdus(self.product))
 
 
-@dataclasses.dataclass(eq=False)
-class WriteTimelineProducts(beam.PTransform):
+class WriteTimelineProducts(_ObservationProductWriter):
     """(obs_id, ImagingTimeline) -> ECL-GTI-UBC, one OGIP GTI extension per occultation type."""
 
-    product: str
-    working_out: str
-    fingerprint: str
-    observations: beam.PCollection
-    failed: object  # side input: failed_obs_ids(failures)
-
-    def __post_init__(self):
-        super().__init__()
-
     def expand(self, timelines):
-        def write(element, observations, failed):
-            obs_id, timeline = element
-            if obs_id in failed:
-                return
-            hdus = occultation_gti_hdus(timeline, sorted(timeline.class_gti))
-            yield _write(self.working_out, self.product, observations[obs_id], self.fingerprint, hdus)
-
-        return timelines | "Write" >> beam.FlatMap(
-            write, beam.pvalue.AsDict(self.observations), self.failed)
+        return self._write_each(timelines, timeline_gti_hdus)
 
 
 @dataclasses.dataclass(eq=False)
