@@ -56,8 +56,11 @@ def corrected_image_hdus(entries, timeline=None):
         keywords["BKGMODE"] = (products.mode, "background correction mode ([bube] bkg_cor_mod)")
         for index, (name, (value, error)) in enumerate(sorted(correction.coefficients.items()), 1):
             keywords[f"BKGPAR{index}"] = (name, "background model term")
-            keywords[f"BKGVAL{index}"] = (float(value), f"fitted coefficient of {name}")
-            keywords[f"BKGERR{index}"] = (float(error), f"1-sigma error of {name}")
+            # FITS headers hold no NaN: an unmeasurable term (no counts) leaves its keyword out
+            if np.isfinite(value):
+                keywords[f"BKGVAL{index}"] = (float(value), f"fitted coefficient of {name}")
+            if np.isfinite(error):
+                keywords[f"BKGERR{index}"] = (float(error), f"1-sigma error of {name}")
         hdus += [
             _image_hdu(correction.corrected.astype(np.float32), f"UBC_{band}_{occ}", keywords,
                        bunit="count"),
