@@ -5,7 +5,6 @@ Every option that is not ours is passed to Beam's PipelineOptions (runner, worke
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -19,7 +18,8 @@ from ecpi_beam.io import fs
 from ecpi_beam.params import load_params
 from ecpi_beam.pipelines.observation import build_observation_pipeline
 from ecpi_beam.pipelines.preflight import check_capabilities, preflight_observations
-from ecpi_beam.transforms.write import FAILURES_FILE
+from ecpi_beam.transforms.failures import (FAILURES_FILE, collect_failures,
+                                           remove_dead_letters)
 from ecpi_beam.workspace import resolve_caldb_dir
 
 log = logging.getLogger("ecpi_beam")
@@ -62,25 +62,18 @@ def metric_totals(result):
     return totals
 
 
-def read_failures(working_out):
-    url = fs.join(working_out, FAILURES_FILE)
-    if not fs.exists(url):
-        return []
-    with fs.open_file(url, "rb") as handle:
-        return [json.loads(line) for line in handle.read().decode().splitlines() if line.strip()]
-
-
 def run(params, beam_args, caldb_dir, observation_dirs):
     """Build and run the pipeline; returns (metric totals, failure records)."""
     stale = fs.join(params.general.working_out, FAILURES_FILE)
     if fs.exists(stale):
         fs.remove(stale)
+    remove_dead_letters(params.general.working_out)
     options = PipelineOptions(beam_args)
     with beam.Pipeline(options=options) as pipeline:
         build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs)
     result = pipeline.result if hasattr(pipeline, "result") else None
     totals = metric_totals(result) if result is not None else {}
-    return totals, read_failures(params.general.working_out)
+    return totals, collect_failures(params.general.working_out)
 
 
 def main(argv) -> int:
@@ -95,7 +88,8 @@ def main(argv) -> int:
     totals, failures = run(params, beam_args, caldb_dir, observation_dirs)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
-    done = len(observation_dirs) - len(failures)
+    failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}
+    done = len(observation_dirs) - len(failed)
     print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed in "
           f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "
           f"calibrated {int(totals.get('ecpi.cali.events_out', 0))}; "

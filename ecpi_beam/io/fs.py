@@ -307,10 +307,10 @@ def put_atomic(local_path_or_bytes, url: str, durable: bool = True) -> str:
     return url
 
 
-def remove(url: str, missing_ok: bool = True) -> None:
+def remove(url: str, missing_ok: bool = True, recursive: bool = False) -> None:
     fs, path = filesystem(url)
     try:
-        retry(fs.rm, path)
+        retry(fs.rm, path, recursive=recursive)
     except FileNotFoundError:
         if not missing_ok:
             raise

@@ -9,6 +9,7 @@ import apache_beam as beam
 
 from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
+from ecpi_beam.transforms.failures import FailureLog
 from ecpi_beam.transforms.imag import Imag
 from ecpi_beam.transforms.read import ReadObservation
 from ecpi_beam.transforms.write import (WriteFailures, WriteImageProducts,
@@ -21,14 +22,16 @@ IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
 def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dirs):
     """Add the whole chain to `pipeline`; returns the dict of named output collections."""
     general = params.general
+    failure_log = FailureLog(general.working_out)  # one failing observation stops no other
     written = []  # URLs of every writer: joined at the end (see below)
     fingerprint = params.fingerprint()
     read = (pipeline
             | "ObservationDirs" >> beam.Create(list(observation_dirs))
-            | "Read" >> ReadObservation(chunk_size=params.cali.chunk_size))
+            | "Read" >> ReadObservation(chunk_size=params.cali.chunk_size,
+                                       failure_log=failure_log))
     observations = read.observations
     failed = failed_obs_ids(read.failures)  # one side input shared by every writer
-    calibrated = read.chunks | "Cali" >> Cali(caldb_dir, observations)
+    calibrated = read.chunks | "Cali" >> Cali(caldb_dir, observations, failure_log)
     outputs = {"observations": observations, "calibrated": calibrated}
 
     if params.cali.out_files:
@@ -37,18 +40,18 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
 
     wants_imag = bool(params.imag.out_files)
     if params.bube.out_files or wants_imag:
-        timelines = observations | "Timelines" >> ImagingTimelines(params.bube)
-        detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines)
+        timelines = observations | "Timelines" >> ImagingTimelines(params.bube, failure_log)
+        detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines, failure_log)
         outputs.update(timelines=timelines, detector=detector)
         write = dict(working_out=general.working_out, fingerprint=fingerprint,
-                     observations=observations, failed=failed)
+                     observations=observations, failed=failed, failure_log=failure_log)
         if "ECL-GTI-UBC" in params.bube.out_files:
             written.append(timelines | "WriteGtiUbc" >> WriteTimelineProducts("ECL-GTI-UBC", **write))
         for product in ("ECL-DET-IMA", "ECL-DET-UBC"):
             if product in params.bube.out_files:
                 written.append(detector | f"Write{product}" >> WriteImageProducts(product, **write))
         if wants_imag:
-            sky = detector | "Imag" >> Imag(params.imag, caldb_dir, timelines)
+            sky = detector | "Imag" >> Imag(params.imag, caldb_dir, timelines, failure_log)
             outputs["sky"] = sky
             for product in params.imag.out_files:
                 written.append(sky | f"Write{product}" >> WriteImageProducts(product, **write))

@@ -17,6 +17,7 @@ from ecpi_beam.caldb import Caldb
 from ecpi_beam.kernels import background, binning, intervals
 from ecpi_beam.kernels.gti import good_time
 from ecpi_beam.kernels.timeline import ImagingTimeline, imaging_timeline
+from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.bube"
 
@@ -51,6 +52,7 @@ class BinDetectorImages(beam.DoFn):
         self._binned = Metrics.counter(NAMESPACE, "events_binned")
         self._forced = Metrics.counter(NAMESPACE, "forced_triggers_not_imaged")
 
+    @isolating("bube")
     def process(self, element, timelines):
         obs_id, events = element
         timeline = timelines[obs_id]
@@ -96,6 +98,7 @@ class CorrectBackground(beam.DoFn):
         self._efficiency = np.where(self._good, pixcal.effic, 0.0)
         self._template = background.sky_illumination_template(caldb.mask_pattern(), self._efficiency)
 
+    @isolating("bube")
     def process(self, element, timelines):
         (obs_id, band, occ), counts = element
         mode = self._mode_by_occ[occ]
@@ -106,18 +109,29 @@ class CorrectBackground(beam.DoFn):
             efficiency=self._efficiency, mode=mode, correction=correction)
 
 
+class MakeTimeline(beam.DoFn):
+    def __init__(self, bube_params):
+        self._params = bube_params
+
+    @isolating("timeline")
+    def process(self, element):
+        obs_id, observation = element
+        yield obs_id, observation_timeline(observation, self._params)
+
+
 @dataclasses.dataclass(eq=False)
 class ImagingTimelines(beam.PTransform):
     """(obs_id, Observation) -> (obs_id, ImagingTimeline)."""
 
     bube_params: object
+    failure_log: object = None  # failures.FailureLog
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, observations):
-        params = self.bube_params
-        return observations | beam.MapTuple(lambda obs_id, obs: (obs_id, observation_timeline(obs, params)))
+        return observations | beam.ParDo(
+            with_failure_log(MakeTimeline(self.bube_params), self.failure_log))
 
 
 @dataclasses.dataclass(eq=False)
@@ -127,6 +141,7 @@ class Bube(beam.PTransform):
     bube_params: object
     caldb_dir: str
     timelines: beam.PCollection
+    failure_log: object = None  # failures.FailureLog
 
     def __post_init__(self):
         super().__init__()
@@ -135,7 +150,10 @@ class Bube(beam.PTransform):
         params = self.bube_params
         side = beam.pvalue.AsDict(self.timelines)
         images = (calibrated
-                  | "Bin" >> beam.ParDo(BinDetectorImages(params.energy_channels, params.ear_occ_bub), side)
+                  | "Bin" >> beam.ParDo(with_failure_log(
+                      BinDetectorImages(params.energy_channels, params.ear_occ_bub), self.failure_log),
+                      side)
                   | "Sum" >> beam.CombinePerKey(DetectorImageSum()))
         mode_by_occ = {occ: params.correction_for(occ) for occ in params.ear_occ_bub}
-        return images | "Background" >> beam.ParDo(CorrectBackground(self.caldb_dir, mode_by_occ), side)
+        return images | "Background" >> beam.ParDo(
+            with_failure_log(CorrectBackground(self.caldb_dir, mode_by_occ), self.failure_log), side)

@@ -31,6 +31,7 @@ from ecpi_beam.io.events import CALIBRATED_DTYPE
 from ecpi_beam.kernels import intervals
 from ecpi_beam.kernels.calibrate import DROP_REASONS, calibrate_events
 from ecpi_beam.kernels.gti import good_time
+from ecpi_beam.transforms.failures import isolating, with_failure_log
 from ecpi_beam.transforms.write import failed_obs_ids
 
 NAMESPACE = "ecpi.cali"
@@ -72,6 +73,7 @@ class CalibrateChunk(beam.DoFn):
     def setup(self):
         self._pixcal = Caldb.open(self._caldb_dir).pixel_calibration()
 
+    @isolating("cali")
     def process(self, element, good_times):
         obs_id, events = element
         calibrated, drops = calibrate_events(events, self._pixcal, good_times[obs_id])
@@ -89,6 +91,7 @@ class Cali(beam.PTransform):
 
     caldb_dir: str
     observations: beam.PCollection
+    failure_log: object = None  # failures.FailureLog
 
     def __post_init__(self):
         super().__init__()
@@ -96,8 +99,9 @@ class Cali(beam.PTransform):
     def expand(self, chunks):
         good = self.observations | "GoodTime" >> beam.MapTuple(
             lambda obs_id, observation: (obs_id, good_time(observation)["ALL"]))
-        return chunks | "Calibrate" >> beam.ParDo(CalibrateChunk(self.caldb_dir),
-                                                  beam.pvalue.AsDict(good))
+        return chunks | "Calibrate" >> beam.ParDo(
+            with_failure_log(CalibrateChunk(self.caldb_dir), self.failure_log),
+            beam.pvalue.AsDict(good))
 
 
 # ==============================================================================================

@@ -14,6 +14,7 @@ from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
 from ecpi_beam.kernels import imaging
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
+from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.imag"
 
@@ -42,6 +43,7 @@ class MakeSkyImages(beam.DoFn):
         caldb = Caldb.open(self._caldb_dir)
         self._analyser = SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), self._params)
 
+    @isolating("imag")
     def process(self, element, timelines):
         (obs_id, band, occ), products = element
         analysis = self._analyser.analyse(
@@ -63,10 +65,12 @@ class Imag(beam.PTransform):
     imag_params: object
     caldb_dir: str
     timelines: beam.PCollection
+    failure_log: object = None  # failures.FailureLog
 
     def __post_init__(self):
         super().__init__()
 
     def expand(self, detector_products):
         return detector_products | "SkyImages" >> beam.ParDo(
-            MakeSkyImages(self.caldb_dir, self.imag_params), beam.pvalue.AsDict(self.timelines))
+            with_failure_log(MakeSkyImages(self.caldb_dir, self.imag_params), self.failure_log),
+            beam.pvalue.AsDict(self.timelines))

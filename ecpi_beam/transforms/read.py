@@ -9,8 +9,8 @@ file. A failing observation becomes a failure record and does not stop the other
 from __future__ import annotations
 
 import dataclasses
-import typing
 import logging
+import typing
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -22,6 +22,7 @@ from ecpi_beam.io import events as event_io
 from ecpi_beam.kernels import consistency
 from ecpi_beam.kernels.gti import telemetry_gti
 from ecpi_beam.transforms import dpco
+from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.read"
 LOG = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class ReadEventChunk(beam.DoFn):
     def setup(self):
         self._layouts = {}  # evt_url -> TableLayout: the header walk is done once per file
 
+    @isolating("read")
     def process(self, descriptor: ChunkDescriptor, observations):
         observation = observations[descriptor.obs_id]
         layout = self._layouts.get(descriptor.evt_url)
@@ -188,6 +190,7 @@ class ReadObservation(beam.PTransform):
     """
 
     chunk_size: int = 1_000_000
+    failure_log: object = None  # failures.FailureLog: isolate a failing chunk's observation
 
     def __post_init__(self):
         super().__init__()
@@ -202,7 +205,9 @@ class ReadObservation(beam.PTransform):
                 | "ChunkDescriptors" >> beam.FlatMap(
                     lambda keyed, size: chunk_descriptors(keyed[1], size), self.chunk_size)
                 | "Reshuffle" >> beam.Reshuffle()
-                | "ReadChunks" >> beam.ParDo(ReadEventChunk(), beam.pvalue.AsDict(observations))
+                | "ReadChunks" >> beam.ParDo(
+                    with_failure_log(ReadEventChunk(), self.failure_log),
+                    beam.pvalue.AsDict(observations))
                 .with_output_types(typing.Tuple[str, typing.Any]))
         read = split_outputs(read, "ReadChunks", CHUNKS, CHECKS)
         event_failures = read[CHECKS] | "Dpco" >> dpco.SummarizeEventChecks(observations)

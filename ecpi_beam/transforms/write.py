@@ -14,9 +14,9 @@ from apache_beam.metrics import Metrics
 from ecpi_beam.io import fs
 from ecpi_beam.io.image_products import PRODUCT_BUILDERS, occultation_gti_hdus, parse_band
 from ecpi_beam.io.products import product_url, standard_keywords, write_product
+from ecpi_beam.transforms.failures import FAILURES_FILE, isolating, with_failure_log
 
 NAMESPACE = "ecpi.write"
-FAILURES_FILE = "failures.jsonl"
 
 
 def failed_obs_ids(failures):
@@ -45,6 +45,21 @@ def timeline_gti_hdus(timeline):
     return occultation_gti_hdus(timeline, sorted(timeline.class_gti))
 
 
+class WriteProductFile(beam.DoFn):
+    """(obs_id, payload) -> the URL of the product file made of hdus_of(payload)."""
+
+    def __init__(self, product, working_out, fingerprint, hdus_of):
+        self._product, self._working_out, self._fingerprint = product, working_out, fingerprint
+        self._hdus_of = hdus_of
+
+    @isolating("write")
+    def process(self, element, observations, failed):
+        obs_id, payload = element
+        if obs_id not in failed:
+            yield _write(self._working_out, self._product, observations[obs_id],
+                         self._fingerprint, self._hdus_of(payload))
+
+
 @dataclasses.dataclass(eq=False)
 class _ObservationProductWriter(beam.PTransform):
     """Writes one product file per observation from (obs_id, payload); yields the URLs.
@@ -57,21 +72,16 @@ class _ObservationProductWriter(beam.PTransform):
     fingerprint: str
     observations: beam.PCollection  # (obs_id, Observation): the header keywords
     failed: object  # side input: failed_obs_ids(failures)
+    failure_log: object = None  # failures.FailureLog
 
     def __post_init__(self):
         super().__init__()
 
     def _write_each(self, payloads, hdus_of):
-        working_out, product, fingerprint = self.working_out, self.product, self.fingerprint
-
-        def write(element, observations, failed):
-            obs_id, payload = element
-            if obs_id not in failed:
-                yield _write(working_out, product, observations[obs_id], fingerprint,
-                             hdus_of(payload))
-
-        return payloads | "Write" >> beam.FlatMap(write, beam.pvalue.AsDict(self.observations),
-                                                   self.failed)
+        return payloads | "Write" >> beam.ParDo(
+            with_failure_log(WriteProductFile(self.product, self.working_out, self.fingerprint,
+                                              hdus_of), self.failure_log),
+            beam.pvalue.AsDict(self.observations), self.failed)
 
 
 class WriteImageProducts(_ObservationProductWriter):

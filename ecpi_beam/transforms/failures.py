@@ -1,0 +1,104 @@
+"""Failure isolation: an observation that fails in some stage is recorded, and the others go on.
+
+DPCO failures travel in the graph (ReadObservation's `failures`). A later failure of one
+element (a chunk, an image) is caught where it happens, written as one small JSON record under
+`<working_out>/.ecpi-failures/` (a dead-letter folder: a side effect that works the same on every
+runner, with no extra graph output), and the element is dropped; `ecpi_run` gathers the records
+into `failures.jsonl` after the run. Each product file that is written is still whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import uuid
+
+from apache_beam.metrics import Metrics
+
+from ecpi_beam.errors import EcpiError
+from ecpi_beam.io import fs
+
+FAILURES_FILE = "failures.jsonl"
+FAILURES_FOLDER = ".ecpi-failures"
+NAMESPACE = "ecpi.failures"
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureLog:
+    """Where the failure records of one run go (picklable: it travels with the DoFns)."""
+
+    working_out: str
+
+    def record(self, obs_id: str, stage: str, error: Exception) -> None:
+        message = " ".join(str(error).split())
+        if not isinstance(error, EcpiError):  # a bug or an I/O fault: say which exception
+            message = f"{type(error).__name__}: {message}"
+        record = {"obs_id": obs_id, "stage": stage,
+                  "error": f"observation {obs_id}: {stage} failed: {message}"}
+        name = f"{obs_id}.{stage}.{uuid.uuid4().hex}.json"
+        fs.put_atomic(json.dumps(record).encode(),
+                      fs.join(fs.join(self.working_out, FAILURES_FOLDER), name))
+        Metrics.counter(NAMESPACE, stage).inc()
+
+
+def obs_id_of(element) -> str:
+    """The obs_id of an element: a chunk descriptor, (obs_id, ...) or ((obs_id, ...), ...)."""
+    if hasattr(element, "obs_id"):
+        return str(element.obs_id)
+    key = element[0]
+    return str(key[0] if isinstance(key, tuple) else key)
+
+
+def isolating(stage: str):
+    """Decorates a DoFn's `process`: with a `failure_log` set on the DoFn, an exception for one
+    element is recorded against its observation instead of stopping the pipeline."""
+    def decorate(process):
+        @functools.wraps(process)
+        def guarded(self, element, *args, **kwargs):
+            log = getattr(self, "failure_log", None)
+            if log is None:
+                yield from process(self, element, *args, **kwargs)
+                return
+            try:
+                yield from process(self, element, *args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - the point is to isolate any failure
+                log.record(obs_id_of(element), stage, error)
+        return guarded
+    return decorate
+
+
+def with_failure_log(dofn, failure_log):
+    dofn.failure_log = failure_log
+    return dofn
+
+
+def collect_failures(working_out: str) -> list[dict]:
+    """Gather failures.jsonl and the dead-letter records into failures.jsonl (one record per
+    observation and stage), remove the folder, and return the records."""
+    records = []
+    summary = fs.join(working_out, FAILURES_FILE)
+    if fs.exists(summary):
+        with fs.open_file(summary, "rb") as handle:
+            records += [json.loads(line) for line in handle.read().decode().splitlines() if line]
+    folder = fs.join(working_out, FAILURES_FOLDER)
+    if fs.exists(folder):
+        for name in fs.listdir(folder):
+            with fs.open_file(fs.join(folder, name), "rb") as handle:
+                records.append(json.loads(handle.read().decode()))
+        remove_dead_letters(working_out)
+    unique = {}
+    for record in records:
+        unique.setdefault((record.get("obs_dir") or record.get("obs_id"), record.get("stage")),
+                          record)
+    records = sorted(unique.values(), key=lambda r: str(r.get("obs_dir") or r.get("obs_id")))
+    if records:
+        with fs.atomic_write(summary) as handle:
+            for record in records:
+                handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
+    return records
+
+
+def remove_dead_letters(working_out: str) -> None:
+    folder = fs.join(working_out, FAILURES_FOLDER)
+    if fs.exists(folder):
+        fs.remove(folder, recursive=True)
