@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
+from ecpi_beam.kernels.calibrate import DROP_REASONS
 from ecpi_beam.params import load_params
 from ecpi_beam.pipelines.observation import build_observation_pipeline
 from ecpi_beam.pipelines.preflight import check_capabilities, preflight_observations
@@ -90,9 +91,11 @@ def main(argv) -> int:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
     failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}
     done = len(observation_dirs) - len(failed)
+    dropped = ", ".join(f"{reason} {int(totals.get(f'ecpi.cali.dropped_{reason}', 0))}"
+                        for reason in DROP_REASONS)
     print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed in "
           f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "
-          f"calibrated {int(totals.get('ecpi.cali.events_out', 0))}; "
+          f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
           f"products {int(totals.get('ecpi.write.products_written', 0))}; "
           f"sources {int(totals.get('ecpi.imag.sources_found', 0))}; "
           f"products in {params.general.working_out}")
