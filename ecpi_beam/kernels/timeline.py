@@ -13,8 +13,8 @@ import numpy as np
 from ecpi_beam import instrument
 from ecpi_beam.kernels import intervals, occultation
 
-# Boresight excursion from the reference attitude beyond which time is not imaged: a tenth of
-# a sky pixel, so the accumulated shadowgram stays sharp.
+# Rotation from the reference attitude (boresight or roll) beyond which time is not imaged: a
+# tenth of a sky pixel, so the accumulated shadowgram stays sharp.
 POINTING_TOLERANCE_DEG = 0.05
 
 
@@ -37,12 +37,18 @@ def interpolate_positions(orbit_time, position, times):
     return np.stack([np.interp(times, orbit_time, position[:, k]) for k in range(3)], axis=-1)
 
 
-def reference_attitude(qparam, boresight, candidates=200):
+def rotation_from_deg(qparam, reference):
+    """Angle (deg) of the rotation taking `reference` to each attitude (boresight and roll)."""
+    overlap = np.abs(np.asarray(qparam, dtype=float) @ np.asarray(reference, dtype=float))
+    return np.degrees(2.0 * np.arccos(np.clip(overlap, 0.0, 1.0)))
+
+
+def reference_attitude(qparam, candidates=200):
     """The attitude held longest: among evenly spaced samples, the one with the most samples
-    within POINTING_TOLERANCE_DEG, averaged over those (slews and other pointings left out)."""
-    cos_tolerance = np.cos(np.radians(POINTING_TOLERANCE_DEG))
+    within POINTING_TOLERANCE_DEG of it, averaged over those (slews, roll changes and other
+    pointings left out)."""
     picks = np.unique(np.linspace(0, len(qparam) - 1, min(candidates, len(qparam))).astype(int))
-    support = [boresight @ boresight[k] >= cos_tolerance for k in picks]
+    support = [rotation_from_deg(qparam, qparam[k]) <= POINTING_TOLERANCE_DEG for k in picks]
     best = support[int(np.argmax([s.sum() for s in support]))]
     return instrument.mean_quaternion(qparam[best])
 
@@ -59,11 +65,9 @@ def imaging_timeline(att_time, qparam, orbit_time, position, good_time, occ_type
         return ImagingTimeline(instrument.quaternion_from_pointing(0.0, 0.0), empty,
                                {occ: empty for occ in occ_types}, att_time,
                                np.zeros(len(att_time)))
-    boresight = instrument.attitude_matrix(qparam)[:, :, 0]
-    reference = reference_attitude(qparam[in_good], boresight[in_good])
-    reference_boresight = instrument.attitude_matrix(reference)[:, 0]
-    offset_deg = np.degrees(np.arccos(np.clip(boresight @ reference_boresight, -1.0, 1.0)))
-    on_target = intervals.from_boolean_samples(att_time, offset_deg <= POINTING_TOLERANCE_DEG)
+    reference = reference_attitude(qparam[in_good])
+    on_target = intervals.from_boolean_samples(
+        att_time, rotation_from_deg(qparam, reference) <= POINTING_TOLERANCE_DEG)
     imaging_time = intervals.intersect(good_time, on_target)
 
     grid = occultation.field_of_view_grid() if grid is None else grid
