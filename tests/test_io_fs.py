@@ -94,17 +94,23 @@ def test_discovery_errors_name_the_location(tmp_path):
 # ============================================================================================
 # Atomic writes
 # ============================================================================================
-@pytest.mark.parametrize("root_kind", ["local", "memory"])
-def test_atomic_write_is_all_or_nothing(tmp_path, root_kind):
-    root = str(tmp_path) if root_kind == "local" else f"memory://fs-atomic-{tmp_path.name}"
-    target = fs.join(root, "product.fits")
+def assert_failed_write_leaves_the_old_file(root, name):
+    """A write interrupted half-way leaves the previous content and no temporary behind."""
+    target = fs.join(root, name)
     fs.put_atomic(b"version 1", target)
     with pytest.raises(RuntimeError):
         with fs.atomic_write(target) as stream:
             stream.write(b"half of version 2")
             raise RuntimeError("disk on fire")
     assert fs.read_bytes(target) == b"version 1"
-    assert fs.listdir(root) == ["product.fits"]  # no temporary left behind
+    assert fs.listdir(root) == [name]
+    return target
+
+
+@pytest.mark.parametrize("root_kind", ["local", "memory"])
+def test_atomic_write_is_all_or_nothing(tmp_path, root_kind):
+    root = str(tmp_path) if root_kind == "local" else f"memory://fs-atomic-{tmp_path.name}"
+    target = assert_failed_write_leaves_the_old_file(root, "product.fits")
     fs.put_atomic(b"version 2", target)
     assert fs.read_bytes(target) == b"version 2"
     assert fs.listdir(root) == ["product.fits"]
@@ -256,13 +262,6 @@ def test_s3_atomic_write_glob_and_triplets(s3_bucket):
     assert fs.glob(f"{s3_bucket}/campaign/obs*") == directories
     assert fs.find_observation_dirs((f"{s3_bucket}/campaign/obs*",)) == directories
     assert fs.find_triplet(directories[1])["SVO-ORB-CNV"] == directories[1] + "/" + TRIPLET[2]
-    target = f"{s3_bucket}/out/ECL-GTI-CAL_0.fits"
-    fs.put_atomic(b"first", target)
-    with pytest.raises(RuntimeError):
-        with fs.atomic_write(target) as stream:
-            stream.write(b"partial")
-            raise RuntimeError("interrupted")
-    assert fs.read_bytes(target) == b"first"
-    assert fs.listdir(f"{s3_bucket}/out") == ["ECL-GTI-CAL_0.fits"]
+    assert_failed_write_leaves_the_old_file(f"{s3_bucket}/out", "ECL-GTI-CAL_0.fits")
     assert fs.output_location_exists(f"{s3_bucket}/not-yet-a-prefix")
     assert not fs.output_location_exists("s3://no-such-bucket-ecpi/out")

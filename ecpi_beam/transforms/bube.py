@@ -17,6 +17,7 @@ from ecpi_beam.caldb import Caldb
 from ecpi_beam.kernels import background, binning, intervals
 from ecpi_beam.kernels.gti import good_time
 from ecpi_beam.kernels.timeline import ImagingTimeline, imaging_timeline
+from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.bube"
@@ -120,14 +121,11 @@ class MakeTimeline(beam.DoFn):
 
 
 @dataclasses.dataclass(eq=False)
-class ImagingTimelines(beam.PTransform):
+class ImagingTimelines(DataclassTransform):
     """(obs_id, Observation) -> (obs_id, ImagingTimeline)."""
 
     bube_params: object
     failure_log: object = None  # failures.FailureLog
-
-    def __post_init__(self):
-        super().__init__()
 
     def expand(self, observations):
         return observations | beam.ParDo(
@@ -135,16 +133,13 @@ class ImagingTimelines(beam.PTransform):
 
 
 @dataclasses.dataclass(eq=False)
-class Bube(beam.PTransform):
+class Bube(DataclassTransform):
     """Calibrated chunks -> ((obs_id, band, occ), DetectorProducts)."""
 
     bube_params: object
     caldb_dir: str
     timelines: beam.PCollection
     failure_log: object = None  # failures.FailureLog
-
-    def __post_init__(self):
-        super().__init__()
 
     def expand(self, calibrated):
         params = self.bube_params

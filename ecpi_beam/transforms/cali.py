@@ -31,6 +31,7 @@ from ecpi_beam.io.events import CALIBRATED_DTYPE
 from ecpi_beam.kernels import intervals
 from ecpi_beam.kernels.calibrate import DROP_REASONS, calibrate_events
 from ecpi_beam.kernels.gti import good_time
+from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 from ecpi_beam.transforms.write import failed_obs_ids
 
@@ -85,16 +86,13 @@ class CalibrateChunk(beam.DoFn):
         yield obs_id, calibrated
 
 
-@dataclasses.dataclass
-class Cali(beam.PTransform):
+@dataclasses.dataclass(eq=False)
+class Cali(DataclassTransform):
     """(obs_id, event chunk) -> (obs_id, calibrated chunk), given (obs_id, Observation)."""
 
     caldb_dir: str
     observations: beam.PCollection
     failure_log: object = None  # failures.FailureLog
-
-    def __post_init__(self):
-        super().__init__()
 
     def expand(self, chunks):
         good = self.observations | "GoodTime" >> beam.MapTuple(
@@ -281,8 +279,8 @@ def _write_gti_unless_failed(keyed, working_out, fingerprint, failed_obs_ids):
         yield url
 
 
-@dataclasses.dataclass
-class WriteCaliProducts(beam.PTransform):
+@dataclasses.dataclass(eq=False)
+class WriteCaliProducts(DataclassTransform):
     """Calibrated chunks -> the requested CALI products; returns the PCollection of their URLs.
 
     Observations in the `failed` side input get no product.
@@ -295,7 +293,7 @@ class WriteCaliProducts(beam.PTransform):
     failed: object = None  # side input: the set of failed obs_ids (write.failed_obs_ids)
 
     def __post_init__(self):
-        super().__init__()
+        super().__post_init__()
         unknown = sorted(set(self.out_files) - set(CALI_PRODUCTS))
         if unknown:
             raise ValueError(f"unknown CALI products {unknown}; expected among {CALI_PRODUCTS}")

@@ -20,6 +20,7 @@ from ecpi_beam.io import events as event_io
 from ecpi_beam.io import fs
 from ecpi_beam.kernels import consistency
 from ecpi_beam.kernels.consistency import Triplet
+from ecpi_beam.transforms.base import DataclassTransform
 
 NAMESPACE = "ecpi.dpco"
 LOG = logging.getLogger(__name__)
@@ -165,14 +166,11 @@ class ReportEventChecks(beam.DoFn):
                      observation.obs_dir, check.n_rows, check.n_chunks, check.tolerated_backsteps)
 
 
-@dataclasses.dataclass
-class SummarizeEventChecks(beam.PTransform):
+@dataclasses.dataclass(eq=False)
+class SummarizeEventChecks(DataclassTransform):
     """(obs_id, EventCheck) per chunk -> failure records of observations whose EVENTS are bad."""
 
     observations: beam.PCollection  # (obs_id, Observation)
-
-    def __post_init__(self):
-        super().__init__()
 
     def expand(self, checks):
         return (checks

@@ -14,6 +14,7 @@ from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
 from ecpi_beam.kernels import imaging
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
+from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.imag"
@@ -59,16 +60,13 @@ class MakeSkyImages(beam.DoFn):
 
 
 @dataclasses.dataclass(eq=False)
-class Imag(beam.PTransform):
+class Imag(DataclassTransform):
     """((obs_id, band, occ), DetectorProducts) -> ((obs_id, band, occ), SkyProducts)."""
 
     imag_params: object
     caldb_dir: str
     timelines: beam.PCollection
     failure_log: object = None  # failures.FailureLog
-
-    def __post_init__(self):
-        super().__init__()
 
     def expand(self, detector_products):
         return detector_products | "SkyImages" >> beam.ParDo(

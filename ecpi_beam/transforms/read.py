@@ -21,6 +21,7 @@ from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import events as event_io
 from ecpi_beam.kernels import consistency
 from ecpi_beam.kernels.gti import telemetry_gti
+from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms import dpco
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
@@ -181,8 +182,8 @@ class ReadResult(NamedTuple):
     failures: beam.PCollection  # {obs_dir, obs_id (None if unknown), error}
 
 
-@dataclasses.dataclass
-class ReadObservation(beam.PTransform):
+@dataclasses.dataclass(eq=False)
+class ReadObservation(DataclassTransform):
     """Observation directory URLs -> ReadResult(observations, chunks, failures).
 
     An observation whose EVENTS rows fail DPCO appears in `failures` once all its chunks are
@@ -191,9 +192,6 @@ class ReadObservation(beam.PTransform):
 
     chunk_size: int = 1_000_000
     failure_log: object = None  # failures.FailureLog: isolate a failing chunk's observation
-
-    def __post_init__(self):
-        super().__init__()
 
     def expand(self, obs_dirs):
         inspected = split_outputs(

@@ -14,6 +14,7 @@ from apache_beam.metrics import Metrics
 from ecpi_beam.io import fs
 from ecpi_beam.io.image_products import PRODUCT_BUILDERS, occultation_gti_hdus, parse_band
 from ecpi_beam.io.products import product_url, standard_keywords, write_product
+from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms.failures import FAILURES_FILE, isolating, with_failure_log
 
 NAMESPACE = "ecpi.write"
@@ -61,7 +62,7 @@ class WriteProductFile(beam.DoFn):
 
 
 @dataclasses.dataclass(eq=False)
-class _ObservationProductWriter(beam.PTransform):
+class _ObservationProductWriter(DataclassTransform):
     """Writes one product file per observation from (obs_id, payload); yields the URLs.
 
     Observations in the `failed` side input (DPCO failures) get no product.
@@ -73,9 +74,6 @@ class _ObservationProductWriter(beam.PTransform):
     observations: beam.PCollection  # (obs_id, Observation): the header keywords
     failed: object  # side input: failed_obs_ids(failures)
     failure_log: object = None  # failures.FailureLog
-
-    def __post_init__(self):
-        super().__init__()
 
     def _write_each(self, payloads, hdus_of):
         return payloads | "Write" >> beam.ParDo(
@@ -103,13 +101,10 @@ class WriteTimelineProducts(_ObservationProductWriter):
 
 
 @dataclasses.dataclass(eq=False)
-class WriteFailures(beam.PTransform):
+class WriteFailures(DataclassTransform):
     """Failure records -> `<working_out>/failures.jsonl` (absent when nothing failed)."""
 
     working_out: str
-
-    def __post_init__(self):
-        super().__init__()
 
     def expand(self, failures):
         def write(records):
