@@ -11,6 +11,7 @@ from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
 from ecpi_beam.transforms.failures import FailureLog
 from ecpi_beam.transforms.imag import Imag
+from ecpi_beam.transforms.mosa import Mosa
 from ecpi_beam.transforms.read import ReadObservation
 from ecpi_beam.transforms.write import (WriteFailures, WriteImageProducts,
                                         WriteTimelineProducts, failed_obs_ids)
@@ -38,7 +39,7 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
         written.append(calibrated | "WriteCali" >> WriteCaliProducts(
             general.working_out, params.cali.out_files, fingerprint, observations, failed))
 
-    wants_imag = bool(params.imag.out_files)
+    wants_imag = bool(params.imag.out_files or params.mosa.out_files)
     if params.bube.out_files or wants_imag:
         timelines = observations | "Timelines" >> ImagingTimelines(params.bube, failure_log)
         detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines, failure_log)
@@ -55,6 +56,9 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             outputs["sky"] = sky
             for product in params.imag.out_files:
                 written.append(sky | f"Write{product}" >> WriteImageProducts(product, **write))
+            if params.mosa.out_files:  # MOSA: one mosaic of every observation's sky images
+                written.append(sky | "Mosa" >> Mosa(params.mosa, general.working_out,
+                                                    fingerprint, observations, failure_log))
 
     written.append(read.failures | "WriteFailures" >> WriteFailures(general.working_out))
     outputs["failures"] = read.failures
