@@ -301,8 +301,9 @@ def _ogip_keywords(hduclas2: str, hduvers: str, hduclas3: str | None = None) -> 
     return cards
 
 
-def write_rmf(path, rmf: Rmf, description="Redistribution matrix, Gaussian resolution") -> None:
-    """OGIP CAL/GEN/92-002 RMF: one channel group per row, MATRIX variable-length."""
+def rmf_columns(rmf: Rmf):
+    """OGIP CAL/GEN/92-002 RMF columns: (MATRIX columns, EBOUNDS columns, NUMGRP, NUMELT), one
+    channel group per row, MATRIX variable-length; channels numbered from 0."""
     rows, first, lengths, values = [], [], [], []
     for row in np.asarray(rmf.matrix, dtype=np.float32):
         nonzero = np.flatnonzero(row)
@@ -319,20 +320,26 @@ def write_rmf(path, rmf: Rmf, description="Redistribution matrix, Gaussian resol
         fits.Column("N_CHAN", "I", array=np.array(lengths, dtype=np.int16)),
         fits.Column("MATRIX", f"PE({max(lengths)})", array=np.array(values, dtype=object)),
     ]
+    channels = [
+        fits.Column("CHANNEL", "I", array=np.arange(len(rmf.e_min), dtype=np.int16)),
+        fits.Column("E_MIN", "D", unit="keV", array=rmf.e_min),
+        fits.Column("E_MAX", "D", unit="keV", array=rmf.e_max),
+    ]
+    return matrix_columns, channels, int(sum(rows)), int(sum(lengths))
+
+
+def write_rmf(path, rmf: Rmf, description="Redistribution matrix, Gaussian resolution") -> None:
+    """OGIP CAL/GEN/92-002 RMF: one channel group per row, MATRIX variable-length."""
+    matrix_columns, channels, n_groups, n_elements = rmf_columns(rmf)
     energy_range = f"ENERG({rmf.energ_lo[0]:g}-{rmf.energ_hi[-1]:g})keV"
     matrix = _extension(matrix_columns, "MATRIX", "ECL-RSP-RMF", description,
                         _ogip_keywords("RSP_MATRIX", "1.3.0", "REDIST")
                         + [("TLMIN4", 0, "first channel number"),
                            ("TLMAX4", ins.N_PI - 1, "last channel number"),
                            ("LO_THRES", RMF_LOW_THRESHOLD, "lower threshold of stored values"),
-                           ("NUMGRP", int(sum(rows)), "total number of channel groups"),
-                           ("NUMELT", int(sum(lengths)), "total number of matrix elements")],
+                           ("NUMGRP", n_groups, "total number of channel groups"),
+                           ("NUMELT", n_elements, "total number of matrix elements")],
                         boundary=energy_range)
-    channels = [
-        fits.Column("CHANNEL", "I", array=np.arange(ins.N_PI, dtype=np.int16)),
-        fits.Column("E_MIN", "D", unit="keV", array=rmf.e_min),
-        fits.Column("E_MAX", "D", unit="keV", array=rmf.e_max),
-    ]
     ebounds = _extension(channels, "EBOUNDS", "ECL-RSP-RMF", description,
                          _ogip_keywords("EBOUNDS", "1.2.0")
                          + [("TLMIN1", 0, "first channel number"),
