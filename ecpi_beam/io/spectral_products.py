@@ -57,13 +57,13 @@ def spectrum_hdus(spectrum, respfile: str, ancrfile: str, keywords: dict) -> lis
         "TLMIN1": (0, "first channel"), "TLMAX1": (n - 1, "last channel"),
         "CHANTYPE": ("PI", "channel type"), "DETCHANS": (n, "number of channels"),
         "EXPOSURE": (float(spectrum.exposure), "[s] good time in the occultation class"),
-        "POISSERR": (False, "errors are in STAT_ERR (mask-weighted counts)"),
+        "POISSERR": (False, "errors in STAT_ERR (weighted counts)"),
         "SYS_ERR": (0.0, "no systematic error"), "GROUPING": (0, "no grouping"),
         "BACKSCAL": (1.0, "background removed by the mask balancing"),
         "AREASCAL": (1.0, "area scaling"), "CORRSCAL": (0.0, "no correction file"),
         "BACKFILE": ("none", "no background file"), "CORRFILE": ("none", "no correction file"),
-        "RESPFILE": (respfile, "redistribution matrix, beside this file"),
-        "ANCRFILE": (ancrfile, "effective area for this source, beside this file"),
+        "RESPFILE": (respfile, "response matrix (RMF)"),
+        "ANCRFILE": (ancrfile, "effective area (ARF) of this source"),
         "FILTER": ("NONE", "filter"), "PIGROUP": (int(spectrum.last_pi[0] + 1),
                                                    "PI channels per spectral channel"),
         **keywords})
@@ -114,8 +114,8 @@ def light_curve_hdus(curve, gti, keywords: dict) -> list:
     _set(hdu.header, {
         "HDUCLASS": ("OGIP", "format conforms to OGIP standard"),
         "HDUCLAS1": ("LIGHTCURVE", "light curve dataset"),
-        "HDUCLAS2": ("NET", "background removed by the mask balancing"),
-        "HDUCLAS3": ("RATE", "RATE = counts / (TIMEDEL x FRACEXP)"),
+        "HDUCLAS2": ("NET", "background removed by the balancing"),
+        "HDUCLAS3": ("RATE", "RATE = counts/(TIMEDEL FRACEXP)"),
         "TIMEDEL": (float(curve.timedel), "[s] bin width"),
         "TIMEPIXR": (0.5, "TIME is the bin centre"),
         **OGIP_TIME_KEYWORDS, **keywords})

@@ -25,6 +25,7 @@ import numpy as np
 from ecpi_beam import instrument
 from ecpi_beam.caldb.tables import Rmf
 from ecpi_beam.errors import EcpiError
+from ecpi_beam.kernels import intervals, lightcurves
 
 NOMINAL_OPEN_AREA_CM2 = instrument.DETECTOR_AREA_CM2 * instrument.MASK_OPEN_FRACTION
 
@@ -92,15 +93,25 @@ class Spectrum:
         return float(self.counts.sum())
 
 
+def channel_sums(pi, event_weights, pi_per_channel: int):
+    """(sum W, sum W^2) per spectral channel (groups of pi_per_channel PI channels)."""
+    n = len(channel_groups(pi_per_channel)[0])
+    channel = np.asarray(pi, dtype=np.int64) // pi_per_channel
+    weights = np.asarray(event_weights, dtype=float)
+    return (np.bincount(channel, weights=weights, minlength=n)[:n],
+            np.bincount(channel, weights=weights**2, minlength=n)[:n])
+
+
+def finish_spectrum(counts, variance, pi_per_channel: int, exposure: float) -> Spectrum:
+    first, last = channel_groups(pi_per_channel)
+    return Spectrum(np.asarray(counts, float), np.sqrt(np.asarray(variance, float)), first,
+                    last, float(exposure))
+
+
 def weighted_spectrum(pi, event_weights, pi_per_channel: int, exposure: float) -> Spectrum:
     """Sum of the event weights per channel group, and their Poisson error sqrt(sum W^2)."""
-    first, last = channel_groups(pi_per_channel)
-    channel = np.asarray(pi, dtype=np.int64) // pi_per_channel
-    n = len(first)
-    weights = np.asarray(event_weights, dtype=float)
-    counts = np.bincount(channel, weights=weights, minlength=n)[:n]
-    variance = np.bincount(channel, weights=weights**2, minlength=n)[:n]
-    return Spectrum(counts, np.sqrt(variance), first, last, float(exposure))
+    return finish_spectrum(*channel_sums(pi, event_weights, pi_per_channel), pi_per_channel,
+                           exposure)
 
 
 def rebinned_rmf(rmf: Rmf, pi_per_channel: int) -> Rmf:
@@ -117,3 +128,77 @@ def source_arf(arf, irf, weights: MaskWeights) -> np.ndarray:
     centre = 0.5 * (np.asarray(arf.energ_lo, float) + np.asarray(arf.energ_hi, float))
     factor = irf.factor_at(np.full_like(centre, weights.off_axis_deg), centre)
     return np.asarray(arf.specresp, float) * factor * weights.open_area_fraction
+
+
+# ------------------------------------------------------------------------------------------
+# Several sources in one observation
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpexSource:
+    """One source SPEX extracts: where, and the name it carries (OBJECT)."""
+
+    index: int  # 1-based, per observation: names the product files (S01, S02...)
+    name: str
+    ra: float
+    dec: float
+
+
+def distinct_sources(positions, merge_radius_deg: float, names=None) -> tuple:
+    """SpexSources from (RA, Dec) positions, brightest (first) kept when two lie within
+    merge_radius_deg (the same source found in several bands)."""
+    kept = []
+    for k, (ra, dec) in enumerate(positions):
+        vector = instrument.radec_to_unit(ra, dec)
+        if all(vector @ instrument.radec_to_unit(s.ra, s.dec) < np.cos(np.radians(merge_radius_deg))
+               for s in kept):
+            index = len(kept) + 1
+            name = (names[k] if names is not None and names[k] else f"SRC{index:02d}")
+            kept.append(SpexSource(index, str(name), float(ra), float(dec)))
+    return tuple(kept)
+
+
+class SourceWeighter:
+    """Mask weights of each source of an observation, every other source's shadow (and the
+    CXB seen through the mask) cancelled; prepared once per worker from the CALDB."""
+
+    def __init__(self, pattern, efficiency, sky_template=None):
+        self.pattern = np.asarray(pattern)
+        self.efficiency = np.asarray(efficiency, dtype=float)
+        self.shapes = () if sky_template is None else (np.asarray(sky_template, float),)
+
+    def shadow(self, direction_los) -> np.ndarray:
+        return instrument.pixel_open_fraction(self.pattern, direction_los) * self.efficiency
+
+    def weights(self, sources, index: int, quaternion) -> MaskWeights:
+        """Weights towards sources[k].index == index, in the frame of attitude `quaternion`."""
+        directions = {s.index: instrument.radec_to_los(s.ra, s.dec, quaternion) for s in sources}
+        others = tuple(self.shadow(u) for k, u in directions.items()
+                       if k != index and u[0] > 0 and self.shadow(u).any())
+        return balanced_mask_weights(self.pattern, self.efficiency, directions[index],
+                                     self.shapes + others)
+
+
+@dataclass(frozen=True, eq=False)
+class SourceSums:
+    """What the events of a source add up to: the accumulator of SPEX (associative sums)."""
+
+    spectrum: np.ndarray  # (2, n_channels): sum W, sum W^2
+    light_curves: np.ndarray  # (2, n_bands, n_bins)
+
+    def __add__(self, other: "SourceSums") -> "SourceSums":
+        return SourceSums(self.spectrum + other.spectrum, self.light_curves + other.light_curves)
+
+
+def source_sums(events, event_weights, gti, edges, bands, pi_per_channel: int) -> SourceSums:
+    """Sums of the weighted events inside `gti`: spectrum per channel, light curve per band.
+
+    `events`: structured array with TIME and PI (photons only)."""
+    inside = intervals.mask_times(events["TIME"], gti)
+    pi, times = events["PI"][inside], events["TIME"][inside]
+    weights = np.asarray(event_weights, float)[inside]
+    spectrum = np.array(channel_sums(pi, weights, pi_per_channel))
+    curves = np.zeros((2, len(bands), len(edges) - 1))
+    for k, (lo, hi) in enumerate(bands):
+        in_band = (pi >= lo) & (pi <= hi)
+        curves[:, k] = lightcurves.binned_sums(times[in_band], weights[in_band], gti, edges)
+    return SourceSums(spectrum, curves)

@@ -12,6 +12,7 @@ from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
 from ecpi_beam.transforms.failures import FailureLog
 from ecpi_beam.transforms.imag import Imag
 from ecpi_beam.transforms.mosa import Mosa
+from ecpi_beam.transforms.spex import Spex
 from ecpi_beam.transforms.read import ReadObservation
 from ecpi_beam.transforms.write import (WriteFailures, WriteImageProducts,
                                         WriteTimelineProducts, failed_obs_ids)
@@ -39,8 +40,10 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
         written.append(calibrated | "WriteCali" >> WriteCaliProducts(
             general.working_out, params.cali.out_files, fingerprint, observations, failed))
 
-    wants_imag = bool(params.imag.out_files or params.mosa.out_files)
-    if params.bube.out_files or wants_imag:
+    wants_spex = bool(params.spex.out_files)  # SPEX: on the sources IMAG finds, or a list
+    wants_imag = bool(params.imag.out_files or params.mosa.out_files
+                      or (wants_spex and not params.spex.sources))
+    if params.bube.out_files or wants_imag or wants_spex:
         timelines = observations | "Timelines" >> ImagingTimelines(params.bube, failure_log)
         detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines, failure_log)
         outputs.update(timelines=timelines, detector=detector)
@@ -59,6 +62,10 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             if params.mosa.out_files:  # MOSA: one mosaic of every observation's sky images
                 written.append(sky | "Mosa" >> Mosa(params.mosa, general.working_out,
                                                     fingerprint, observations, failure_log))
+        if wants_spex:
+            written.append(calibrated | "Spex" >> Spex(
+                params.spex, params.bube, caldb_dir, timelines, outputs.get("sky"), observations,
+                failed, general.working_out, fingerprint, failure_log))
 
     written.append(read.failures | "WriteFailures" >> WriteFailures(general.working_out))
     outputs["failures"] = read.failures
