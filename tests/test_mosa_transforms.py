@@ -15,7 +15,8 @@ from sky_fixtures import simulated_sky
 from ecpi_beam.kernels import imaging, mosaic
 from ecpi_beam.params import MosaParams
 from ecpi_beam.transforms.imag import SkyProducts
-from ecpi_beam.transforms.mosa import MosaicSumsCombine, Mosa
+from ecpi_beam.transforms.base import SumCombineFn
+from ecpi_beam.transforms.mosa import Mosa
 
 SOURCE = (40.0, -30.0)
 POINTINGS = [(40.0 + 6.0 * np.cos(a) / np.cos(np.radians(30.0)), -30.0 + 6.0 * np.sin(a))
@@ -44,7 +45,7 @@ def observation(index):
 
 def test_combine_fn_merges_in_any_grouping():
     sums = [mosaic.MosaicSums(*(np.full(4, float(k + i)) for i in range(5))) for k in range(6)]
-    combine = MosaicSumsCombine()
+    combine = SumCombineFn()
     first = combine.add_input(combine.add_input(combine.create_accumulator(), sums[0]), sums[1])
     second = combine.add_input(combine.create_accumulator(), sums[2])
     merged = combine.merge_accumulators([first, combine.create_accumulator(), second])

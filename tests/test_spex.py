@@ -39,8 +39,7 @@ class Observation:
     def __init__(self, directory, name, seed, **content):
         base = default_scenario()
         pointing = base.resolved_pointings()[0]
-        self.quaternion = instrument.quaternion_from_pointing(pointing.ra, pointing.dec,
-                                                              pointing.roll)
+        self.quaternion = demo_quaternion()
         scenario = scenario_with(
             base, name=name, obs_id=OBS_KEYWORDS["OBS_ID"], seed=seed, duration=DURATION_S,
             initial_slew_deg=0.0, pointings=[dict(ra=pointing.ra, dec=pointing.dec,
@@ -69,22 +68,21 @@ class Observation:
         return mask_weights, mask_weights.of_events(self.photons["IDET"], self.photons["JDET"])
 
 
+def demo_quaternion():
+    pointing = default_scenario().resolved_pointings()[0]
+    return instrument.quaternion_from_pointing(pointing.ra, pointing.dec, pointing.roll)
+
+
 @pytest.fixture(scope="module")
 def power_law(tmp_path_factory):
-    base = default_scenario()
-    p = base.resolved_pointings()[0]
-    quaternion = instrument.quaternion_from_pointing(p.ra, p.dec, p.roll)
-    ra, dec = offset_radec(quaternion, *PL_OFFSET_DEG)
+    ra, dec = offset_radec(demo_quaternion(), *PL_OFFSET_DEG)
     return Observation(tmp_path_factory.mktemp("pl"), "pl", 1301,
                        sources=[dict(name="PL", ra=ra, dec=dec, norm=10.0, index=2.0)])
 
 
 @pytest.fixture(scope="module")
 def burst(tmp_path_factory):
-    base = default_scenario()
-    p = base.resolved_pointings()[0]
-    quaternion = instrument.quaternion_from_pointing(p.ra, p.dec, p.roll)
-    ra, dec = offset_radec(quaternion, *GRB_OFFSET_DEG)
+    ra, dec = offset_radec(demo_quaternion(), *GRB_OFFSET_DEG)
     return Observation(tmp_path_factory.mktemp("grb"), "grb", 1302, grbs=[dict(
         name="GRB", ra=ra, dec=dec, t_peak=GRB_T_PEAK, peak_flux=5.0, rise=1.0, decay=6.0)])
 

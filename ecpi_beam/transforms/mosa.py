@@ -15,7 +15,7 @@ from apache_beam.metrics import Metrics
 from ecpi_beam.io.mosaic_products import mosaic_image_hdus, mosaic_source_hdus
 from ecpi_beam.io.products import product_url, standard_keywords, write_product
 from ecpi_beam.kernels import mosaic
-from ecpi_beam.transforms.base import DataclassTransform
+from ecpi_beam.transforms.base import DataclassTransform, SumCombineFn
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.mosa"
@@ -40,26 +40,6 @@ class SampleOnGrid(beam.DoFn):
             yield (str(band), str(occ), int(tile)), sums
 
 
-class MosaicSumsCombine(beam.CombineFn):
-    """Adds MosaicSums; the accumulator is one tile's sums (None before the first input)."""
-
-    def create_accumulator(self):
-        return None
-
-    def add_input(self, accumulator, sums):
-        return sums if accumulator is None else accumulator + sums
-
-    def merge_accumulators(self, accumulators):
-        merged = None
-        for accumulator in accumulators:
-            if accumulator is not None:
-                merged = accumulator if merged is None else merged + accumulator
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
 @dataclasses.dataclass(eq=False)
 class MosaicOnGrid(DataclassTransform):
     """((obs_id, band, occ), SkyProducts) -> ((band, occ), MosaicMap) on one grid."""
@@ -73,7 +53,7 @@ class MosaicOnGrid(DataclassTransform):
         return (sky
                 | "Sample" >> beam.ParDo(with_failure_log(SampleOnGrid(grid, self.pcode_min),
                                                           self.failure_log))
-                | "SumTiles" >> beam.CombinePerKey(MosaicSumsCombine())
+                | "SumTiles" >> beam.CombinePerKey(SumCombineFn())
                 | "ByImage" >> beam.MapTuple(lambda key, sums: ((key[0], key[1]), (key[2], sums)))
                 | "Group" >> beam.GroupByKey()
                 | "Map" >> beam.MapTuple(lambda key, tiles: (key, mosaic.mosaic_map(

@@ -24,7 +24,7 @@ from ecpi_beam.io.spectral_products import (arf_hdus, light_curve_hdus, rmf_hdus
                                             source_keywords, spectrum_hdus)
 from ecpi_beam.kernels import background, lightcurves, spectra
 from ecpi_beam.kernels.mosaic import PEAK_MERGE_DEG
-from ecpi_beam.transforms.base import DataclassTransform
+from ecpi_beam.transforms.base import DataclassTransform, SumCombineFn
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.spex"
@@ -96,24 +96,6 @@ class WeightEvents(beam.DoFn):
                 self._weighted.inc(len(photons))
                 yield (str(obs_id), int(source.index), str(occ)), spectra.source_sums(
                     photons, event_weights, gti, edges, self._bands, self._params.pi_per_channel)
-
-
-class SourceSumsCombine(beam.CombineFn):
-    def create_accumulator(self):
-        return None
-
-    def add_input(self, accumulator, sums):
-        return sums if accumulator is None else accumulator + sums
-
-    def merge_accumulators(self, accumulators):
-        merged = None
-        for accumulator in accumulators:
-            if accumulator is not None:
-                merged = accumulator if merged is None else merged + accumulator
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
 
 
 class WriteSourceProducts(beam.DoFn):
@@ -225,7 +207,7 @@ class Spex(DataclassTransform):
                 | "Weight" >> beam.ParDo(with_failure_log(WeightEvents(
                     self.caldb_dir, params, bands, self.bube_params.ear_occ_bub),
                     self.failure_log), timelines, sources)
-                | "Sum" >> beam.CombinePerKey(SourceSumsCombine()))
+                | "Sum" >> beam.CombinePerKey(SumCombineFn()))
         return sums | "Write" >> beam.ParDo(
             with_failure_log(WriteSourceProducts(self.caldb_dir, params, bands, self.working_out,
                                                  self.fingerprint), self.failure_log),
