@@ -31,6 +31,7 @@ IRF_CORRECTIONS = ("no_correction", "cos_theta", "irf")
 MOSA_PRODUCTS = ("ECL-MOS-IMA", "ECL-MOS-SOP")
 SPEX_PRODUCTS = ("ECL-SPS-S1", "ECL-LCS-S1")
 MOSAIC_GRIDS = ("healpix", "car")
+SPEX_SOURCE_ORIGINS = ("imag", "mosaic")  # or a list of [RA, Dec]
 DETECTION_SNR_DEFAULT = 7.0  # the seed's "Minimum value: 7"; snr_ths = 0 means this
 CALDB_LOCAL = "@local"
 
@@ -95,7 +96,8 @@ class MosaParams:
 @dataclass(frozen=True)
 class SpexParams:
     out_files: tuple[str, ...] = ()
-    sources: tuple[tuple[float, float], ...] = ()  # (RA, Dec) deg; () = every source IMAG finds
+    sources: tuple[tuple[float, float], ...] = ()  # (RA, Dec) deg, when sources_from = 'list'
+    sources_from: str = "imag"  # 'imag' (every source IMAG finds), 'mosaic' (MOSA's), 'list'
     time_bin: float = 1.0  # s, light-curve bin width
     pi_per_channel: int = 10  # PI channels (0.1 keV each) summed into one spectral channel
 
@@ -217,6 +219,7 @@ def parse_params(text: str, source: str = "<parameters>", check_paths: bool = Tr
         spex=SpexParams(
             out_files=reader.names("spex", "out_files", SPEX_PRODUCTS, ()),
             sources=reader.positions("spex", "sources"),
+            sources_from=reader.source_origin(),
             time_bin=reader.number("spex", "time_bin", 1.0, instrument.TIME_RESOLUTION_S),
             pi_per_channel=int(reader.number("spex", "pi_per_channel", 10, 1, instrument.N_PI,
                                              integer=True)),
@@ -400,9 +403,18 @@ class _SectionReader:
                       "expected 0 (automatic) or a power of two from 16 to 1024")
         return value
 
+    def source_origin(self) -> str:
+        """[spex] sources: 'imag' (the default, also for []), 'mosaic', or a list of positions."""
+        value = self.raw("spex", "sources").strip("'\"")
+        if value in SPEX_SOURCE_ORIGINS:
+            return value
+        return "list" if self.positions("spex", "sources") else "imag"
+
     def positions(self, section, key) -> tuple[tuple[float, float], ...]:
         """A list of [RA, Dec] pairs in degrees; [] or empty means none given."""
         value = self.raw(section, key)
+        if value.strip("'\"") in SPEX_SOURCE_ORIGINS:
+            return ()
         example = "[[83.63, 22.01], [299.59, 35.20]]"
         if not value:
             return ()
@@ -414,8 +426,8 @@ class _SectionReader:
                 isinstance(p, (list, tuple)) and len(p) == 2
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
                 for p in items):
-            self.fail(section, key, value, f"expected a Python list like {example} "
-                      "of [RA, Dec] pairs in degrees")
+            self.fail(section, key, value, f"expected imag, mosaic or a Python list like "
+                      f"{example} of [RA, Dec] pairs in degrees")
         for ra, dec in items:
             if not (0.0 <= ra < 360.0 and -90.0 <= dec <= 90.0):
                 self.fail(section, key, value, f"[{ra}, {dec}]: expected 0 <= RA < 360 and "

@@ -105,3 +105,23 @@ def test_mosa_writes_healpix_and_car_mosaics_and_their_sources(tmp_path, fitsver
         assert abs(rows["RA"][0] - SOURCE[0]) < 0.5 and abs(rows["DEC"][0] - SOURCE[1]) < 0.5
         assert rows["BAND"][0] == "13-60" and rows["OCC_TYPE"][0] == "PEO"
         assert rows["SNR"][0] > 7.0
+
+
+def test_spex_takes_the_sources_found_on_the_mosaic_for_every_observation():
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from ecpi_beam.kernels.sky_analysis import SourceRow
+    from ecpi_beam.kernels.spectra import SpexSource
+    from ecpi_beam.transforms.spex import sources_of_mosaic
+
+    def row(ra, dec, snr):
+        return SourceRow(ra=ra, dec=dec, err_rad_arcmin=10.0, snr=snr, flux=1.0, flux_err=0.1,
+                         row=float("nan"), col=float("nan"), pcode=1.0)
+
+    found = [(("13-60", "PEO"), [row(10.0, 5.0, 9.0), row(40.0, -3.0, 20.0)]),
+             (("61-140", "PEO"), [row(10.2, 5.1, 8.0)])]  # the same source in another band
+    expected = (SpexSource(1, "SRC01", 40.0, -3.0), SpexSource(2, "SRC02", 10.0, 5.0))
+    with TestPipeline() as pipeline:
+        observations = pipeline | "Obs" >> beam.Create([observation(0), observation(1)])
+        sources = sources_of_mosaic(observations, pipeline | "Found" >> beam.Create(found))
+        assert_that(sources, equal_to([(obs_id(0), expected), (obs_id(1), expected)]))

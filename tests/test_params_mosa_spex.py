@@ -35,6 +35,10 @@ def test_values_are_read():
     assert params.spex.sources == ((83.63, 22.01), (299.59, 35.2))
     assert params.spex.time_bin == 0.5 and params.spex.pi_per_channel == 1
     assert parse(spex={"sources": "[10, -5]"}).spex.sources == ((10.0, -5.0),)
+    assert params.spex.sources_from == "list"
+    assert parse(spex={"sources": "mosaic"}).spex.sources_from == "mosaic"
+    assert parse(spex={"sources": "'imag'"}).spex.sources_from == "imag"
+    assert parse(spex={"sources": "[]"}).spex.sources_from == "imag"
 
 
 @pytest.mark.parametrize("section, key, value, message", [

@@ -108,8 +108,8 @@ class _Sources:
 
 
 def mosaic_source_hdus(found, observations) -> list:
-    """ECL-MOS-SOP: the columns of ECL-SOP-IMA; `found` is [(band, occ, [SourceRow]), ...].
+    """ECL-MOS-SOP: the columns of ECL-SOP-IMA; `found` is [((band, occ), [SourceRow]), ...].
     SKY_X and SKY_Y are NaN: a mosaic source has no sky-image pixel (use RA and DEC)."""
-    entries = sorted(((band, occ, _Sources(rows)) for band, occ, rows in found),
+    entries = sorted(((band, occ, _Sources(rows)) for (band, occ), rows in found),
                      key=lambda e: (e[1], parse_band(e[0])))
     return source_table_hdus(entries) + [observations_hdu(observations)]

@@ -41,8 +41,9 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             general.working_out, params.cali.out_files, fingerprint, observations, failed))
 
     wants_spex = bool(params.spex.out_files)  # SPEX: on the sources IMAG finds, or a list
-    wants_imag = bool(params.imag.out_files or params.mosa.out_files
-                      or (wants_spex and not params.spex.sources))
+    spex_from = params.spex.sources_from if wants_spex else None
+    wants_mosa = bool(params.mosa.out_files) or spex_from == "mosaic"
+    wants_imag = bool(params.imag.out_files) or wants_mosa or spex_from == "imag"
     if params.bube.out_files or wants_imag or wants_spex:
         timelines = observations | "Timelines" >> ImagingTimelines(params.bube, failure_log)
         detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines, failure_log)
@@ -59,13 +60,17 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             outputs["sky"] = sky
             for product in params.imag.out_files:
                 written.append(sky | f"Write{product}" >> WriteImageProducts(product, **write))
-            if params.mosa.out_files:  # MOSA: one mosaic of every observation's sky images
-                written.append(sky | "Mosa" >> Mosa(params.mosa, general.working_out,
-                                                    fingerprint, observations, failure_log))
+            if wants_mosa:  # MOSA: one mosaic of every observation's sky images
+                mosa = sky | "Mosa" >> Mosa(params.mosa, general.working_out, fingerprint,
+                                            observations, failure_log, spex_from == "mosaic")
+                if mosa.written is not None:
+                    written.append(mosa.written)
+                outputs["mosaic_sources"] = mosa.sources
         if wants_spex:
             written.append(calibrated | "Spex" >> Spex(
                 params.spex, params.bube, caldb_dir, timelines, outputs.get("sky"), observations,
-                failed, general.working_out, fingerprint, failure_log))
+                failed, general.working_out, fingerprint, failure_log,
+                outputs.get("mosaic_sources")))
 
     written.append(read.failures | "WriteFailures" >> WriteFailures(general.working_out))
     outputs["failures"] = read.failures

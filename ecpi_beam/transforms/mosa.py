@@ -8,6 +8,7 @@ searched for sources, and written as ECL-MOS-IMA / ECL-MOS-SOP.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -75,15 +76,22 @@ def mosaic_keywords(product, rows, fingerprint):
     return keywords
 
 
+class MosaResult(NamedTuple):
+    written: beam.PCollection  # URLs of the products
+    sources: beam.PCollection | None  # ((band, occ), [SourceRow]) found on the mosaic
+
+
 @dataclasses.dataclass(eq=False)
 class Mosa(DataclassTransform):
-    """((obs_id, band, occ), SkyProducts) -> the URLs of ECL-MOS-IMA and ECL-MOS-SOP."""
+    """((obs_id, band, occ), SkyProducts) -> MosaResult: the URLs of ECL-MOS-IMA and
+    ECL-MOS-SOP, and the sources found on the mosaic (when asked for, or `find_sources`)."""
 
     mosa_params: object
     working_out: str
     fingerprint: str
     observations: beam.PCollection  # (obs_id, Observation): header keywords
     failure_log: object = None
+    find_sources: bool = False  # SPEX extracts the mosaic's sources
 
     def expand(self, sky):
         params = self.mosa_params
@@ -104,17 +112,18 @@ class Mosa(DataclassTransform):
                            | "WriteMosIma" >> beam.ParDo(WriteMosaicProduct(
                                "ECL-MOS-IMA", mosaic_image_hdus, self.working_out,
                                self.fingerprint), obs_ids, observations))
-        if "ECL-MOS-SOP" in params.out_files:
+        found = None
+        if "ECL-MOS-SOP" in params.out_files or self.find_sources:
             snr, grid = params.snr_ths, grids[0]  # sources are searched on the first grid
-            written.append(maps[0]
-                           | "FindSources" >> beam.MapTuple(
-                               lambda key, value: (key[0], key[1],
-                                                   mosaic.find_mosaic_sources(grid, value, snr)))
+            found = maps[0] | "FindSources" >> beam.MapTuple(
+                lambda key, value: (key, mosaic.find_mosaic_sources(grid, value, snr)))
+        if "ECL-MOS-SOP" in params.out_files:
+            written.append(found
                            | "CollectSources" >> beam.combiners.ToList()
                            | "WriteMosSop" >> beam.ParDo(WriteMosaicProduct(
                                "ECL-MOS-SOP", mosaic_source_hdus, self.working_out,
                                self.fingerprint), obs_ids, observations))
-        return written | "Written" >> beam.Flatten()
+        return MosaResult((written | "Written" >> beam.Flatten()) if written else None, found)
 
 
 class WriteMosaicProduct(beam.DoFn):

@@ -180,6 +180,21 @@ def sources_listed(observations, positions):
     return observations | "Listed" >> beam.Map(lambda kv: (kv[0], listed))
 
 
+def sources_of_mosaic(observations, found):
+    """(obs_id, Observation) -> (obs_id, SpexSources): every source found on the mosaic (in any
+    band), for every observation; those outside an observation's field are skipped later."""
+    def merge(rows):
+        rows = sorted(rows, key=lambda row: -row.snr)
+        return spectra.distinct_sources([(row.ra, row.dec) for row in rows], PEAK_MERGE_DEG)
+
+    merged = beam.pvalue.AsSingleton(
+        found
+        | "MosaicRows" >> beam.FlatMap(lambda kv: kv[1])
+        | "AllRows" >> beam.combiners.ToList()
+        | "Merge" >> beam.Map(merge))
+    return observations | "FromMosaic" >> beam.Map(lambda kv, sources: (kv[0], sources), merged)
+
+
 @dataclasses.dataclass(eq=False)
 class Spex(DataclassTransform):
     """(obs_id, calibrated events) -> the URLs of ECL-SPS-S1 and ECL-LCS-S1 files."""
@@ -188,17 +203,20 @@ class Spex(DataclassTransform):
     bube_params: object  # bands (energy_channels) and occultation types (ear_occ_bub)
     caldb_dir: str
     timelines: beam.PCollection
-    sky: beam.PCollection | None  # IMAG results: the sources found (when no list is given)
+    sky: beam.PCollection | None  # IMAG results: the sources found (sources_from 'imag')
     observations: beam.PCollection
     failed: object  # side input: failed_obs_ids(failures)
     working_out: str
     fingerprint: str
     failure_log: object = None
+    mosaic_sources: beam.PCollection | None = None  # Mosa's: ((band, occ), [SourceRow])
 
     def expand(self, calibrated):
         params, bands = self.spex_params, self.bube_params.energy_channels
-        if params.sources:
+        if params.sources_from == "list":
             sources = sources_listed(self.observations, params.sources)
+        elif params.sources_from == "mosaic":
+            sources = sources_of_mosaic(self.observations, self.mosaic_sources)
         else:
             sources = self.sky | "SourcesFound" >> SourcesFound()
         sources = beam.pvalue.AsDict(sources)
