@@ -171,3 +171,37 @@ def test_healpix_and_car_mosaics_agree_where_both_exist(healpix, bright_skies):
     assert car_source.flux == pytest.approx(hp_source.flux, rel=0.15)
     assert np.degrees(np.arccos(instrument.radec_to_unit(hp_source.ra, hp_source.dec)
                                 @ instrument.radec_to_unit(car_source.ra, car_source.dec))) < 0.5
+
+
+def test_restored_images_keep_the_source_and_drop_its_side_lobes(healpix):
+    """A bright source's coding noise piles up in a mosaic of raw images into spurious peaks;
+    the cleaned images with the source restored as a clean PSF give one source, same flux."""
+    from sky_fixtures import detector_expectation, mask_pattern
+
+    from ecpi_beam.caldb import Caldb, default_caldb_dir
+    from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
+    from ecpi_beam.params import ImagParams
+
+    analyser = SkyAnalyser(mask_pattern(), Caldb.open(default_caldb_dir()).pixel_calibration(),
+                           ImagParams())
+    rng = np.random.default_rng(8)
+    raw, restored = {}, {}
+    for pointing in POINTINGS[:3]:
+        quaternion = instrument.quaternion_from_pointing(*pointing)
+        expected = detector_expectation(quaternion, 100.0, [(*SOURCE, 3.0)], 50.0)
+        counts = rng.poisson(expected).astype(float)
+        analysis = analyser.analyse(counts - 50.0, expected, np.ones((80, 80), bool),
+                                    np.ones((80, 80)), "flat")
+        sources = source_rows(analysis.detections, quaternion, 100.0)
+        wcs = instrument.sky_wcs_keywords(quaternion)
+        images = analysis.images
+        cleaned = mosaic.restored_intensity(analysis.residual_snr, images.variance, sources, 100.0)
+        for target, intensity in ((raw, images.intensity), (restored, cleaned)):
+            for tile, sums in mosaic.image_to_grid(healpix, intensity, images.variance,
+                                                   images.pcode, 100.0, wcs).items():
+                target[tile] = target[tile] + sums if tile in target else sums
+    raw_found = mosaic.find_mosaic_sources(healpix, mosaic.mosaic_map(healpix, raw), 7.0)
+    restored_found = mosaic.find_mosaic_sources(healpix, mosaic.mosaic_map(healpix, restored), 7.0)
+    assert len(raw_found) > 1
+    assert len(restored_found) == 1
+    assert restored_found[0].flux == pytest.approx(raw_found[0].flux, rel=0.1)

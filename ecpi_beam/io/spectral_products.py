@@ -62,8 +62,8 @@ def spectrum_hdus(spectrum, respfile: str, ancrfile: str, keywords: dict) -> lis
         "BACKSCAL": (1.0, "background removed by the mask balancing"),
         "AREASCAL": (1.0, "area scaling"), "CORRSCAL": (0.0, "no correction file"),
         "BACKFILE": ("none", "no background file"), "CORRFILE": ("none", "no correction file"),
-        "RESPFILE": (respfile, "response matrix (RMF)"),
-        "ANCRFILE": (ancrfile, "effective area (ARF) of this source"),
+        "RESPFILE": (respfile, "RMF"),
+        "ANCRFILE": (ancrfile, "ARF"),
         "FILTER": ("NONE", "filter"), "PIGROUP": (int(spectrum.last_pi[0] + 1),
                                                    "PI channels per spectral channel"),
         **keywords})

@@ -24,7 +24,8 @@ MOSAIC_OBS_ID = "MOSAIC"  # products are <PRODUCT>_MOSAIC.fits: one per campaign
 
 
 class SampleOnGrid(beam.DoFn):
-    """((obs_id, band, occ), SkyProducts) -> ((band, occ, tile), MosaicSums) for each tile."""
+    """((obs_id, band, occ), SkyProducts) -> ((band, occ, tile), MosaicSums) for each tile: the
+    cleaned image with its sources restored (kernels.mosaic.restored_intensity)."""
 
     def __init__(self, grid, pcode_min: float):
         self._grid, self._pcode_min = grid, pcode_min
@@ -33,7 +34,9 @@ class SampleOnGrid(beam.DoFn):
     @isolating("mosa")
     def process(self, element):
         (_, band, occ), sky = element
-        tiles = mosaic.image_to_grid(self._grid, sky.images.intensity, sky.images.variance,
+        intensity = mosaic.restored_intensity(sky.residual_snr, sky.images.variance, sky.sources,
+                                              sky.exposure)
+        tiles = mosaic.image_to_grid(self._grid, intensity, sky.images.variance,
                                      sky.images.pcode, sky.exposure, sky.wcs_keywords,
                                      self._pcode_min)
         self._images.inc()
