@@ -31,6 +31,11 @@ def parse_args(argv):
         prog="ecpi_run", description="Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG) on Beam.",
         epilog="Other options (--runner, --direct_num_workers, ...) go to Beam's PipelineOptions.")
     parser.add_argument("--params", dest="params_option", help="the parameter file (.ini)")
+    parser.add_argument("--streaming", action="store_true",
+                        help="watch working_in for slices and alert on new transients "
+                             "(docs/streaming.md)")
+    parser.add_argument("--stream_idle_timeout", type=float, default=None, metavar="S",
+                        help="with --streaming: stop after S seconds without a new slice")
     argv = list(argv)
     # The positional form is `ecpi_run params.ini [beam options]`: only the first argument, so
     # that the value of a Beam option (`--runner DirectRunner`) is never taken for it.
@@ -41,6 +46,12 @@ def parse_args(argv):
         raise EcpiError("no parameter file: give it as `ecpi_run params.ini` or --params params.ini")
     if not any(arg.startswith("--runner") for arg in beam_args):
         beam_args = ["--runner", "DirectRunner", *beam_args]
+    if args.streaming:
+        beam_args = [*beam_args, "--streaming", "--stream_idle_timeout",
+                     str(args.stream_idle_timeout if args.stream_idle_timeout is not None
+                         else float("inf"))]
+    elif args.stream_idle_timeout is not None:
+        raise EcpiError("--stream_idle_timeout: only with --streaming")
     return path, beam_args
 
 
@@ -84,6 +95,10 @@ def main(argv) -> int:
     configure_logging(params.general.logger_level)
     check_capabilities(params)
     caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
+    if "--streaming" in beam_args:
+        from ecpi_beam.pipelines.stream import run_streaming_command
+
+        return run_streaming_command(params, beam_args, caldb_dir, started)
     observation_dirs = fs.find_observation_dirs(params.general.working_in)
     preflight_observations(observation_dirs)
     totals, failures = run(params, beam_args, caldb_dir, observation_dirs)

@@ -23,9 +23,11 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.test_stream_service import TestStreamServiceController
 
+from ecpi_beam.errors import EcpiError
 from ecpi_beam.io.slices import SliceWatcher
 from ecpi_beam.transforms.failures import FailureLog
-from ecpi_beam.transforms.windows import SliceTiles, TransientAlerts, WindowedSearch
+from ecpi_beam.transforms.windows import (ALERTS_FOLDER, SliceTiles, TransientAlerts,
+                                          WindowedSearch)
 
 LOG = logging.getLogger(__name__)
 SLICE_CODER = PickleCoder()
@@ -133,3 +135,22 @@ def run_stream(params, beam_args, caldb_dir: str, idle_timeout: float):
             slices = pipeline | "WatchSlices" >> source.transform()
             build_stream_pipeline(slices, params, caldb_dir)
     return pipeline.result if hasattr(pipeline, "result") else None
+
+
+def run_streaming_command(params, beam_args, caldb_dir: str, started: float) -> int:
+    """`ecpi_run params.ini --streaming [--stream_idle_timeout S]`: run, then one summary line."""
+    from ecpi_beam.io import fs
+
+    position = beam_args.index("--stream_idle_timeout")
+    idle_timeout = float(beam_args[position + 1])
+    beam_args = beam_args[:position] + beam_args[position + 2:]
+    for location in params.general.working_in:
+        if not fs.isdir(location) and "://" not in location:
+            raise EcpiError(f"working_in = {location}: no such directory to watch")
+    run_stream(params, beam_args, caldb_dir, idle_timeout)
+    alerts_dir = fs.join(params.general.working_out, ALERTS_FOLDER)
+    names = fs.listdir(alerts_dir) if fs.exists(alerts_dir) else []
+    first = sum(name.endswith("_0.xml") for name in names)
+    print(f"ecpi_run --streaming: {first} alert(s) and {len(names) - first} update(s) in "
+          f"{time.time() - started:.1f} s; alerts in {alerts_dir}")
+    return 0
