@@ -39,6 +39,18 @@ def burst_scenario(duration: float):
                                     t_peak=duration / 2, peak_flux=3.0, rise=1.0, decay=8.0)])
 
 
+SLICE_S = 10.0
+
+
+def alert_window(path) -> tuple[float, float]:
+    """(Window_Start, Window_Length) of an alert file."""
+    import voeventparse
+
+    with open(path, "rb") as stream:
+        window = voeventparse.get_grouped_params(voeventparse.load(stream))["Time_Window"]
+    return float(window["Window_Start"]["value"]), float(window["Window_Length"]["value"])
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0)
@@ -56,17 +68,21 @@ def main(argv):
     scenario = burst_scenario(args.duration)
     started = time.time()
     drip(scenario, str(watched), Caldb.open(default_caldb_dir()), speed=args.speed,
+         slice_seconds=SLICE_S,
          on_slice=lambda seq, kind, path, wall: landed.__setitem__((seq, kind), wall))
     stdout, _ = runner.communicate(timeout=args.duration / args.speed + 600)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-    peak_seq = int(args.duration / 2 // 10)
+    peak_seq = int(args.duration / 2 // SLICE_S)
     alerts = sorted((out / "alerts").glob("*_0.xml"), key=os.path.getmtime)
     print(stdout.strip())
     if alerts:
         first = os.path.getmtime(alerts[0])
-        print(f"duration {args.duration:g} s at {args.speed:g}x: first alert "
-              f"{first - landed[(peak_seq, 'evt')]:+.1f} s after the peak slice "
-              f"({slice_name('evt', scenario.obs_id, peak_seq)}) landed; "
+        start, length = alert_window(alerts[0])
+        last_seq = int(np.ceil((start + length - scenario.tstart) / SLICE_S)) - 1
+        print(f"duration {args.duration:g} s at {args.speed:g}x: first alert (window "
+              f"{start - scenario.tstart:g}+{length:g} s) {first - landed[(peak_seq, 'evt')]:+.1f} s "
+              f"after the peak slice ({slice_name('evt', scenario.obs_id, peak_seq)}) landed, "
+              f"{first - landed[(last_seq, 'evt')]:+.1f} s after the window's last slice; "
               f"{len(alerts)} alert(s); ecpi_run max RSS {peak_rss_mb:.0f} MB; "
               f"wall {time.time() - started:.0f} s")
     else:

@@ -30,7 +30,7 @@ from ecpi_beam.params import parse_params, params_text
 from ecpi_beam.pipelines.stream import SLICE_CODER, build_stream_pipeline
 from ecpi_beam.simu import default_scenario, scenario_with
 from ecpi_beam.simu.drip import drip
-from ecpi_beam.transforms.windows import SliceTiles
+from ecpi_beam.transforms.windows import SliceTiles, TransientAlerts, WindowDetection
 
 DURATION_S = 160.0
 T_PEAK_S = 100.0
@@ -220,3 +220,64 @@ def test_ecpi_run_streaming_alerts_while_the_drip_writes(tmp_path):
     assert len(alerts) == 1
     latency = alerts[0].stat().st_mtime - peak_landed
     assert latency < 30.0  # the issue's target at 10x real time on 2 cores
+
+
+def detection(start, length, ra, dec, snr, obs_id="0000000018"):
+    return WindowDetection(obs_id, "13-1260", "PEO", TSTART_S + start, float(length), ra, dec,
+                           10.0, snr)
+
+
+TSTART_S = 3.0e8
+
+
+def decide(detections_with_watermarks, working_out, longest=40.0):
+    """DecideAlerts alone on a TestStream: [(detection or None, watermark offset or None)]."""
+    events = test_stream.TestStream(coder=SLICE_CODER)
+    for item, watermark in detections_with_watermarks:
+        if item is not None:
+            events = events.add_elements([TimestampedValue(item, item.window_end - 1e-6)])
+        if watermark is not None:
+            events = events.advance_watermark_to(TSTART_S + watermark)
+    events = events.advance_watermark_to_infinity()
+    options = PipelineOptions(["--runner", "DirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (pipeline | events
+             | TransientAlerts(str(working_out), longest, match_radius_arcmin=60.0))
+    return read_alerts(working_out)
+
+
+def test_a_burst_in_overlapping_windows_gives_one_alert_then_updates(tmp_path):
+    alerts = decide([(detection(100, 10, 288.40, -25.75, 12.0), None),
+                     (detection(90, 40, 288.45, -25.70, 9.0), None),   # weaker: no update
+                     (detection(105, 10, 288.41, -25.74, 40.0), 120),  # stronger: update 1
+                     (detection(110, 10, 200.0, 10.0, 8.0), 125)], tmp_path)  # another one
+    first = sorted((a["ra"], a["sequence"]) for a in alerts)
+    assert [seq for _, seq in first] == [0, 0, 1]
+    burst = [a for a in alerts if abs(a["ra"] - 288.4) < 0.1]
+    assert {a["event_id"] for a in burst} == {burst[0]["event_id"]}
+    assert max(a["sequence"] for a in burst) == 1
+
+
+def test_a_source_in_an_earlier_longest_window_is_steady_not_new(tmp_path):
+    # the longest window [0, 40) holds it before the short window [50, 60) begins; a window
+    # pane arriving after the short one (same watermark step) is still seen first
+    alerts = decide([(detection(50, 10, 288.40, -25.75, 9.0), None),
+                     (detection(0, 40, 288.42, -25.76, 15.0), 70)], tmp_path)
+    assert [a["window_length"] for a in alerts] == [40.0]  # only the long one, first seen
+
+
+def test_the_portable_watching_source_gives_the_same_alert(dripped, tmp_path, on_time_alert):
+    """WatchSlices (the splittable DoFn for runners with SDF watermarks, Flink) on the
+    DirectRunner, where its watermark is held until it ends: the same alert, at the end."""
+    from ecpi_beam.pipelines.stream import watched_slices
+
+    directory, truth = dripped["burst"]
+    params = stream_params(directory, tmp_path)
+    options = PipelineOptions(["--runner", "DirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as pipeline:
+        build_stream_pipeline(watched_slices(pipeline, params.general.working_in, 0.2, 2.0),
+                              params, default_caldb_dir())
+    first = assert_one_alert_on_the_burst(read_alerts(tmp_path), truth)
+    assert first["event_id"] == on_time_alert["event_id"]

@@ -21,6 +21,7 @@ forward across observations).
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -36,6 +37,7 @@ _PREFIX_KIND = {prefix: kind for kind, prefix in KINDS.items()}
 SLICE_NAME = re.compile(r"^(?P<prefix>ECL-EVT-SEC|SVO-ATT-CNV|SVO-ORB-CNV)_(?P<obs_id>[A-Za-z0-9_-]+)"
                         r"_(?P<seq>\d+)\.fits(\.gz)?$")
 SEQ_DIGITS = 6
+LOG = logging.getLogger(__name__)
 
 
 def slice_name(kind: str, obs_id: str, seq: int) -> str:
@@ -89,12 +91,20 @@ class SliceData:
     orbit: Orbit
 
 
-def _span(url: str) -> tuple[float, float]:
+def _span(url: str, obs_id: str) -> tuple[float, float]:
+    """[TSTART, TSTOP] of a slice, after checking that its OBS_ID is the one in its name."""
     header = event_io.read_primary_header(url)
+    if str(header.get("OBS_ID", "")).strip() != obs_id:
+        raise EcpiError(f"{url}: primary header OBS_ID = {header.get('OBS_ID')!r}, expected "
+                        f"{obs_id!r} as in the file name")
     try:
-        return float(header["TSTART"]), float(header["TSTOP"])
+        span = float(header["TSTART"]), float(header["TSTOP"])
     except (KeyError, TypeError, ValueError):
         raise EcpiError(f"{url}: primary header: expected numeric TSTART and TSTOP") from None
+    if not span[0] < span[1]:
+        raise EcpiError(f"{url}: primary header: TSTART = {span[0]} must be before TSTOP = "
+                        f"{span[1]}")
+    return span
 
 
 def read_slice(slice_set: SliceSet) -> SliceData:
@@ -145,6 +155,7 @@ class SliceWatcher:
         self.locations = tuple(locations)
         self._observations: dict[str, _ObservationSlices] = {}
         self._seen: set = set()  # urls already inspected
+        self.rejected: list[str] = []  # one line per file that is not a valid slice
 
     def poll(self) -> list[SliceSet]:
         """The slice sets completed since the last poll, in (obs_id, seq) order."""
@@ -156,9 +167,15 @@ class SliceWatcher:
                     continue
                 self._seen.add(url)
                 kind, obs_id, seq = parsed
+                try:
+                    span = _span(url, obs_id)
+                except EcpiError as error:  # one bad file stops no stream: reported, skipped
+                    LOG.error("STREAM %s", error)
+                    self.rejected.append(str(error))
+                    continue
                 observation = self._observations.setdefault(obs_id, _ObservationSlices())
                 observation.files[(kind, seq)] = url
-                observation.spans[(kind, seq)] = _span(url)
+                observation.spans[(kind, seq)] = span
         ready = []
         for obs_id, observation in sorted(self._observations.items()):
             for (kind, seq), url in sorted(observation.files.items()):

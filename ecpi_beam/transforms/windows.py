@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import typing
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -222,7 +223,9 @@ class WindowedSearch(DataclassTransform):
                 | "Sum" >> beam.CombinePerKey(window_sum())
                 | "Search" >> beam.ParDo(with_failure_log(
                     SearchWindow(self.caldb_dir, params.bube, params.imag, params.stream),
-                    self.failure_log)))
+                    self.failure_log))
+                # detections of every length meet in one global window (DecideAlerts)
+                | "Unwindow" >> beam.WindowInto(window.GlobalWindows()))
 
 
 # ==============================================================================================
@@ -369,7 +372,8 @@ class TransientAlerts(DataclassTransform):
 
     def expand(self, detections):
         return (detections
-                | "ByObservation" >> beam.Map(lambda d: (d.obs_id, d))
+                | "ByObservation" >> beam.Map(lambda d: (d.obs_id, d)).with_output_types(
+                    typing.Tuple[str, typing.Any])
                 | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
                 | "Decide" >> beam.ParDo(DecideAlerts(self.working_out, self.longest_window,
                                                       self.match_radius_arcmin)))
