@@ -1,7 +1,7 @@
 """The streaming search (docs/streaming.md): windows, watermark, lateness, one alert per burst.
 
-Two simulated observations (160 s, the demo's pointing and orbit: CXB + internal background),
-one with a GRB (FRED, peak 3 ph cm-2 s-1 at 100 s, 4 deg off axis), are cut into 10 s slices
+Two simulated observations (120 s, the demo's pointing and orbit: CXB + internal background),
+one with a GRB (FRED, peak 3 ph cm-2 s-1 at 70 s, 4 deg off axis), are cut into 10 s slices
 once per session. TestStream replays them with a chosen watermark (on time, late within the
 allowed lateness, later than it); `ecpi_run --streaming` watches a directory while
 `ecpi_simulate --drip` writes into it.
@@ -24,7 +24,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb, default_caldb_dir
-from ecpi_beam.io.slices import SliceWatcher
+from ecpi_beam.io.slices import SliceWatcher, slice_name
 from ecpi_beam.kernels.catalogue import angular_separation_deg
 from ecpi_beam.params import parse_params, params_text
 from ecpi_beam.pipelines.stream import SLICE_CODER, build_stream_pipeline
@@ -32,12 +32,12 @@ from ecpi_beam.simu import default_scenario, scenario_with
 from ecpi_beam.simu.drip import drip
 from ecpi_beam.transforms.windows import SliceTiles, TransientAlerts, WindowDetection
 
-DURATION_S = 160.0
-T_PEAK_S = 100.0
+DURATION_S = 120.0
+T_PEAK_S = 70.0
 SLICE_S = 10.0
 WINDOWS = {"window_lengths": "[10, 40]", "window_periods": "[5, 20]"}
 MAX_OFFSET_ARCMIN = 20.0
-BURST_SEQS = (9, 10, 11, 12)  # the slices holding the burst: 90-130 s
+BURST_SEQS = (6, 7, 8, 9)  # the slices holding the burst: 60-100 s
 
 
 def stream_scenario(with_burst: bool, name: str):
@@ -86,7 +86,8 @@ def replay(directory, working_out, *, late_seqs=(), late_by_s=0.0, **stream):
         for late in due:
             events = events.add_elements([TimestampedValue(late, late.tstart)])
             held.remove(late)
-    for late in held:
+    for late in held:  # past the end of the observation: the watermark goes on, as in a pass
+        events = events.advance_watermark_to(max(late.tstop + late_by_s, slice_sets[-1].tstop))
         events = events.add_elements([TimestampedValue(late, late.tstart)])
     events = events.advance_watermark_to_infinity()
     options = PipelineOptions(["--runner", "DirectRunner"])
@@ -209,7 +210,8 @@ def test_ecpi_run_streaming_alerts_while_the_drip_writes(tmp_path):
             [sys.executable, "-m", "ecpi_beam.simu.cli", str(scenario), "--drip", str(watched),
              "--speed", "20"], env=env, capture_output=True, text=True, timeout=120)
         assert dripper.returncode == 0, dripper.stderr
-        peak_landed = (watched / "ECL-EVT-SEC_0000000018_000010.fits").stat().st_mtime
+        peak_slice = slice_name("evt", "0000000018", int(T_PEAK_S // SLICE_S))
+        peak_landed = (watched / peak_slice).stat().st_mtime
         stdout, stderr = runner.communicate(timeout=180)
     finally:
         if runner.poll() is None:
