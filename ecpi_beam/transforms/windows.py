@@ -85,7 +85,7 @@ class SliceTiles(beam.DoFn):
         self._binner = BinDetectorImages(self._bands, bube_params.ear_occ_bub)
         self._slices = Metrics.counter(NAMESPACE, "slices")
         self._events = Metrics.counter(NAMESPACE, "events")
-        self._late = Metrics.counter(NAMESPACE, "slices_without_good_time")
+        self._no_good_time = Metrics.counter(NAMESPACE, "slices_without_good_time")
 
     def setup(self):
         self._pixcal = Caldb.open(self._caldb_dir).pixel_calibration()
@@ -100,7 +100,7 @@ class SliceTiles(beam.DoFn):
         self._slices.inc()
         self._events.inc(len(calibrated))
         if not len(good):
-            self._late.inc()
+            self._no_good_time.inc()
             return
         timeline = imaging_timeline(
             data.attitude.time, data.attitude.qparam, data.orbit.time, data.orbit.position,
