@@ -85,3 +85,34 @@ def test_watcher_reports_complete_slices_once_and_the_coverage_watermark(dripped
     data = slices.read_slice(ready[0])
     assert data.events["TIME"].min() >= TSTART + 10
     assert data.attitude.qparam.shape[1] == 4 and np.all(data.orbit.time[1:] > data.orbit.time[:-1])
+
+
+def stream_section(**keys):
+    from ecpi_beam.params import parse_params, params_text
+
+    return parse_params(params_text("/in", "/out", extra={"stream": keys}), check_paths=False)
+
+
+def test_stream_defaults_are_the_image_trigger_time_scales():
+    stream = stream_section().stream
+    assert stream.window_lengths == (20, 80, 320, 1280)
+    assert stream.window_periods == (10, 40, 160, 640)
+    assert stream.tile_seconds == 10
+    assert stream_section(window_lengths="[12, 48]").stream.window_periods == (6, 24)
+
+
+@pytest.mark.parametrize("keys, expected", [
+    (dict(window_lengths="[20, 0]"), "window_lengths = [20, 0]: expected a Python list of "
+                                     "positive integer seconds"),
+    (dict(window_lengths="[20, 80]", window_periods="[10]"), "one period per window length"),
+    (dict(window_periods="[30, 40, 160, 640]"), "period 30 s is longer than its window"),
+    (dict(snr_ths="2"), "[stream] snr_ths = 2: expected a number >= 3"),
+    (dict(allowed_lateness="-1"), "[stream] allowed_lateness = -1"),
+    (dict(window_lenghts="[20]"), "did you mean 'window_lengths'"),
+])
+def test_stream_mistakes_are_one_line_errors(keys, expected):
+    from ecpi_beam.errors import EcpiError
+
+    with pytest.raises(EcpiError) as error:
+        stream_section(**keys)
+    assert expected in str(error.value) and "\n" not in str(error.value)
