@@ -65,7 +65,7 @@ def metric_totals(result):
 
 def run(params, beam_args, caldb_dir, observation_dirs):
     """Build and run the pipeline; returns (metric totals, failure records)."""
-    stale = fs.join(params.general.working_out, FAILURES_FILE)
+    stale = fs.inside(params.general.working_out, FAILURES_FILE)
     if fs.exists(stale):
         fs.remove(stale)
     remove_dead_letters(params.general.working_out)

@@ -376,3 +376,38 @@ def find_triplet(directory: str) -> dict[str, str]:
                             f"{found}")
         triplet[kind] = join(directory, matches[0])
     return triplet
+
+
+# ============================================================================================
+# Confinement: every file the pipeline writes or deletes lies inside working_out (ICD 5)
+# ============================================================================================
+def _check_segment(name: str, root: str) -> None:
+    """One path segment of a name we build: no separator, no '.'/'..', printable ASCII."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name
+            or not name.isascii() or not name.isprintable()):
+        raise EcpiError(f"{root}: refusing the path segment {name!r}: names built inside "
+                        "working_out are single, printable file names (no '/', '..')")
+
+
+def inside(root: str, *segments: str) -> str:
+    """`root/seg1/seg2...`, checked to lie inside `root`; the only way we build a path to
+    write or delete under working_out.
+
+    Each segment is one file name (no separator, no '..'); locally the result is resolved
+    (symbolic links followed) and must stay under the resolved root, so a link planted in
+    working_out cannot lead a write or a delete elsewhere. On object stores, where keys have
+    no links, the segment check is the whole guard.
+    """
+    url = root
+    for segment in segments:
+        _check_segment(str(segment), root)
+        url = join(url, str(segment))
+    if is_local(root):
+        _, root_path = filesystem(root)
+        _, path = filesystem(url)
+        real_root = os.path.realpath(root_path)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise EcpiError(f"{url}: resolves to {real}, outside working_out {real_root} "
+                            "(a symbolic link?); refusing to write or delete it")
+    return url

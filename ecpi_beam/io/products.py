@@ -33,8 +33,8 @@ _REQUIRED_OBSERVATION_KEYWORDS = ("OBS_ID", "TSTART", "TSTOP")
 
 
 def product_url(working_out: str, product: str, obs_id: str) -> str:
-    """'<working_out>/<PRODUCT>_<OBS_ID>.fits'."""
-    return fs.join(working_out, f"{product}_{obs_id}.fits")
+    """'<working_out>/<PRODUCT>_<OBS_ID>.fits', confined to working_out (ICD section 5)."""
+    return fs.inside(working_out, f"{product}_{obs_id}.fits")
 
 
 def _with_comment(key: str, value):

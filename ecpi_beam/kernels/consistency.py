@@ -30,6 +30,11 @@ EVENTS_INSTRUME = "ECLAIRs"
 MAX_TIME_BACKSTEP_S = 100e-6  # ICD: EVENTS rows may step back in TIME by up to 100 us
 QUATERNION_NORM_TOLERANCE = 1e-3
 MJDREFF_TOLERANCE = 1e-12
+# OBS_ID names products and temporary files (ICD section 5): letters, digits, '-' and '_', at
+# most 40 characters, so that FILENAME = 'ECL-DET-UBC_<OBS_ID>.fits' fits one 80-character
+# card (68 characters of string value, FITS standard 4.2.1.1) with no CONTINUE card.
+OBS_ID_MAX_LENGTH = 40
+OBS_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,%d}" % OBS_ID_MAX_LENGTH)
 
 
 class Triplet(NamedTuple):
@@ -85,6 +90,20 @@ def check_columns(kind, summary):
     return problems
 
 
+def _shown(value, limit=48):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(str(value))} characters)"
+
+
+def check_obs_id(name, value):
+    """OBS_ID must match OBS_ID_PATTERN before it names anything (ICD section 5)."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and OBS_ID_PATTERN.fullmatch(text):
+        return []
+    return [f"{name}: OBS_ID = {_shown(value)}; expected 1 to {OBS_ID_MAX_LENGTH} letters, "
+            "digits, '-' or '_'"]
+
+
 def check_primary_keywords(summaries):
     """ICD keywords present in each primary header, equal across the triplet where they must be.
 
@@ -98,6 +117,8 @@ def check_primary_keywords(summaries):
         if "TELESCOP" in summary.primary and summary.primary["TELESCOP"] != TELESCOP:
             problems.append(f"{summary.name}: TELESCOP = {summary.primary['TELESCOP']!r}; "
                             f"expected {TELESCOP!r}")
+        if "OBS_ID" in summary.primary:
+            problems += check_obs_id(summary.name, summary.primary["OBS_ID"])
         if "TIMEUNIT" in summary.primary and summary.primary["TIMEUNIT"] != "s":
             problems.append(f"{summary.name}: TIMEUNIT = {summary.primary['TIMEUNIT']!r}; "
                             "expected 's'")
@@ -112,7 +133,7 @@ def check_primary_keywords(summaries):
         else:
             equal = all(str(v).strip() == str(reference).strip() for v in values.values())
         if not equal:
-            listed = ", ".join(f"{name} {value!r}" for name, value in values.items())
+            listed = ", ".join(f"{name} {_shown(value)}" for name, value in values.items())
             problems.append(f"{key} differs across the triplet: {listed}")
     evt = summaries.get("evt")
     if evt is not None and "TSTART" in evt.primary and "TSTOP" in evt.primary:

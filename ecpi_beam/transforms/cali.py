@@ -130,14 +130,14 @@ class EventPart(NamedTuple):
 
 
 def parts_folder(working_out: str, obs_id: str) -> str:
-    return fs.join(fs.join(working_out, PARTS_FOLDER), f"{EVT_CAL}_{obs_id}")
+    return fs.inside(working_out, PARTS_FOLDER, f"{EVT_CAL}_{obs_id}")
 
 
 def write_event_part(working_out: str, obs_id: str, calibrated) -> EventPart:
     """Store a calibrated chunk as big-endian FITS rows under the observation's parts folder."""
     folder = parts_folder(working_out, obs_id)
     fs.makedirs(folder)
-    url = fs.join(folder, f"{uuid.uuid4().hex}.rows")  # unique: retried bundles never collide
+    url = fs.inside(folder, f"{uuid.uuid4().hex}.rows")  # unique: retried bundles never collide
     fs.put_atomic(calibrated.astype(ROW_DTYPE).tobytes(), url, durable=False)  # a temporary part
     if len(calibrated) == 0:
         return EventPart(np.inf, np.inf, 0, url)
@@ -221,8 +221,8 @@ def remove_parts(working_out: str, obs_id: str) -> None:
     folder = parts_folder(working_out, obs_id)
     with contextlib.suppress(FileNotFoundError):
         for name in fs.listdir(folder):
-            fs.remove(fs.join(folder, name))
-    for directory in (folder, fs.join(working_out, PARTS_FOLDER)):
+            fs.remove(fs.inside(folder, name))
+    for directory in (folder, fs.inside(working_out, PARTS_FOLDER)):
         filesystem, path = fs.filesystem(directory)
         with contextlib.suppress(Exception):  # absent, not empty (other observations) or keyless
             filesystem.rmdir(path)

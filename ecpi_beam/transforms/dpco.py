@@ -62,7 +62,7 @@ def summarize_fits(url, kind):
         try:
             layout = event_io.table_layout(url, extname)
         except EcpiError as err:
-            if "no extension" not in str(err):
+            if "no extension" not in str(err) and str(err) not in problems:
                 problems.append(str(err))
                 unreadable.add(extname)
             continue
