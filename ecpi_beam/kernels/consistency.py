@@ -29,6 +29,9 @@ TELESCOP = "SVOM"
 EVENTS_INSTRUME = "ECLAIRs"
 MAX_TIME_BACKSTEP_S = 100e-6  # ICD: EVENTS rows may step back in TIME by up to 100 us
 QUATERNION_NORM_TOLERANCE = 1e-3
+# Attitude is sampled at about 1 Hz (ICD 2): a longer hole inside the good time would be bridged
+# by a slerp over an unknown motion, so DPCO refuses it (docs/reliability.md).
+MAX_ATTITUDE_GAP_S = 10.0
 MJDREFF_TOLERANCE = 1e-12
 # OBS_ID names products and temporary files (ICD section 5): letters, digits, '-' and '_', at
 # most 40 characters, so that FILENAME = 'ECL-DET-UBC_<OBS_ID>.fits' fits one 80-character
@@ -167,6 +170,49 @@ def check_quaternions(name, qparam):
             f"(first at row {bad[0]}: norm {norm[bad[0]]:.6g})"]
 
 
+def check_finite(name, extname, column, values):
+    """A column of a small table (TIME, QPARAM, POSITION...) holds no NaN or infinity."""
+    values = np.asarray(values, dtype=float)
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    rows = np.flatnonzero(bad)
+    if len(rows) == 0:
+        return []
+    return [f"{name} {extname}: {len(rows)} rows with {column} not finite (NaN or infinite; "
+            f"first at row {rows[0]})"]
+
+
+def check_orbit_positions(name, position):
+    """The spacecraft is above the Earth's surface: |POSITION| >= EARTH_RADIUS_KM (zero, a
+    wrong unit or a lost fix would silently give wrong occultation classes)."""
+    radius_km = np.linalg.norm(np.asarray(position, dtype=float).reshape(-1, 3), axis=1) / 1e3
+    rows = np.flatnonzero(np.isfinite(radius_km) & (radius_km < instrument.EARTH_RADIUS_KM))
+    if len(rows) == 0:
+        return []
+    return [f"{name} ORBIT: {len(rows)} rows with POSITION below the Earth's surface "
+            f"(|POSITION| < {instrument.EARTH_RADIUS_KM:g} km; first at row {rows[0]}: "
+            f"{radius_km[rows[0]]:.6g} km); expected metres from the Earth's centre"]
+
+
+def check_attitude_gaps(name, time, good_start, good_stop, limit_s=MAX_ATTITUDE_GAP_S):
+    """No hole longer than limit_s between attitude samples inside the good time."""
+    time = np.asarray(time, dtype=float)
+    finite = np.flatnonzero(np.isfinite(time))
+    if len(finite) < 2:
+        return []
+    before, after = time[finite[:-1]], time[finite[1:]]
+    start = np.asarray(good_start, dtype=float)[None, :]
+    stop = np.asarray(good_stop, dtype=float)[None, :]
+    long_gap = (after - before) > limit_s
+    in_good = ((before[:, None] < stop) & (after[:, None] > start)).any(axis=1)
+    gaps = np.flatnonzero(long_gap & in_good)
+    if len(gaps) == 0:
+        return []
+    first = gaps[0]
+    return [f"{name} ATTITUDE: {len(gaps)} gaps longer than {limit_s:g} s inside the good time "
+            f"(first after row {finite[first]}: {after[first] - before[first]:.6g} s from TIME "
+            f"{before[first]!r})"]
+
+
 # ----------------------------------------------------------------------------------------------
 # EVENTS rows, chunk by chunk
 # ----------------------------------------------------------------------------------------------
@@ -190,6 +236,7 @@ EVENT_FINDINGS = {
     "pha_range": f"PHA outside 0..{instrument.N_PHA - 1}",
     "idet_range": f"IDET outside 0..{instrument.N_PIX - 1}",
     "jdet_range": f"JDET outside 0..{instrument.N_PIX - 1}",
+    "time_nan": "TIME not finite",
 }
 
 
@@ -245,6 +292,7 @@ def check_event_chunk(events, first_row, previous_time, tstart, tstop):
                       first_row),
         "idet_range": (events["IDET"] >= instrument.N_PIX, events["IDET"], first_row),
         "jdet_range": (events["JDET"] >= instrument.N_PIX, events["JDET"], first_row),
+        "time_nan": (~np.isfinite(time), time, first_row),
     }
     findings = {}
     for kind, (bad, values, row0) in candidates.items():

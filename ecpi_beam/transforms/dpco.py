@@ -13,6 +13,7 @@ import dataclasses
 import logging
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 
 from ecpi_beam.errors import EcpiError
@@ -115,6 +116,40 @@ def check_triplet(contents: TripletContents) -> list[str]:
     if "ATTITUDE" in contents.tables:
         problems += consistency.check_quaternions(contents.summaries["att"].name,
                                                   contents.tables["ATTITUDE"][0]["QPARAM"])
+    return problems + check_values(contents, tstart, tstop)
+
+
+# columns of the small tables that must hold finite numbers: (kind, extname, columns)
+FINITE_COLUMNS = (("evt", "GTI", ("START", "STOP")), ("att", "ATTITUDE", ("TIME", "QPARAM")),
+                  ("orb", "ORBIT", ("TIME", "POSITION", "VELOCITY")))
+
+
+def check_values(contents: TripletContents, tstart: float, tstop: float) -> list[str]:
+    """Values that pass the type checks but would give silent nonsense: NaN, an orbit below the
+    Earth's surface, attitude holes inside the good time, an empty EVENTS table."""
+    problems = []
+    for kind, extname, columns in FINITE_COLUMNS:
+        if extname in contents.tables:
+            table, _ = contents.tables[extname]
+            for column in columns:
+                problems += consistency.check_finite(contents.summaries[kind].name, extname,
+                                                     column, table[column])
+    if "ORBIT" in contents.tables:
+        problems += consistency.check_orbit_positions(contents.summaries["orb"].name,
+                                                      contents.tables["ORBIT"][0]["POSITION"])
+    if "ATTITUDE" in contents.tables and "GTI" in contents.tables:
+        gti = contents.tables["GTI"][0]
+        start = np.clip(np.asarray(gti["START"], dtype=float), tstart, tstop)
+        stop = np.clip(np.asarray(gti["STOP"], dtype=float), tstart, tstop)
+        kept = stop > start  # the parts of the telemetry GTI inside [TSTART, TSTOP]
+        start, stop = start[kept], stop[kept]
+        problems += consistency.check_attitude_gaps(contents.summaries["att"].name,
+                                                    contents.tables["ATTITUDE"][0]["TIME"],
+                                                    start, stop)
+    evt = contents.summaries["evt"]
+    if int(evt.extension_keywords.get("EVENTS", {}).get("NAXIS2", 1)) == 0:
+        problems.append(f"{evt.name} EVENTS: no rows; expected the events of [TSTART, TSTOP] "
+                        f"= [{tstart}, {tstop}]")
     return problems
 
 
