@@ -259,8 +259,25 @@ def atomic_write(url: str, durable: bool = True):
 
     Yields a local file object. Local: a temporary file in the same directory, then
     os.replace. Remote: the local temporary file is uploaded to a temporary key next to the
-    target, then moved (copy + delete on object stores). On error nothing is left behind.
+    target, then moved (copy + delete on object stores). On error nothing is left behind, and
+    an OSError (full disk, read-only file system, ...) becomes one EcpiError line naming `url`.
     """
+    try:
+        with _atomic_write(url, durable) as stream:
+            yield stream
+    except OSError as err:
+        raise EcpiError(f"{url}: cannot write it ({describe_os_error(err)})") from None
+
+
+def describe_os_error(err: OSError) -> str:
+    """'No space left on device (errno 28)': the cause of an I/O failure, on one line."""
+    if err.strerror:
+        return f"{err.strerror} (errno {err.errno})" if err.errno else err.strerror
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+@contextlib.contextmanager
+def _atomic_write(url: str, durable: bool = True):
     if is_local(url):
         _, target = filesystem(url)
         directory = os.path.dirname(os.path.abspath(target))

@@ -33,12 +33,15 @@ class FailureLog:
         message = " ".join(str(error).split())
         if not isinstance(error, EcpiError):  # a bug or an I/O fault: say which exception
             message = f"{type(error).__name__}: {message}"
-        record = {"obs_id": obs_id, "stage": stage,
-                  "error": f"observation {obs_id}: {stage} failed: {message}"}
-        name = f"{stage}.{uuid.uuid4().hex}.json"  # the obs_id is in the record, not the name
+        self.write_record({"obs_id": obs_id, "stage": stage,
+                           "error": f"observation {obs_id}: {stage} failed: {message}"})
+        Metrics.counter(NAMESPACE, stage).inc()
+
+    def write_record(self, record: dict) -> None:
+        """One dead-letter record; the obs_id is in the record, never in the file name."""
+        name = f"{record.get('stage', 'failure')}.{uuid.uuid4().hex}.json"
         fs.put_atomic(json.dumps(record).encode(),
                       fs.inside(self.working_out, FAILURES_FOLDER, name))
-        Metrics.counter(NAMESPACE, stage).inc()
 
 
 def obs_id_of(element) -> str:
