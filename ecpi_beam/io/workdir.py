@@ -20,8 +20,10 @@ from ecpi_beam.io import fs
 
 LOCK_NAME = ".ecpi-run.lock"
 PROBE_NAME = ".ecpi-write-probe"
-# the temporary names of fs.atomic_write: '.<name>.<random>.part' (local and remote)
-OUR_TEMPORARY = re.compile(r"\.[A-Za-z0-9_.-]+\.part")
+# fs.atomic_write's temporaries of our files: '.<name>.<8 mkstemp characters>.part' locally,
+# '.<name>.<32 hex>.part' on object stores; <name> a product or failures.jsonl
+OUR_TEMPORARY = re.compile(r"\.(ECL-[A-Za-z0-9_.-]+|failures\.jsonl)\.([A-Za-z0-9_]{8}|[0-9a-f]{32})"
+                           r"\.part")
 PRODUCT_NAME = re.compile(r"(?P<product>ECL-[A-Z0-9]{3}-[A-Z0-9]{2,3})_(?P<obs_id>[A-Za-z0-9_-]+)"
                           r"\.[A-Za-z0-9.]+")
 
@@ -164,7 +166,8 @@ def products_of(working_out: str, obs_id: str) -> list[str]:
     for name in fs.listdir(working_out):
         match = PRODUCT_NAME.fullmatch(name)
         if match and match.group("obs_id") == obs_id:
-            found.append(fs.inside(working_out, name))
+            with contextlib.suppress(EcpiError):  # a link leading out is not ours: left alone
+                found.append(fs.inside(working_out, name))
     return found
 
 

@@ -210,7 +210,7 @@ def check_attitude_gaps(name, time, good_start, good_stop, limit_s=MAX_ATTITUDE_
     first = gaps[0]
     return [f"{name} ATTITUDE: {len(gaps)} gaps longer than {limit_s:g} s inside the good time "
             f"(first after row {finite[first]}: {after[first] - before[first]:.6g} s from TIME "
-            f"{before[first]!r})"]
+            f"{float(before[first])!r})"]
 
 
 # ----------------------------------------------------------------------------------------------
