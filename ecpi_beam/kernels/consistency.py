@@ -120,11 +120,16 @@ def check_primary_keywords(summaries):
         if "TELESCOP" in summary.primary and summary.primary["TELESCOP"] != TELESCOP:
             problems.append(f"{summary.name}: TELESCOP = {summary.primary['TELESCOP']!r}; "
                             f"expected {TELESCOP!r}")
-        if "OBS_ID" in summary.primary:
-            problems += check_obs_id(summary.name, summary.primary["OBS_ID"])
         if "TIMEUNIT" in summary.primary and summary.primary["TIMEUNIT"] != "s":
             problems.append(f"{summary.name}: TIMEUNIT = {summary.primary['TIMEUNIT']!r}; "
                             "expected 's'")
+    bad_obs_ids = {}  # one line per bad value, naming every file that carries it
+    for summary in summaries.values():
+        value = summary.primary.get("OBS_ID")
+        if "OBS_ID" in summary.primary and check_obs_id(summary.name, value):
+            bad_obs_ids.setdefault(repr(value), (value, []))[1].append(summary.name)
+    for value, names in bad_obs_ids.values():
+        problems += check_obs_id(", ".join(names), value)
     for key in SHARED_KEYWORDS:
         values = {s.name: s.primary[key] for s in summaries.values() if key in s.primary}
         if len(values) < 2:

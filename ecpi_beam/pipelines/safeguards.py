@@ -69,8 +69,9 @@ def set_aside_duplicates(ids: dict) -> tuple[list[str], list[dict]]:
             others = ", ".join(d for d in dirs if d != obs_dir)
             records.append({"obs_dir": obs_dir, "obs_id": None, "stage": "preflight",
                             "error": f"{obs_dir}: OBS_ID {obs_id!r} is also the OBS_ID of "
-                                     f"{others}; each observation needs its own OBS_ID (all "
-                                     f"{len(dirs)} skipped)"})
+                                     f"{others}; each observation needs its own OBS_ID "
+                                     f"({'both' if len(dirs) == 2 else f'all {len(dirs)}'} "
+                                     "skipped)"})
             skipped.add(obs_dir)
     return [d for d in ids if d not in skipped], records
 
@@ -90,7 +91,7 @@ def finish_run(params, ids: dict, early_failures: list[dict]) -> tuple[list[dict
                   if obs_id and list(ids.values()).count(obs_id) > 1}
     for url in workdir.remove_products_of(
             working_out, {i for i in failed_ids - duplicated if OBS_ID_PATTERN.fullmatch(i)}):
-        LOG.warning("removed %s: its observation failed", url)
+        LOG.info("removed %s: its observation failed", url)
     requested = (*params.cali.out_files, *params.bube.out_files, *params.imag.out_files)
     missing = []
     for obs_dir, obs_id in sorted(ids.items()):

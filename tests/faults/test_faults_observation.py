@@ -71,9 +71,9 @@ def empty_events(path):
     os.replace(str(path) + ".new", path)
 
 
-def gzip_and_cut(directory):
+def gzip_and_cut(directory, name=EVT):
     """The event file gzipped, then cut at 60 % (an interrupted copy)."""
-    plain = Path(directory) / EVT
+    plain = Path(directory) / name
     packed = Path(str(plain) + ".gz")
     with open(plain, "rb") as source, gzip.open(packed, "wb") as target:
         shutil.copyfileobj(source, target)
