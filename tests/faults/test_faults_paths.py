@@ -64,3 +64,43 @@ def test_products_of_one_observation_only_and_never_through_a_link(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "ECL-DET-IMA_A.fits", "ECL-EVT-CAL_B.fits", "ECL-SKY-IMA_AB.fits",
         "ECL-SKY-IMA_A_B.fits", "notes_A.fits"]
+
+
+def test_products_not_made_are_named_and_failed_observations_keep_none(tmp_path):
+    from types import SimpleNamespace
+
+    from ecpi_beam.pipelines.safeguards import finish_run
+    from ecpi_beam.transforms.failures import FailureLog
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("ECL-GTI-CAL_ok.fits", "ECL-GTI-CAL_bad.fits", "ECL-SKY-IMA_bad.fits"):
+        (out / name).write_text("x")
+    FailureLog(str(out)).record("bad", "imag", ValueError("no good pixel"))
+    params = SimpleNamespace(general=SimpleNamespace(working_out=str(out)),
+                             cali=SimpleNamespace(out_files=("ECL-GTI-CAL",)),
+                             bube=SimpleNamespace(out_files=()),
+                             imag=SimpleNamespace(out_files=("ECL-SKY-IMA",)))
+    ids = {"/in/ok": "ok", "/in/bad": "bad", "/in/broken": None}
+    early = [{"obs_dir": "/in/broken", "obs_id": None, "stage": "preflight", "error": "e"}]
+    failures, not_made = finish_run(params, ids, early)
+    assert [(r.get("obs_dir") or r["obs_id"], r["stage"]) for r in failures] == [
+        ("/in/broken", "preflight"), ("bad", "imag")]
+    assert not_made == ["observation ok (/in/ok): ECL-SKY-IMA requested but not made "
+                        "(no events for them in the good time?)"]
+    assert sorted(p.name for p in out.iterdir()) == ["ECL-GTI-CAL_ok.fits", "failures.jsonl"]
+
+
+def test_only_faults_of_the_machine_or_the_input_become_one_line():
+    from ecpi_beam.pipelines.safeguards import one_line_fault
+
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("a Beam stage failed\nwith details") from inner
+    except RuntimeError as wrapped:
+        assert str(one_line_fault(wrapped)) == ("the run stopped on an I/O error: No space left "
+                                                "on device (errno 28)")
+    assert str(one_line_fault(EcpiError("f.fits: bad\nthing"))) == "f.fits: bad thing"
+    assert one_line_fault(ZeroDivisionError("a bug")) is None  # its traceback is the report
