@@ -148,7 +148,7 @@ def remove_leftovers(working_out: str, folders=(), files=()) -> list[str]:
     """Remove our temporaries at the top of working_out, the named folders (recursively) and
     the named files; returns the names removed. Call it with the lock held only."""
     removed = []
-    for name in fs.listdir(working_out):
+    for name in _names(working_out):
         if OUR_TEMPORARY.fullmatch(name) or name.startswith(PROBE_NAME + "."):
             fs.remove(fs.inside(working_out, name))
             removed.append(name)
@@ -160,10 +160,18 @@ def remove_leftovers(working_out: str, folders=(), files=()) -> list[str]:
     return removed
 
 
+def _names(working_out: str) -> list[str]:
+    """Entries of working_out; none for a bucket prefix that holds no key yet."""
+    try:
+        return fs.listdir(working_out)
+    except FileNotFoundError:
+        return []
+
+
 def products_of(working_out: str, obs_id: str) -> list[str]:
     """URLs of the files named '<PRODUCT>_<obs_id>.<ext>' in working_out."""
     found = []
-    for name in fs.listdir(working_out):
+    for name in _names(working_out):
         match = PRODUCT_NAME.fullmatch(name)
         if match and match.group("obs_id") == obs_id:
             with contextlib.suppress(EcpiError):  # a link leading out is not ours: left alone

@@ -104,3 +104,17 @@ def test_only_faults_of_the_machine_or_the_input_become_one_line():
                                                 "on device (errno 28)")
     assert str(one_line_fault(EcpiError("f.fits: bad\nthing"))) == "f.fits: bad thing"
     assert one_line_fault(ZeroDivisionError("a bug")) is None  # its traceback is the report
+
+
+@pytest.mark.parametrize("root_kind", ["local", "memory"])
+def test_leftovers_removed_are_ours_only(tmp_path, root_kind):
+    root = str(tmp_path) if root_kind == "local" else f"memory://ecpi-leftovers-{tmp_path.name}"
+    ours = [f".ECL-SKY-IMA_1.fits.{'a' * 32}.part", ".ECL-SKY-IMA_1.fits.k9x_2abc.part",
+            ".failures.jsonl.abcdefgh.part", ".ecpi-write-probe.123", "failures.jsonl"]
+    theirs = [".notes.part", "keep.part", ".hidden", "ECL-SKY-IMA_1.fits", ".ECL-SKY.part"]
+    for name in ours + theirs + [".ecpi-parts/ECL-EVT-CAL_1/x.rows"]:
+        fs.put_atomic(b"x", fs.join(root, name))
+    removed = workdir.remove_leftovers(root, folders=(".ecpi-parts", ".ecpi-failures"),
+                                       files=("failures.jsonl",))
+    assert sorted(removed) == sorted(ours + [".ecpi-parts"])
+    assert fs.listdir(root) == sorted(theirs)
