@@ -10,11 +10,9 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
 from astropy.io import fits
 
-from pipeline_fixtures import leftover_temporaries, stderr_lines
-from test_pipeline_e2e import _hdu_data
+from pipeline_fixtures import assert_same_hdu_data, leftover_temporaries, stderr_lines
 
 OURS_LEFT_BEHIND = (".ecpi-parts", ".ecpi-failures", ".ecpi-run.lock")
 
@@ -82,17 +80,7 @@ def assert_working_out_clean(working_out: Path):
 
 def assert_same_products(ours: Path, reference: Path):
     """Same HDUs, same data (headers differ only by DATE and checksums)."""
-    a_hdus, b_hdus = _hdu_data(ours), _hdu_data(reference)
-    assert [n for n, _ in a_hdus] == [n for n, _ in b_hdus], ours.name
-    for (name, a), (_, b) in zip(a_hdus, b_hdus):
-        if a is None:
-            assert b is None
-        elif a.dtype.names:
-            for column in a.dtype.names:
-                np.testing.assert_array_equal(a[column], b[column],
-                                              err_msg=f"{ours.name} {name} {column}")
-        else:
-            np.testing.assert_array_equal(a, b, err_msg=f"{ours.name} {name}")
+    assert_same_hdu_data(ours, reference)
     with fits.open(ours) as mine, fits.open(reference) as theirs:
         for hdu_a, hdu_b in zip(mine, theirs):
             differing = {key for key in set(hdu_a.header) | set(hdu_b.header)

@@ -48,6 +48,17 @@ class EchoingServer(FakeCaldbServer):
         return jsonify(error="server_error", error_description=f"cannot parse {body}"), 400
 
 
+def install_error(server_class, root) -> str:
+    """The one-line error of `caldb_init --server` against a server_class on 127.0.0.1."""
+    server = server_class(root)
+    try:
+        with pytest.raises(EcpiError) as caught:
+            caldb_init.main(["--server", server.url])
+    finally:
+        server.stop()
+    return str(caught.value)
+
+
 @pytest.fixture
 def other_origin(tmp_path):
     fake = RecordingServer(tmp_path)
@@ -59,13 +70,7 @@ def other_origin(tmp_path):
 def test_a_307_to_another_origin_is_refused_and_nothing_is_sent_there(
         tmp_path, home, other_origin, capsys, redirect_files):  # noqa: F811
     RedirectingServer.elsewhere, RedirectingServer.redirect_files = other_origin.url, redirect_files
-    hostile = RedirectingServer(tmp_path)
-    try:
-        with pytest.raises(EcpiError) as caught:
-            caldb_init.main(["--server", hostile.url])
-    finally:
-        hostile.stop()
-    message = str(caught.value)
+    message = install_error(RedirectingServer, tmp_path)
     assert "HTTP 307" in message and "redirect" in message and "\n" not in message
     assert other_origin.seen == []  # neither the form nor the Bearer token went there
     assert PASSWORD not in message and TOKEN not in message
@@ -73,13 +78,7 @@ def test_a_307_to_another_origin_is_refused_and_nothing_is_sent_there(
 
 
 def test_an_error_answer_echoing_the_form_is_redacted(tmp_path, home, capsys):  # noqa: F811
-    echoing = EchoingServer(tmp_path)
-    try:
-        with pytest.raises(EcpiError) as caught:
-            caldb_init.main(["--server", echoing.url])
-    finally:
-        echoing.stop()
-    message = str(caught.value)
+    message = install_error(EchoingServer, tmp_path)
     assert "HTTP 400" in message and caldb_init.REDACTED in message, message
     assert PASSWORD not in message and "pw-Zq8%21never-shown" not in message
     output = capsys.readouterr()
