@@ -21,6 +21,7 @@ from ecpi_beam.transforms.failures import (FAILURES_FILE, FAILURES_FOLDER, Failu
                                            collect_failures)
 
 LOG = logging.getLogger(__name__)
+HEADER_READERS = 8  # threads reading the campaign's OBS_IDs in preflight
 __all__ = ["check_caldb", "guarded_working_out", "set_aside_duplicates", "finish_run",
            "one_line_fault"]
 
@@ -42,16 +43,27 @@ def guarded_working_out(working_out: str):
             workdir.remove_leftovers(working_out, folders=(PARTS_FOLDER,))
 
 
+def _obs_id_of(obs_dir: str) -> str | None:
+    try:
+        value = event_io.read_primary_header(discover_triplet(obs_dir).evt).get("OBS_ID")
+    except EcpiError:
+        return None
+    return value.strip() if isinstance(value, str) else None
+
+
 def observation_ids(observation_dirs) -> dict[str, str | None]:
-    """obs_dir -> OBS_ID of its event file (None when unreadable: DPCO reports it later)."""
-    ids = {}
-    for obs_dir in observation_dirs:
-        try:
-            value = event_io.read_primary_header(discover_triplet(obs_dir).evt).get("OBS_ID")
-        except EcpiError:
-            value = None
-        ids[obs_dir] = value.strip() if isinstance(value, str) else None
-    return ids
+    """obs_dir -> OBS_ID of its event file (None when unreadable: DPCO reports it later).
+
+    One primary header per observation (a few kB, one range request on a bucket), read by
+    a few threads so that a campaign of thousands in a bucket waits seconds, not minutes.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    observation_dirs = list(observation_dirs)
+    if len(observation_dirs) < 2:
+        return {obs_dir: _obs_id_of(obs_dir) for obs_dir in observation_dirs}
+    with ThreadPoolExecutor(max_workers=HEADER_READERS) as pool:
+        return dict(zip(observation_dirs, pool.map(_obs_id_of, observation_dirs)))
 
 
 def set_aside_duplicates(ids: dict) -> tuple[list[str], list[dict]]:

@@ -18,7 +18,7 @@ from astropy.io import fits
 from ecpi_beam.params import params_text
 from fault_support import (assert_fault_outcome, assert_working_out_clean, run_in_process,
                            snapshot)
-from pipeline_fixtures import ALL_PRODUCTS, write_params
+from pipeline_fixtures import write_params
 from test_dpco import (ATT, BAD_EVENT_ROWS, BAD_TRIPLETS, EVT, ORB, edit_event_rows,
                        expected_message, good_triplet, make_bad, set_obs_id)  # noqa: F401
 from test_params import BAD_FILES, seed_text
@@ -263,15 +263,3 @@ def test_the_whole_caldb_is_checked_before_the_run(name, good_triplet, case_root
                               bube_out=(), imag_out=())
     assert_fault_outcome(code, out, err, [f"CALDB {caldb}", "caldb_init -s"] + CALDB_CASES[name])
     assert os.listdir(case_root / "out") == []
-
-
-def test_every_product_of_the_good_triplet_is_made(good_triplet, case_root,  # noqa: F811
-                                                   pipeline_workspace, capfd, monkeypatch,
-                                                   tmp_path):
-    """The control: the unbroken copy runs clean under the same checks."""
-    directory = broken_observation(good_triplet, case_root, "control", lambda d: None)
-    code, out, err = run_case(case_root, directory, pipeline_workspace, capfd, monkeypatch,
-                              tmp_path)
-    assert code == 0 and err.strip() == "", err
-    assert sorted(os.listdir(case_root / "out")) == sorted(
-        f"{name}_{GOOD_OBS_ID}.fits" for name in ALL_PRODUCTS)
