@@ -6,7 +6,7 @@ traceback; here it is one line (ICD section 3, docs/reliability.md).
 from __future__ import annotations
 
 from ecpi_beam.caldb.manifest import MANIFEST_NAME, REQUIRED_PRODUCTS, sha256_bytes
-from ecpi_beam.caldb.reader import Caldb, _join, _read_bytes
+from ecpi_beam.caldb.reader import Caldb, _read_bytes
 from ecpi_beam.errors import EcpiError
 
 
@@ -18,7 +18,7 @@ def caldb_problems(caldb_dir: str) -> list[str]:
                 if product not in caldb.entries]
     for product, entry in sorted(caldb.entries.items()):
         try:
-            data = _read_bytes(_join(caldb.location, entry.file), product)
+            data = _read_bytes(caldb.url(product), product)
         except EcpiError:
             problems.append(f"{entry.file} ({product}) is missing")
             continue
