@@ -18,7 +18,7 @@ from astropy.io import fits
 from ecpi_beam.params import params_text
 from fault_support import (assert_fault_outcome, assert_working_out_clean, run_in_process,
                            snapshot)
-from pipeline_fixtures import write_params
+from pipeline_fixtures import ALL_PRODUCTS, write_params
 from test_dpco import (ATT, BAD_EVENT_ROWS, BAD_TRIPLETS, EVT, ORB, edit_event_rows,
                        expected_message, good_triplet, make_bad, set_obs_id)  # noqa: F401
 from test_params import BAD_FILES, seed_text
@@ -263,3 +263,21 @@ def test_the_whole_caldb_is_checked_before_the_run(name, good_triplet, case_root
                               bube_out=(), imag_out=())
     assert_fault_outcome(code, out, err, [f"CALDB {caldb}", "caldb_init -s"] + CALDB_CASES[name])
     assert os.listdir(case_root / "out") == []
+
+
+def test_the_longest_valid_obs_id_gives_products_fitsverify_accepts(
+        good_triplet, case_root, pipeline_workspace, capfd, monkeypatch, tmp_path,  # noqa: F811
+        fitsverify, recwarn):
+    """40 characters is the bound because FILENAME must hold in one card: check it does."""
+    longest = "M" * 20 + "-" * 10 + "_" * 10
+    directory = broken_observation(good_triplet, case_root, "longest", lambda d: None,
+                                   obs_id=longest)
+    code, out, err = run_case(case_root, directory, pipeline_workspace, capfd, monkeypatch,
+                              tmp_path)
+    assert code == 0 and err.strip() == "", err
+    assert [str(w.message) for w in recwarn if "Card is too long" in str(w.message)] == []
+    names = sorted(os.listdir(case_root / "out"))
+    assert names == sorted(f"{product}_{longest}.fits" for product in ALL_PRODUCTS)
+    for name in names:
+        fitsverify(case_root / "out" / name)
+        assert fits.getval(case_root / "out" / name, "FILENAME") == name
