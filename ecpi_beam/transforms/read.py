@@ -130,7 +130,7 @@ class InspectObservation(beam.DoFn):
             message = str(err) if isinstance(err, EcpiError) else (
                 f"{obs_dir}: DPCO failed: {type(err).__name__}: {' '.join(str(err).split())}")
             self._failed.inc()
-            LOG.error("DPCO %s", message)
+            LOG.info("DPCO %s", message)  # reported once, as an error: line, after the run
             yield FAILURES, {"obs_dir": obs_dir, "obs_id": None, "error": message}
             return
         self._inspected.inc()

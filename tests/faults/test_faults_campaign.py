@@ -12,7 +12,7 @@ import pytest
 
 from fault_support import (assert_same_products, assert_working_out_clean, error_lines,
                            run_in_process, snapshot)
-from pipeline_fixtures import ALL_PRODUCTS, simulate_observation, write_params
+from pipeline_fixtures import ALL_PRODUCTS, simulate_observation, stderr_lines, write_params
 from test_dpco import edit_event_rows, set_obs_id
 from test_faults_observation import (edit_table, empty_events, gzip_and_cut, in_file,
                                      set_raw_card, set_row)
@@ -130,6 +130,7 @@ def test_the_campaign_exits_2_with_one_line_per_bad_observation(faulty_run):
     assert code == 2, report
     assert "Traceback" not in stdout + stderr, report
     assert len(error_lines(stderr)) == len(BAD_OBSERVATIONS), report
+    assert len(stderr_lines(stderr)) == len(BAD_OBSERVATIONS), report  # each fault once
     n_good = len(GOOD_IDS)
     assert f"{n_good}/{n_good + len(BAD_OBSERVATIONS)} observation(s) processed" in stdout, report
 
