@@ -118,3 +118,23 @@ def test_leftovers_removed_are_ours_only(tmp_path, root_kind):
                                        files=("failures.jsonl",))
     assert sorted(removed) == sorted(ours + [".ecpi-parts"])
     assert fs.listdir(root) == sorted(theirs)
+
+
+@pytest.mark.parametrize("obs_id", ["../../../../../victim", "zz/../../escaped_w", "/abs",
+                                    "x/../../../victim"])
+def test_names_made_from_an_obs_id_cannot_leave_working_out(tmp_path, obs_id):
+    """Even an OBS_ID that slipped past DPCO cannot name a path outside (defence in depth)."""
+    from ecpi_beam.io.products import product_url
+    from ecpi_beam.transforms.cali import parts_folder, remove_parts
+
+    out = tmp_path / "a" / "b" / "out"
+    out.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep")
+    for build in (lambda: product_url(str(out), "ECL-SKY-IMA", obs_id),
+                  lambda: parts_folder(str(out), obs_id),
+                  lambda: remove_parts(str(out), obs_id)):
+        with pytest.raises(EcpiError, match="refusing the path segment"):
+            build()
+    assert (victim / "precious.txt").read_text() == "keep"
