@@ -200,7 +200,8 @@ def parse_params(text: str, source: str = "<parameters>", check_paths: bool = Tr
         imag=ImagParams(
             out_files=reader.products("imag", IMAG_PRODUCTS),
             snr_ths=reader.snr_threshold(),
-            win_dim=reader.number("imag", "win_dim", 5.0, 1.0),
+            # at most the sky image half size (ICD 1): a larger fit window holds no more sky
+            win_dim=reader.number("imag", "win_dim", 5.0, 1.0, float(instrument.SKY_CENTRE)),
             irf_corr=reader.choice("imag", "irf_corr", IRF_CORRECTIONS, "cos_theta"),
             pcode_min=reader.number("imag", "pcode_min", 0.1, 0.0, 1.0, low_open=True),
         ),

@@ -272,7 +272,7 @@ class DecideAlerts(beam.DoFn):
     WINDOW_END = userstate.TimerSpec("window_end", userstate.TimeDomain.WATERMARK)
 
     def __init__(self, working_out: str, longest_window: float, match_radius_arcmin: float):
-        self._alerts_dir = fs.join(working_out, ALERTS_FOLDER)
+        self._alerts_dir = fs.inside(working_out, ALERTS_FOLDER)
         self._longest = float(longest_window)
         self._radius_deg = float(match_radius_arcmin) / 60.0
         self._alerts = Metrics.counter(NAMESPACE, "alerts")
@@ -352,7 +352,7 @@ class DecideAlerts(beam.DoFn):
 
     def _write(self, detection, transient) -> str:
         alert = alert_of(detection, transient["event_id"], _band_range(detection.band))
-        url = fs.join(self._alerts_dir, alert_file_name(alert, transient["sequence"]))
+        url = fs.inside(self._alerts_dir, alert_file_name(alert, transient["sequence"]))
         fs.makedirs(self._alerts_dir)
         write_voevent(alert, url, transient["sequence"])
         LOG.warning("STREAM %s: %s %s at RA %.3f Dec %.3f (SNR %.1f, window %.0f s from %.1f)",
