@@ -20,7 +20,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist", "stingray", "moto[server]>=5", "s3fs>=2024.2", "flask",
-                 "sherpa>=4.16", "healpy>=1.16"],
+                 "sherpa>=4.16", "healpy>=1.16", "voevent-parse>=1.0"],
         "dask": ["apache-beam[dask]", "dask", "distributed"],
         "s3": ["s3fs>=2024.2"],
     },

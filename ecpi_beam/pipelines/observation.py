@@ -38,7 +38,8 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
 
     if params.cali.out_files:
         written.append(calibrated | "WriteCali" >> WriteCaliProducts(
-            general.working_out, params.cali.out_files, fingerprint, observations, failed))
+            general.working_out, params.cali.out_files, fingerprint, observations, failed,
+            failure_log=failure_log))
 
     wants_spex = bool(params.spex.out_files)  # SPEX: on the sources IMAG finds, or a list
     spex_from = params.spex.sources_from if wants_spex else None

@@ -151,7 +151,7 @@ class WriteSourceProducts(beam.DoFn):
                         + [gti_hdu(gti, "GTI")])
 
     def _put(self, product, observation, name, hdus):
-        url = fs.join(self._working_out, name)
+        url = fs.inside(self._working_out, name)  # names built from OBS_ID stay confined
         write_product(url, hdus, standard_keywords(product, observation.keywords,
                                                    self._fingerprint))
         self._written.inc()
