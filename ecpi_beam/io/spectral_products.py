@@ -15,18 +15,13 @@ from __future__ import annotations
 import numpy as np
 from astropy.io import fits
 
-from ecpi_beam import instrument
 from ecpi_beam.caldb.generate import rmf_columns
-from ecpi_beam.io.gti import gti_hdu
+from ecpi_beam.io.gti import ICD_TIME_KEYWORDS, gti_hdu
 
 OGIP_TIME_KEYWORDS = {
     "TIMEREF": ("LOCAL", "times are those at the spacecraft"),
     "TASSIGN": ("SATELLITE", "where times are assigned"),
-    "TIMEZERO": (0.0, "[s] time offset"),
-    "MJDREFI": (instrument.MJDREFI, "integer part of the MJD of time zero"),
-    "MJDREFF": (instrument.MJDREFF, "fractional part of MJDREF"),
-    "TIMESYS": (instrument.TIMESYS, "time system"),
-    "TIMEUNIT": ("s", "unit of the time columns"),
+    **ICD_TIME_KEYWORDS,
 }
 
 
