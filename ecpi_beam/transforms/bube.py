@@ -14,7 +14,7 @@ from apache_beam.metrics import Metrics
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
-from ecpi_beam.kernels import background, binning, earth, folding, imaging, intervals
+from ecpi_beam.kernels import background, binning, bube, earth, intervals
 from ecpi_beam.kernels.gti import good_time
 from ecpi_beam.kernels.timeline import ImagingTimeline, imaging_timeline
 from ecpi_beam.transforms.base import DataclassTransform
@@ -87,11 +87,7 @@ class DetectorImageSum(beam.CombineFn):
 
 
 class CorrectBackground(beam.DoFn):
-    """Fits and removes the background of each keyed detector image (mode per occ type).
-
-    The Earth geometry of a key does not depend on the band: it is computed once per
-    (obs_id, occ) and kept for the other bands of that observation.
-    """
+    """Fits and removes the background of each keyed detector image (mode per occ type)."""
 
     def __init__(self, caldb_dir: str, mode_by_occ: dict, imag_params=None):
         self._caldb_dir = caldb_dir
@@ -99,54 +95,22 @@ class CorrectBackground(beam.DoFn):
         self._imag_params = imag_params
 
     def setup(self):
-        caldb = Caldb.open(self._caldb_dir)
-        pixcal = caldb.pixel_calibration()
-        self._good = pixcal.status == 0
-        self._efficiency = np.where(self._good, pixcal.effic, 0.0)
-        self._pattern = np.asarray(caldb.mask_pattern())
-        self._template = background.sky_illumination_template(self._pattern, self._efficiency)
-        self._arf, self._rmf = caldb.arf(), caldb.rmf()
-        self._rates = {}  # band -> (CXB, Earth) counts s-1 cm-2 sr-1
-        self._earth = {}  # (obs_id, occ) -> EarthTemplates
-        self._context = {"efficiency": self._efficiency, "mask_pattern": self._pattern}
-        if "shape_moretti_smart" in self._mode_by_occ.values():
-            self._context["correlation_plan"] = imaging.make_correlation_plan(
-                instrument.resample_mask(self._pattern))
-            if self._imag_params is not None:
-                self._context["detection"] = {
-                    "snr_threshold": self._imag_params.effective_snr_threshold,
-                    "pcode_min": self._imag_params.pcode_min, "win_dim": self._imag_params.win_dim}
-
-    def _band_rates(self, band):
-        if band not in self._rates:
-            pi_range = tuple(int(c) for c in band.split("-"))
-            self._rates[band] = tuple(folding.band_rate_per_area_sr(spectrum, self._arf, self._rmf,
-                                                                    pi_range)
-                                      for spectrum in (folding.MORETTI_2009_CXB,
-                                                       folding.AJELLO_2008_ALBEDO))
-        return self._rates[band]
-
-    def _earth_templates(self, obs_id, occ, timeline):
-        if (obs_id, occ) not in self._earth:
-            if len(self._earth) >= 16:  # a campaign: keep only recent observations
-                self._earth.clear()
-            self._earth[obs_id, occ] = earth.earth_templates(self._pattern, timeline, occ)
-        return self._earth[obs_id, occ]
+        detection = None if self._imag_params is None else {
+            "snr_threshold": self._imag_params.effective_snr_threshold,
+            "pcode_min": self._imag_params.pcode_min, "win_dim": self._imag_params.win_dim}
+        self._corrector = bube.BackgroundCorrector.from_caldb(
+            Caldb.open(self._caldb_dir), detection,
+            smart="shape_moretti_smart" in self._mode_by_occ.values())
 
     @isolating("bube")
     def process(self, element, timelines):
         (obs_id, band, occ), counts = element
         mode = self._mode_by_occ[occ]
-        timeline = timelines[obs_id]
-        templates = self._earth_templates(obs_id, occ, timeline)
-        exposure = timeline.exposure(occ)
-        context = {**self._context, **earth.predicted_background_images(
-            self._template, templates, *self._band_rates(band), exposure)}
-        correction = background.correct_background(mode, counts, self._good, self._template,
-                                                   context)
+        key = self._corrector.correct(mode, counts, obs_id, band, occ, timelines[obs_id])
         yield (obs_id, band, occ), DetectorProducts(
-            counts=counts, exposure=exposure, good_pixels=self._good,
-            efficiency=self._efficiency, mode=mode, correction=correction, earth=templates)
+            counts=counts, exposure=key.exposure, good_pixels=self._corrector.good,
+            efficiency=self._corrector.efficiency, mode=mode, correction=key.correction,
+            earth=key.earth)
 
 
 class MakeTimeline(beam.DoFn):
