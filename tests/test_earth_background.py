@@ -377,3 +377,26 @@ def test_fitted_cxb_is_the_simulated_cxb_within_ten_percent(earth_campaign, cald
     # fields is 6 %; there the bound is 3 sigma if that is wider than 10 %
     assert np.all(np.abs(ratio - 1.0) < np.maximum(0.10, 3 * error))
     assert np.all(np.abs(ratio[:4] - 1.0) < 0.10)
+
+
+def test_smart_mode_fits_the_sources_with_the_background(earth_campaign, caldb):
+    """A bright source biases the CXB of a fit made without it; the smart mode finds it (with
+    IMAG's cleaning) and fits its shadowgram jointly, so its CXB is the simulated one."""
+    obs_id, record = next(iter(_with_sources(earth_campaign).items()))
+    obs_dir = next(d for d in earth_campaign.root.glob("obs_*")
+                   if (d / f"truth_{record.name}.json").exists())
+    _, counts, timeline = key_counts(obs_dir, caldb)
+    corrector = BackgroundCorrector.from_caldb(caldb, smart=True)
+    pixcal = caldb.pixel_calibration()
+    template = background.sky_illumination_template(caldb.mask_pattern(), pixcal.effic)
+    good_share = template[pixcal.status == 0].sum() / template[pixcal.status != 2].sum()
+    truth = record.backgrounds["cxb"]["expected"][0] * good_share
+    cxb = {}
+    for mode in ("shape_moretti_earth_ref", "shape_moretti_smart"):
+        correction = corrector.correct(mode, counts, obs_id, "13-60", "PEO", timeline).correction
+        cxb[mode] = correction.coefficients["cxb"][0]
+    assert correction.extras["SMARTSRC"][0] >= 1 and correction.extras["SMARTIT"][0] >= 2
+    assert set(correction.coefficients) == {"cxb", "earth", "constant"}
+    print("CXB / truth", {mode: round(value / truth, 3) for mode, value in cxb.items()})
+    assert abs(cxb["shape_moretti_smart"] / truth - 1.0) < 0.05
+    assert abs(cxb["shape_moretti_smart"] - truth) < abs(cxb["shape_moretti_earth_ref"] - truth)
