@@ -137,9 +137,8 @@ def fit_poisson_linear(counts, components, offset=None, max_iterations=200):
         sub = np.ix_(free, free)
         step[free] = np.linalg.lstsq(fisher[sub], score[free], rcond=None)[0]
         shrinking = free & (step < 0) & (beta > 0)
-        scale = min(1.0, float(np.min(beta[shrinking] / -step[shrinking]))) if shrinking.any() \
-            else 1.0
-        scale = max(scale, 1e-12)
+        to_bound = float(np.min(beta[shrinking] / -step[shrinking])) if shrinking.any() else 1.0
+        scale = max(min(1.0, to_bound), 1e-12)
         while True:
             candidate = np.maximum(beta + scale * step, 0.0)
             new_likelihood = _log_likelihood(n, offset + design @ candidate)
@@ -149,6 +148,8 @@ def fit_poisson_linear(counts, components, offset=None, max_iterations=200):
         change = np.abs(candidate - beta)
         beta, improvement = candidate, new_likelihood - likelihood
         likelihood = max(likelihood, new_likelihood)
+        if to_bound < 1.0:  # a term reached 0: the next step decides whether it stays there
+            continue
         if np.all(change <= 1e-10 * (np.abs(beta) + 1e-30)) or 0 <= improvement < 1e-10:
             break
     model = np.maximum(offset + design @ beta, 1e-12)

@@ -92,7 +92,7 @@ def mean_hidden_sky(reference_quaternion, good_time, sample_time, earth_icrs, ea
     the reference frame; the Earth direction and radius are interpolated from the samples."""
     times, seconds = averaging_samples(good_time, sample_time, step)
     hidden = np.zeros(instrument.sky_grid_los().shape[:2])
-    if not len(times):
+    if not len(times) or earth_icrs is None:  # no good time, or a timeline made without orbit
         return hidden, 0.0
     rotation = instrument.attitude_matrix(reference_quaternion)
     earth = np.stack([np.interp(times, sample_time, earth_icrs[:, k]) for k in range(3)], -1)
