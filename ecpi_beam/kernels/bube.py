@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecpi_beam import instrument
+from ecpi_beam.io.image_products import parse_band
 from ecpi_beam.kernels import background, earth, folding, imaging
 
 KEPT_GEOMETRIES = 16  # (obs_id, occ) Earth geometries kept: a campaign's recent observations
@@ -23,12 +24,6 @@ class KeyBackground:
     exposure: float
     correction: background.BackgroundResult
     earth: earth.EarthTemplates
-
-
-def band_range(band: str) -> tuple[int, int]:
-    """'13-60' -> (13, 60)."""
-    lo, hi = band.split("-")
-    return int(lo), int(hi)
 
 
 class BackgroundCorrector:
@@ -59,7 +54,7 @@ class BackgroundCorrector:
         """(CXB, Earth) predicted counts s-1 cm-2 sr-1 in the band (Moretti, Ajello)."""
         if band not in self._rates:
             self._rates[band] = tuple(
-                folding.band_rate_per_area_sr(spectrum, self._arf, self._rmf, band_range(band))
+                folding.band_rate_per_area_sr(spectrum, self._arf, self._rmf, parse_band(band))
                 for spectrum in (folding.MORETTI_2009_CXB, folding.AJELLO_2008_ALBEDO))
         return self._rates[band]
 

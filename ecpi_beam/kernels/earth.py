@@ -61,12 +61,21 @@ def _sky_geometry():
 
 
 def hidden_fraction(earth_los, earth_radius_rad) -> np.ndarray:
-    """(199, 199) fraction of each sky pixel inside the Earth disc of centre `earth_los` (unit
-    LOS vector) and angular radius `earth_radius_rad`: the limb is taken straight across a
-    pixel, so the fraction is linear in the angular distance over the pixel's width."""
+    """(..., 199, 199) fraction of each sky pixel inside the Earth disc(s) of centre `earth_los`
+    (unit LOS vectors (..., 3)) and angular radius `earth_radius_rad` (...): the limb is taken
+    straight across a pixel, so the fraction is linear in the angular distance d over the
+    pixel's width w; near the limb d - R = (cos R - cos d) / sin R to first order in w / R."""
     los, _, width = _sky_geometry()
-    distance = np.arccos(np.clip(los @ np.asarray(earth_los, dtype=float), -1.0, 1.0))
-    return np.clip(0.5 + (earth_radius_rad - distance) / width, 0.0, 1.0)
+    earth_los = np.asarray(earth_los, dtype=float)
+    radius = np.asarray(earth_radius_rad, dtype=float)[..., None, None]
+    # plain broadcasting: a K = 3 product is memory-bound, BLAS threads only thrash on it
+    cos_distance = earth_los[..., 0, None, None] * los[..., 0]
+    cos_distance += earth_los[..., 1, None, None] * los[..., 1]
+    cos_distance += earth_los[..., 2, None, None] * los[..., 2]
+    cos_distance -= np.cos(radius)
+    cos_distance /= np.sin(radius) * width
+    cos_distance += 0.5
+    return np.clip(cos_distance, 0.0, 1.0, out=cos_distance)
 
 
 def averaging_samples(good_time, sample_time, step=AVERAGING_STEP_S):
