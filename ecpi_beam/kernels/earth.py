@@ -100,7 +100,7 @@ def mean_hidden_sky(reference_quaternion, good_time, sample_time, earth_icrs, ea
     """(hidden (199, 199), seconds): the good-time mean hidden fraction of each sky pixel in
     the reference frame; the Earth direction and radius are interpolated from the samples."""
     times, seconds = averaging_samples(good_time, sample_time, step)
-    hidden = np.zeros(instrument.sky_grid_los().shape[:2])
+    hidden = np.zeros(_sky_geometry()[1].shape)
     if not len(times) or earth_icrs is None:  # no good time, or a timeline made without orbit
         return hidden, 0.0
     rotation = instrument.attitude_matrix(reference_quaternion)
