@@ -59,11 +59,17 @@ class BackgroundCorrector:
         return self._rates[band]
 
     def earth_templates(self, obs_id: str, occ: str, timeline) -> earth.EarthTemplates:
-        if (obs_id, occ) not in self._geometry:
+        """The key's Earth geometry, kept per (obs_id, occ, good time): a streaming window is
+        its own good time. A timeline without the Earth's track (no orbit samples) has none."""
+        class_gti = getattr(timeline, "class_gti", None)
+        if class_gti is None or getattr(timeline, "earth_icrs", None) is None:
+            return earth.no_earth()
+        key = (obs_id, occ, np.asarray(class_gti[occ], dtype=float).tobytes())
+        if key not in self._geometry:
             if len(self._geometry) >= KEPT_GEOMETRIES:
                 self._geometry.clear()
-            self._geometry[obs_id, occ] = earth.earth_templates(self.pattern, timeline, occ)
-        return self._geometry[obs_id, occ]
+            self._geometry[key] = earth.earth_templates(self.pattern, timeline, occ)
+        return self._geometry[key]
 
     def correct(self, mode: str, counts, obs_id: str, band: str, occ: str,
                 timeline) -> KeyBackground:

@@ -130,6 +130,12 @@ def occultation_map(pattern, hidden_sky) -> np.ndarray:
     return np.clip(np.divide(hidden, total, out=np.zeros_like(total), where=total > 0), 0.0, 1.0)
 
 
+def no_earth() -> EarthTemplates:
+    """The geometry of a timeline that carries no Earth track: nothing hidden, nothing averaged."""
+    return EarthTemplates(occultation_map=np.zeros((instrument.N_PIX,) * 2), averaging_time=0.0,
+                          hidden_sky=np.zeros(_sky_geometry()[1].shape))
+
+
 def earth_templates(pattern, timeline, occ_type, step=AVERAGING_STEP_S) -> EarthTemplates:
     """The EarthTemplates of one (observation, occultation type) from its ImagingTimeline."""
     hidden, seconds = mean_hidden_sky(timeline.reference_quaternion, timeline.class_gti[occ_type],
