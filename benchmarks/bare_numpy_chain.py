@@ -39,7 +39,8 @@ from ecpi_beam.io import fs  # noqa: E402
 from ecpi_beam.io import gti as gti_io  # noqa: E402
 from ecpi_beam.io import image_products, products  # noqa: E402
 from ecpi_beam.io.events import CALIBRATED_DTYPE  # noqa: E402
-from ecpi_beam.kernels import background, binning, consistency, intervals  # noqa: E402
+from ecpi_beam.kernels import binning, consistency, intervals  # noqa: E402
+from ecpi_beam.kernels.bube import BackgroundCorrector  # noqa: E402
 from ecpi_beam.kernels.calibrate import calibrate_events  # noqa: E402
 from ecpi_beam.kernels.gti import good_time, telemetry_gti  # noqa: E402
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows  # noqa: E402
@@ -181,15 +182,15 @@ def run_observation(obs_dir, params, caldb, out_dir, write, watch):
 
     good_pixels = pixcal.status == 0
     efficiency = np.where(good_pixels, pixcal.effic, 0.0)
-    template = background.sky_illumination_template(caldb.mask_pattern(), efficiency)
+    corrector = BackgroundCorrector.from_caldb(caldb)  # the same BUBE as the pipeline
     analyser = SkyAnalyser(caldb.mask_pattern(), pixcal, imag)  # the same IMAG as the pipeline
     quaternion = timeline.reference_quaternion
     detector, sky_entries = [], []
     for (band, occ), counts in sorted(images.items()):
         mode = bube.correction_for(occ)
         exposure = timeline.exposure(occ)
-        correction = background.correct_background(mode, counts, good_pixels, template,
-                                                   {"efficiency": efficiency})
+        correction = corrector.correct(mode, counts, observation.obs_id, instrument.band_name(band),
+                                       occ, timeline).correction
         name = instrument.band_name(band)
         detector.append((name, occ, SimpleNamespace(
             counts=counts, exposure=exposure, good_pixels=good_pixels, efficiency=efficiency,

@@ -18,16 +18,21 @@ from astropy.io import fits
 
 from ecpi_beam.params import params_text
 
+# the five default bands and the broad band (the chain benchmark's set)
 DEMO_BANDS = ((13, 60), (61, 140), (141, 300), (301, 620), (621, 1260), (13, 1260))
-QUICKLOOK_BAND = "13-1260"
+QUICKLOOK_BAND = "13-60"  # the first default band: most of a Crab-like source's counts
+# every optional key left empty, as in the seed's template: PEO, shape_moretti_earth, the
+# five default bands, snr_ths 7, win_dim 5, irf_corr cos_theta
+SEED_DEFAULTS = dict(energy_channels=(), ear_occ_bub=(), bkg_cor_mod=(), snr_ths="",
+                     win_dim="", irf_corr="")
 
 
 def demo_params(working_in, working_out) -> str:
-    """The seed's parameter file with every product asked for and the `shape` background."""
+    """The seed's parameter file with every product asked for and every default taken."""
     return params_text(
         working_in, working_out, cali_out=("ECL-GTI-CAL", "ECL-EVT-CAL"),
-        bube_out=("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC"),
-        imag_out=("ECL-SKY-IMA", "ECL-SOP-IMA"), energy_channels=DEMO_BANDS)
+        bube_out=("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM"),
+        imag_out=("ECL-SKY-IMA", "ECL-SOP-IMA"), **SEED_DEFAULTS)
 
 
 def angular_offset_arcmin(ra1, dec1, ra2, dec2):
@@ -126,7 +131,7 @@ def main(argv) -> int:
     if code:
         return code
 
-    print("[4/4] injected against found sources (broad band 13-1260, PEO)")
+    print(f"[4/4] injected against found sources (band {QUICKLOOK_BAND}, PEO)")
     obs_id = truth.obs_id
     with fits.open(working_out / f"ECL-SOP-IMA_{obs_id}.fits") as hdul:
         table = hdul["SOURCES"].data

@@ -18,19 +18,21 @@ def template(pattern):
     return background.sky_illumination_template(pattern)
 
 
-def test_registry_lists_the_first_light_modes():
-    assert background.available_modes() == ("no_correction", "flat", "shape")
-    assert set(background.BACKGROUND_MODES) == {"no_correction", "flat", "shape"}
+SEED_MODES = ("no_correction", "flat", "shape", "flat_moretti", "shape_moretti",
+              "shape_moretti_earth", "shape_moretti_earth_ref", "shape_moretti_smart")
 
 
-def test_unavailable_mode_names_itself_and_the_available_ones():
+def test_registry_lists_the_eight_seed_modes():
+    assert background.available_modes() == SEED_MODES
+
+
+def test_unknown_mode_names_itself_and_a_physics_mode_its_missing_input():
     counts = np.ones((80, 80))
-    with pytest.raises(EcpiError) as error:
-        background.correct_background("shape_moretti_earth", counts, counts > 0)
-    assert str(error.value) == ("[bube] bkg_cor_mod = 'shape_moretti_earth' is not available "
-                                "yet; available: no_correction, flat, shape")
-    with pytest.raises(EcpiError, match="'bogus' is not a background mode"):
+    with pytest.raises(EcpiError, match="'bogus' is not a background mode; available: "
+                       "no_correction, flat, shape, flat_moretti"):
         background.correct_background("bogus", counts, counts > 0)
+    with pytest.raises(EcpiError, match="needs the predicted cxb visible image"):
+        background.correct_background("shape_moretti_earth", counts, counts > 0)
 
 
 def test_corner_formulas_against_numerical_integration():

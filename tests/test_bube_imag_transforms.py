@@ -146,3 +146,26 @@ def test_imaging_timeline_classes_are_cumulative_and_slews_are_excluded():
     assert timeline.occultation_fraction[60] == 0.0 and timeline.occultation_fraction[570] > 0.9
     assert POINTING_TOLERANCE_DEG < 1.0
     assert binning.empty_image().shape == (80, 80)
+
+
+def test_bube_physics_modes_carry_the_earth_geometry_of_the_key():
+    """The Earth centre 60 deg off axis (PEO): the default mode and the smart one through Beam."""
+    rng = np.random.default_rng(8)
+    times = np.arange(0.0, 101.0)
+    quaternion = np.tile(instrument.quaternion_from_pointing(0.0, 0.0), (len(times), 1))
+    to_earth = np.array([np.cos(np.radians(60.0)), np.sin(np.radians(60.0)), 0.0])
+    position = np.tile(-7000e3 * to_earth, (len(times), 1))
+    timeline = imaging_timeline(times, quaternion, times, position, np.array([[0.0, 100.0]]),
+                                ("PEO", "TEO"))
+    params = BubeParams(energy_channels=((13, 60),), ear_occ_bub=("PEO", "TEO"),
+                        bkg_cor_mod=("shape_moretti_earth", "shape_moretti_smart"))
+    with TestPipeline() as pipeline:
+        timelines = pipeline | "Timelines" >> beam.Create([("obs1", timeline)])
+        products = (pipeline | "Chunks" >> beam.Create([("obs1", random_chunk(rng, 20000))])
+                    | Bube(params, default_caldb_dir(), timelines, imag_params=ImagParams()))
+        summary = products | beam.MapTuple(lambda key, p: (
+            key[2], p.mode, sorted(p.correction.coefficients),
+            bool(0.2 < p.earth.occultation_map.mean() < 0.9), p.earth.averaging_time))
+        assert_that(summary, equal_to([
+            ("PEO", "shape_moretti_earth", ["constant", "cxb", "earth"], True, 100.0),
+            ("TEO", "shape_moretti_smart", ["constant", "cxb", "earth"], True, 100.0)]))

@@ -233,13 +233,10 @@ def _obs_id_mismatch(directory: Path, tmp_path: Path) -> Path:
 
 
 BAD_INPUTS = {
-    "unavailable background mode": (
-        dict(bkg_cor_mod=["shape_moretti_earth"]),
-        ["bkg_cor_mod", "shape_moretti_earth", "no_correction", "flat", "shape"]),
+    "unknown background mode": (
+        dict(bkg_cor_mod=["shape_moretti_bogus"]), ["bkg_cor_mod", "shape_moretti_bogus"]),
     "unavailable irf correction": (
         dict(irf_corr="irf"), ["irf_corr", "'irf'", "cos_theta"]),
-    "product not available yet": (
-        dict(bube_out=["ECL-DET-IMA", "ECL-EAR-OFM"]), ["out_files", "ECL-EAR-OFM"]),
     "empty working_in": ("empty", ["working_in", "ECL-EVT-SEC"]),
     "OBS_ID mismatch": ("mismatch", ["OBS_ID", "0000009999", "SVO-ATT-CNV"]),
 }
@@ -272,7 +269,7 @@ def _check_one_line_error(code, stdout, stderr, out, words):
     assert list(out.iterdir()) == [], "a product was written despite the error"
 
 
-SUBPROCESS_CASES = ("unavailable background mode", "OBS_ID mismatch")
+SUBPROCESS_CASES = ("unknown background mode", "OBS_ID mismatch")
 
 
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)

@@ -47,20 +47,40 @@ def detector_image_hdus(entries, timeline=None):
     return hdus
 
 
+def _finite_card(keywords, key, value, comment):
+    """FITS headers hold no NaN: an unmeasurable number leaves its keyword out."""
+    if value is not None and np.isfinite(value):
+        keywords[key] = (float(value), comment)
+
+
+def background_fit_keywords(correction) -> dict:
+    """Each model term (BKGPARn) with its fitted value, 1-sigma error and physics prediction
+    (BKGVALn, BKGERRn, BKGPRDn), and the fit statistic (C-stat, Pearson chi2, dof)."""
+    keywords = {}
+    for index, (name, (value, error)) in enumerate(sorted(correction.coefficients.items()), 1):
+        keywords[f"BKGPAR{index}"] = (name, "background model term")
+        _finite_card(keywords, f"BKGVAL{index}", value, f"fitted coefficient of {name}")
+        _finite_card(keywords, f"BKGERR{index}", error, f"1-sigma error of {name}")
+        _finite_card(keywords, f"BKGPRD{index}", correction.predictions.get(name),
+                     f"predicted value of {name} (Moretti/Ajello)")
+    statistic = correction.statistic
+    _finite_card(keywords, "CSTAT", statistic.get("cstat"), "Cash C-statistic of the fit")
+    _finite_card(keywords, "CHI2", statistic.get("chi2"), "Pearson chi2 of the fit")
+    if "dof" in statistic:
+        keywords["DOF"] = (int(statistic["dof"]), "degrees of freedom of the fit")
+    for key, card in correction.extras.items():
+        keywords[key] = card
+    return keywords
+
+
 def corrected_image_hdus(entries, timeline=None):
     """ECL-DET-UBC: background-corrected counts, their variance and the fitted model."""
     hdus = []
     for band, occ, products in entries:
         correction = products.correction
         keywords = _group_keywords(band, occ, products.exposure)
-        keywords["BKGMODE"] = (products.mode, "background correction mode ([bube] bkg_cor_mod)")
-        for index, (name, (value, error)) in enumerate(sorted(correction.coefficients.items()), 1):
-            keywords[f"BKGPAR{index}"] = (name, "background model term")
-            # FITS headers hold no NaN: an unmeasurable term (no counts) leaves its keyword out
-            if np.isfinite(value):
-                keywords[f"BKGVAL{index}"] = (float(value), f"fitted coefficient of {name}")
-            if np.isfinite(error):
-                keywords[f"BKGERR{index}"] = (float(error), f"1-sigma error of {name}")
+        keywords["BKGMODE"] = (products.mode, "[bube] bkg_cor_mod")
+        keywords.update(background_fit_keywords(correction))
         hdus += [
             _image_hdu(correction.corrected.astype(np.float32), f"UBC_{band}_{occ}", keywords,
                        bunit="count"),
@@ -69,6 +89,20 @@ def corrected_image_hdus(entries, timeline=None):
             _image_hdu(correction.model.astype(np.float32), f"BACKGROUND_{band}_{occ}", keywords,
                        bunit="count"),
         ]
+    return hdus
+
+
+def occultation_map_hdus(entries, timeline=None):
+    """ECL-EAR-OFM: per detector pixel, the mean over the key's good time of the fraction of
+    the sky it sees through the open mask (projected solid angle) that the Earth hides."""
+    hdus = []
+    for band, occ, products in entries:
+        keywords = _group_keywords(band, occ, products.exposure)
+        keywords["AVGTIME"] = (float(products.earth.averaging_time),
+                               "[s] good time the map is averaged over")
+        hdus.append(_image_hdu(products.earth.occultation_map.astype(np.float32),
+                               f"OFM_{band}_{occ}", keywords,
+                               "fraction of the sky seen through the mask hidden by the Earth"))
     return hdus
 
 
@@ -133,6 +167,7 @@ def occultation_gti_hdus(timeline, occ_types):
 PRODUCT_BUILDERS = {
     "ECL-DET-IMA": detector_image_hdus,
     "ECL-DET-UBC": corrected_image_hdus,
+    "ECL-EAR-OFM": occultation_map_hdus,
     "ECL-SKY-IMA": sky_image_hdus,
     "ECL-SOP-IMA": source_table_hdus,
 }

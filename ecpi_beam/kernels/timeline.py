@@ -27,6 +27,8 @@ class ImagingTimeline:
     class_gti: dict = field(default_factory=dict)  # occ type -> (n, 2), cumulative classes
     sample_time: np.ndarray = None  # attitude sample times (s)
     occultation_fraction: np.ndarray = None  # f(t) at sample_time
+    earth_icrs: np.ndarray = None  # (n, 3) unit vector to the Earth centre at sample_time
+    earth_radius: np.ndarray = None  # (n,) angular radius (rad) of the Earth + atmosphere
 
     def exposure(self, occ_type: str) -> float:
         return float(intervals.duration(self.class_gti[occ_type]))
@@ -64,6 +66,8 @@ def imaging_timeline(att_time, qparam, orbit_time, position, good_time, occ_type
         empty = np.zeros((0, 2))
         return ImagingTimeline(instrument.quaternion_from_pointing(0.0, 0.0), empty,
                                {occ: empty for occ in occ_types}, att_time,
+                               np.zeros(len(att_time)),
+                               np.tile([-1.0, 0.0, 0.0], (len(att_time), 1)),
                                np.zeros(len(att_time)))
     reference = reference_attitude(qparam[in_good])
     on_target = intervals.from_boolean_samples(
@@ -71,9 +75,11 @@ def imaging_timeline(att_time, qparam, orbit_time, position, good_time, occ_type
     imaging_time = intervals.intersect(good_time, on_target)
 
     grid = occultation.field_of_view_grid() if grid is None else grid
-    fraction = occultation.occultation_fraction(
-        qparam, interpolate_positions(orbit_time, position, att_time), grid)
+    positions = interpolate_positions(orbit_time, position, att_time)
+    fraction = occultation.occultation_fraction(qparam, positions, grid)
+    earth_icrs, earth_radius = instrument.earth_direction_and_radius(positions)
     classes = occultation.occultation_classes(fraction, peof_min, peof_max)
     class_gti = {occ: occultation.class_intervals(att_time, classes, occ, imaging_time)
                  for occ in occ_types}
-    return ImagingTimeline(reference, imaging_time, class_gti, att_time, fraction)
+    return ImagingTimeline(reference, imaging_time, class_gti, att_time, fraction, earth_icrs,
+                           earth_radius)

@@ -47,13 +47,14 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
     wants_imag = bool(params.imag.out_files) or wants_mosa or spex_from == "imag"
     if params.bube.out_files or wants_imag or wants_spex:
         timelines = observations | "Timelines" >> ImagingTimelines(params.bube, failure_log)
-        detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines, failure_log)
+        detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines, failure_log,
+                                               imag_params=params.imag)
         outputs.update(timelines=timelines, detector=detector)
         write = dict(working_out=general.working_out, fingerprint=fingerprint,
                      observations=observations, failed=failed, failure_log=failure_log)
         if "ECL-GTI-UBC" in params.bube.out_files:
             written.append(timelines | "WriteGtiUbc" >> WriteTimelineProducts("ECL-GTI-UBC", **write))
-        for product in ("ECL-DET-IMA", "ECL-DET-UBC"):
+        for product in ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-EAR-OFM"):
             if product in params.bube.out_files:
                 written.append(detector | f"Write{product}" >> WriteImageProducts(product, **write))
         if wants_imag:

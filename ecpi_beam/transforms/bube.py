@@ -14,7 +14,7 @@ from apache_beam.metrics import Metrics
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
-from ecpi_beam.kernels import background, binning, intervals
+from ecpi_beam.kernels import background, binning, bube, earth, intervals
 from ecpi_beam.kernels.gti import good_time
 from ecpi_beam.kernels.timeline import ImagingTimeline, imaging_timeline
 from ecpi_beam.transforms.base import DataclassTransform
@@ -33,6 +33,7 @@ class DetectorProducts:
     efficiency: np.ndarray  # (80, 80) relative efficiency (CALDB EFFIC)
     mode: str
     correction: background.BackgroundResult
+    earth: earth.EarthTemplates = None  # the key's Earth geometry (ECL-EAR-OFM)
 
 
 def observation_timeline(observation, bube_params) -> ImagingTimeline:
@@ -88,26 +89,28 @@ class DetectorImageSum(beam.CombineFn):
 class CorrectBackground(beam.DoFn):
     """Fits and removes the background of each keyed detector image (mode per occ type)."""
 
-    def __init__(self, caldb_dir: str, mode_by_occ: dict):
+    def __init__(self, caldb_dir: str, mode_by_occ: dict, imag_params=None):
         self._caldb_dir = caldb_dir
         self._mode_by_occ = dict(mode_by_occ)
+        self._imag_params = imag_params
 
     def setup(self):
-        caldb = Caldb.open(self._caldb_dir)
-        pixcal = caldb.pixel_calibration()
-        self._good = pixcal.status == 0
-        self._efficiency = np.where(self._good, pixcal.effic, 0.0)
-        self._template = background.sky_illumination_template(caldb.mask_pattern(), self._efficiency)
+        detection = None if self._imag_params is None else {
+            "snr_threshold": self._imag_params.effective_snr_threshold,
+            "pcode_min": self._imag_params.pcode_min, "win_dim": self._imag_params.win_dim}
+        self._corrector = bube.BackgroundCorrector.from_caldb(
+            Caldb.open(self._caldb_dir), detection,
+            smart="shape_moretti_smart" in self._mode_by_occ.values())
 
     @isolating("bube")
     def process(self, element, timelines):
         (obs_id, band, occ), counts = element
         mode = self._mode_by_occ[occ]
-        correction = background.correct_background(mode, counts, self._good, self._template,
-                                                   {"efficiency": self._efficiency})
+        key = self._corrector.correct(mode, counts, obs_id, band, occ, timelines[obs_id])
         yield (obs_id, band, occ), DetectorProducts(
-            counts=counts, exposure=timelines[obs_id].exposure(occ), good_pixels=self._good,
-            efficiency=self._efficiency, mode=mode, correction=correction)
+            counts=counts, exposure=key.exposure, good_pixels=self._corrector.good,
+            efficiency=self._corrector.efficiency, mode=mode, correction=key.correction,
+            earth=key.earth)
 
 
 class MakeTimeline(beam.DoFn):
@@ -140,6 +143,7 @@ class Bube(DataclassTransform):
     caldb_dir: str
     timelines: beam.PCollection
     failure_log: object = None  # failures.FailureLog
+    imag_params: object = None  # detection settings of shape_moretti_smart
 
     def expand(self, calibrated):
         params = self.bube_params
@@ -151,4 +155,5 @@ class Bube(DataclassTransform):
                   | "Sum" >> beam.CombinePerKey(DetectorImageSum()))
         mode_by_occ = {occ: params.correction_for(occ) for occ in params.ear_occ_bub}
         return images | "Background" >> beam.ParDo(
-            with_failure_log(CorrectBackground(self.caldb_dir, mode_by_occ), self.failure_log), side)
+            with_failure_log(CorrectBackground(self.caldb_dir, mode_by_occ, self.imag_params),
+                             self.failure_log), side)
