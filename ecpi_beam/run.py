@@ -1,10 +1,9 @@
 """`python -m ecpi_beam.run --params params.ini --runner DirectRunner` and `ecpi_run params.ini`.
 
-Every option that is not ours is passed to Beam's PipelineOptions (runner, workers, ...).
+The options (ours and Beam's: runner, workers, ...) are those of ecpi_beam/options.py.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -16,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
 from ecpi_beam.kernels.calibrate import DROP_REASONS
+from ecpi_beam.options import parse_command_line
 from ecpi_beam.params import load_params
 from ecpi_beam.pipelines.observation import build_observation_pipeline
 from ecpi_beam.pipelines.preflight import check_capabilities, preflight_observations
@@ -27,21 +27,9 @@ log = logging.getLogger("ecpi_beam")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="ecpi_run", description="Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG) on Beam.",
-        epilog="Other options (--runner, --direct_num_workers, ...) go to Beam's PipelineOptions.")
-    parser.add_argument("--params", dest="params_option", help="the parameter file (.ini)")
-    argv = list(argv)
-    # The positional form is `ecpi_run params.ini [beam options]`: only the first argument, so
-    # that the value of a Beam option (`--runner DirectRunner`) is never taken for it.
-    params_file = argv.pop(0) if argv and not argv[0].startswith("-") else None
-    args, beam_args = parser.parse_known_args(argv)
-    path = args.params_option or params_file
-    if not path:
-        raise EcpiError("no parameter file: give it as `ecpi_run params.ini` or --params params.ini")
-    if not any(arg.startswith("--runner") for arg in beam_args):
-        beam_args = ["--runner", "DirectRunner", *beam_args]
-    return path, beam_args
+    """(parameter file, Beam arguments): options.parse_command_line, which rejects unknowns."""
+    command_line = parse_command_line(argv)
+    return command_line.params_path, command_line.beam_args
 
 
 def configure_logging(level_name: str):
