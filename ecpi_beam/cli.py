@@ -23,7 +23,7 @@ def _dispatch(module_name: str, argv=None) -> int:
 
 def ecpi_run(argv=None) -> int:
     """`ecpi_run params.ini [beam options]`."""
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # until [general] logger_level
     return _dispatch("ecpi_beam.run", argv)
 
 

@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
 from ecpi_beam.kernels.calibrate import DROP_REASONS
+from ecpi_beam.logs import configure_logging, log_stage_summary, worker_logging_args
 from ecpi_beam.options import parse_command_line
 from ecpi_beam.params import load_params
 from ecpi_beam.pipelines.observation import build_observation_pipeline
@@ -32,9 +33,10 @@ def parse_args(argv):
     return command_line.params_path, command_line.beam_args
 
 
-def configure_logging(level_name: str):
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.setLevel(getattr(logging, level_name.upper()))
+def with_params_file(err: EcpiError, path: str) -> EcpiError:
+    """'[section] key: ...' errors named by the parameter file they are about (one format:
+    '<file>: [section] key: ...'); other errors unchanged."""
+    return EcpiError(f"{path}: {err}") if str(err).startswith("[") else err
 
 
 def metric_totals(result):
@@ -70,11 +72,18 @@ def main(argv) -> int:
     path, beam_args = parse_args(argv)
     params = load_params(path)
     configure_logging(params.general.logger_level)
-    check_capabilities(params)
-    caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
-    observation_dirs = fs.find_observation_dirs(params.general.working_in)
-    preflight_observations(observation_dirs)
+    beam_args = worker_logging_args(params.general.logger_level, beam_args)
+    try:
+        check_capabilities(params)
+        caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
+        observation_dirs = fs.find_observation_dirs(params.general.working_in)
+        preflight_observations(observation_dirs)
+    except EcpiError as err:
+        raise with_params_file(err, path) from None
+    log.info("%s: %d observation(s) to process, CALDB %s", path, len(observation_dirs),
+             caldb_dir)
     totals, failures = run(params, beam_args, caldb_dir, observation_dirs)
+    log_stage_summary(totals)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
     failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}

@@ -7,6 +7,7 @@ observation; the background is then fitted per key (SCIENCE.md, Backgrounds).
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import apache_beam as beam
 import numpy as np
@@ -21,6 +22,7 @@ from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.bube"
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +107,8 @@ class CorrectBackground(beam.DoFn):
         mode = self._mode_by_occ[occ]
         correction = background.correct_background(mode, counts, self._good, self._template,
                                                    {"efficiency": self._efficiency})
+        LOG.info("BUBE %s %s %s: %d counts, %.1f s, background %s", obs_id, band, occ,
+                 int(np.sum(counts)), timelines[obs_id].exposure(occ), mode)
         yield (obs_id, band, occ), DetectorProducts(
             counts=counts, exposure=timelines[obs_id].exposure(occ), good_pixels=self._good,
             efficiency=self._efficiency, mode=mode, correction=correction)

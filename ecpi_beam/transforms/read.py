@@ -181,6 +181,8 @@ class ReadEventChunk(beam.DoFn):
         self._events.inc(len(events))
         self._bytes.inc(descriptor.n_rows * layout.row_bytes)
         self._chunk_events.update(len(events))
+        LOG.debug("READ %s: rows %d..%d", descriptor.obs_id, descriptor.first_row,
+                  descriptor.first_row + descriptor.n_rows - 1)
         check = consistency.check_event_chunk(
             events, descriptor.first_row, previous_time,
             float(observation.keywords["TSTART"]), float(observation.keywords["TSTOP"]))
