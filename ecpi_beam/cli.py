@@ -42,3 +42,8 @@ def ecpi_simulate(argv=None) -> int:
 
 def ecpi_demo(argv=None) -> int:
     return _dispatch("ecpi_beam.demo", argv)
+
+
+def ecpi_quicklook(argv=None) -> int:
+    """`ecpi_quicklook DIR`: PNGs and DS9 regions from existing products."""
+    return _dispatch("ecpi_beam.quicklook", argv)

@@ -63,7 +63,8 @@ def test_every_requested_product_is_written_valid_with_icd_keywords(
         reference_run, small_observation, fitsverify):
     assert "1/1 observation(s) processed" in reference_run.stdout, describe(reference_run)
     written = sorted(p.name for p in reference_run.working_out.iterdir())
-    expected = sorted(f"{name}_{small_observation.obs_id}.fits" for name in ALL_PRODUCTS)
+    expected = sorted([f"{name}_{small_observation.obs_id}.fits" for name in ALL_PRODUCTS]
+                      + [f"ECL-SOP-IMA_{small_observation.obs_id}.reg"])  # its DS9 regions
     assert written == expected  # nothing else: no temporary file, no failures.jsonl
 
     problems = []

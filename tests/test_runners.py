@@ -146,7 +146,8 @@ def _run_on(runner_args, tmp_path, workspace, observation, env=None):
     assert result.returncode == 0, describe(result)
     assert "1/1 observation(s) processed" in result.stdout, describe(result)
     assert sorted(p.name for p in out.iterdir()) == [
-        f"ECL-DET-IMA_{observation.obs_id}.fits", f"ECL-SOP-IMA_{observation.obs_id}.fits"]
+        f"ECL-DET-IMA_{observation.obs_id}.fits", f"ECL-SOP-IMA_{observation.obs_id}.fits",
+        f"ECL-SOP-IMA_{observation.obs_id}.reg"]
     return result
 
 
