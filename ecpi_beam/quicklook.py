@@ -167,7 +167,8 @@ def light_curve_png(evt_url, png, bin_s=LIGHT_CURVE_BIN_S):
     with _open(evt_url) as hdul:
         times = np.array(hdul["EVENTS"].data["TIME"], dtype=float)
         gti = np.column_stack([hdul["GTI"].data["START"], hdul["GTI"].data["STOP"]])
-        tstart, tstop = float(hdul["EVENTS"].header["TSTART"]), float(hdul["EVENTS"].header["TSTOP"])
+        header = hdul["EVENTS"].header
+        tstart, tstop = float(header["TSTART"]), float(header["TSTOP"])
     edges = np.arange(tstart, tstop + bin_s, bin_s)
     counts, _ = np.histogram(times, bins=edges)
     fig, ax = plt.subplots(figsize=(10, 4))

@@ -2,7 +2,7 @@
 
 Calibrated chunks (obs_id, events) become partial 80 x 80 images keyed (obs_id, band, occ);
 a CombineFn with an image-sized accumulator sums them, so memory does not grow with the
-observation; the background is then fitted per key (SCIENCE.md, Backgrounds).
+observation; the background is then fitted per key (docs/science.md, "Backgrounds").
 """
 from __future__ import annotations
 

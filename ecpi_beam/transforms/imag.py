@@ -1,6 +1,7 @@
 """IMAG as Beam transforms: balanced-correlation sky images and source detection.
 
-SCIENCE.md, Coded-mask imaging. The mask FFTs are prepared once per worker in DoFn.setup.
+docs/science.md, "Coded-mask imaging". The mask FFTs are prepared once per worker in
+DoFn.setup.
 """
 from __future__ import annotations
 
