@@ -78,11 +78,11 @@ def main(argv) -> int:
         caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
         observation_dirs = fs.find_observation_dirs(params.general.working_in)
         preflight_observations(observation_dirs)
+        log.info("%s: %d observation(s) to process, CALDB %s", path, len(observation_dirs),
+                 caldb_dir)
+        totals, failures = run(params, beam_args, caldb_dir, observation_dirs)
     except EcpiError as err:
         raise with_params_file(err, path) from None
-    log.info("%s: %d observation(s) to process, CALDB %s", path, len(observation_dirs),
-             caldb_dir)
-    totals, failures = run(params, beam_args, caldb_dir, observation_dirs)
     log_stage_summary(totals)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
