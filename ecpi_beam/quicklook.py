@@ -24,12 +24,12 @@ from astropy.io import fits
 
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
-from ecpi_beam.io.regions import read_sources, regions_url, source_kind, write_regions
+from ecpi_beam.io.regions import (COLOURS, cell_text, read_sources, regions_url, source_kind,
+                                  write_regions)
 
 PRODUCT_FILE = re.compile(r"^(ECL-[A-Z]{3}-[A-Z]{3})_(.+)\.fits$")
-MARKERS = {"known": dict(marker="s", color="lime", label="known"),
-           "new": dict(marker="o", color="red", label="new"),
-           "other": dict(marker="o", color="cyan", label="found")}
+MARKERS = {"known": dict(marker="s", label="known"), "new": dict(marker="o", label="new"),
+           "other": dict(marker="o", label="found")}  # colours: those of the region files
 LIGHT_CURVE_BIN_S = 1.0
 
 
@@ -117,13 +117,13 @@ def sky_png(sky_url, sop_url, band, occ, png):
         names = rows.colnames
         band_name = header.get("BAND")
         if "BAND" in names and band_name:
-            rows = rows[np.array([_text(b) == band_name for b in rows["BAND"]], dtype=bool)]
+            rows = rows[np.array([cell_text(b) == band_name for b in rows["BAND"]], dtype=bool)]
         for kind, style in MARKERS.items():
             chosen = [row for row in rows if source_kind(row, names) == kind]
             if chosen:
                 ax.scatter([row["RA"] for row in chosen], [row["DEC"] for row in chosen],
                            transform=ax.get_transform("icrs"), s=160, facecolors="none",
-                           edgecolors=style["color"], marker=style["marker"],
+                           edgecolors=COLOURS[kind], marker=style["marker"],
                            label=f"{style['label']} ({len(chosen)})")
         if len(rows):
             ax.legend(loc="upper right", framealpha=0.6)
@@ -134,10 +134,6 @@ def sky_png(sky_url, sop_url, band, occ, png):
     fig.colorbar(image, ax=ax, label="SNR (asinh stretch)")
     fig.savefig(png, dpi=80)
     plt.close(fig)
-
-
-def _text(value) -> str:
-    return (value.decode() if isinstance(value, bytes) else str(value)).strip()
 
 
 def _gti_rows(url):

@@ -28,13 +28,14 @@ def read_sources(sop_url: str) -> Table:
         return Table(hdul[SOURCES_EXTENSION].data, masked=False, copy=True)
 
 
-def _text(value) -> str:
+def cell_text(value) -> str:
+    """A FITS string cell as text (bytes decoded, blanks stripped)."""
     return (value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)).strip()
 
 
 def source_kind(row, names) -> str:
     """'known', 'new' or 'other' (the ECL-SOP-IMA KNOWN_NAME and NEW columns, when present)."""
-    if "KNOWN_NAME" in names and _text(row["KNOWN_NAME"]):
+    if "KNOWN_NAME" in names and cell_text(row["KNOWN_NAME"]):
         return "known"
     if "NEW" in names and bool(row["NEW"]):
         return "new"
@@ -42,9 +43,9 @@ def source_kind(row, names) -> str:
 
 
 def source_label(row, names) -> str:
-    name = next((_text(row[column]) for column in ("KNOWN_NAME", "NAME")
-                 if column in names and _text(row[column])), "")
-    band = _text(row["BAND"]) if "BAND" in names else ""
+    name = next((cell_text(row[column]) for column in ("KNOWN_NAME", "NAME")
+                 if column in names and cell_text(row[column])), "")
+    band = cell_text(row["BAND"]) if "BAND" in names else ""
     return " ".join(part for part in (name, band, f"SNR {float(row['SNR']):.1f}") if part)
 
 
