@@ -206,7 +206,8 @@ def quicklook(directory: str, out: Path, band=None, occ=None) -> list:
 def main(argv) -> int:
     parser = argparse.ArgumentParser(prog="ecpi_quicklook", description=__doc__.splitlines()[0])
     parser.add_argument("products", help="folder of the products (ecpi_run's working_out)")
-    parser.add_argument("--out", help="folder for the PNGs (default: <products>/quicklook)")
+    parser.add_argument("--out", help="folder for the PNGs (default: <products>/quicklook, or "
+                                      "./quicklook for products in a bucket)")
     parser.add_argument("--band", help="PI band of the images, e.g. 13-60 (default: the first)")
     parser.add_argument("--occ", default=None, help="occultation type (default: the first)")
     args = parser.parse_args(argv)
@@ -214,7 +215,9 @@ def main(argv) -> int:
         raise EcpiError("ecpi_quicklook: give --band and --occ together")
     if not fs.isdir(args.products):
         raise EcpiError(f"{args.products}: no such folder of products")
-    out = Path(args.out) if args.out else Path(args.products) / "quicklook"
+    default_out = Path(args.products) / "quicklook" if fs.is_local(args.products) \
+        else Path("quicklook")  # products in a bucket: PNGs in the current folder
+    out = Path(args.out) if args.out else default_out
     try:
         made = quicklook(args.products, out, args.band, args.occ)
     except EcpiError as err:

@@ -33,14 +33,15 @@ KEYWORD_COMMENTS = {
     "PI_MIN": "first PI channel of the band", "PI_MAX": "last PI channel of the band",
     "E_MIN": "[keV] lower energy of the band", "E_MAX": "[keV] upper energy of the band",
     "OCC_TYPE": "Earth occultation type (NEO, PEO or TEO)",
-    "DATE-OBS": "start of the observation, in TIMESYS", "DATE-END": "end of the observation, "
-    "in TIMESYS", "MJD-OBS": "[d] MJD of the start, in TIMESYS",
-    "MJD-END": "[d] MJD of the end, in TIMESYS", "DATEREF": "time zero "
-    "(MJDREF) as a date, in TIMESYS", "TIMEZERO": "[s] offset to add to the times",
-    "HDUVERS": "version of the format of this HDU", "RA_PNT": "[deg] boresight RA (ICRS) of "
-    "the reference attitude", "DEC_PNT": "[deg] boresight Dec (ICRS) of the reference attitude",
-    "PA_PNT": "[deg] position angle of LOS +Z, north through east", "RADESYS": "frame of the "
-    "sky coordinates", "EQUINOX": "[yr] equinox of the sky coordinates",
+    "DATE-OBS": "start of the observation, in TIMESYS",
+    "DATE-END": "end of the observation, in TIMESYS",
+    "MJD-OBS": "[d] MJD of the start, in TIMESYS", "MJD-END": "[d] MJD of the end, in TIMESYS",
+    "DATEREF": "time zero (MJDREF) as a date, in TIMESYS",
+    "TIMEZERO": "[s] offset to add to the times", "HDUVERS": "version of the format of this HDU",
+    "RA_PNT": "[deg] boresight RA (ICRS) of the reference attitude",
+    "DEC_PNT": "[deg] boresight Dec (ICRS) of the reference attitude",
+    "PA_PNT": "[deg] position angle of LOS +Z, north through east",
+    "RADESYS": "frame of the sky coordinates", "EQUINOX": "[yr] equinox of the sky coordinates",
     "HDUCLASS": "format conforms to OGIP standards", "HDUCLAS1": "OGIP class of this HDU",
     "HDUCLAS2": "OGIP sub-class of this HDU", "CHECKSUM": "HDU checksum (FITS 4.0 appendix J)",
     "DATASUM": "data unit checksum", "EXTNAME": "name of this HDU", "BUNIT": "unit of the data",
