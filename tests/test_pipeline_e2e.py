@@ -205,7 +205,8 @@ def test_module_entry_point_makes_the_same_products(tmp_path, pipeline_workspace
     assert result.returncode == 0, describe(result)
     obs_id = small_observation.obs_id
     assert sorted(p.name for p in out.iterdir()) == [f"ECL-DET-IMA_{obs_id}.fits",
-                                                     f"ECL-SOP-IMA_{obs_id}.fits"]
+                                                     f"ECL-SOP-IMA_{obs_id}.fits",
+                                                     f"ECL-SOP-IMA_{obs_id}.reg"]
     ours, reference = (detector_counts(r.product("ECL-DET-IMA", obs_id))
                        for r in (result, reference_run))
     assert ours.keys() == reference.keys()
@@ -324,7 +325,8 @@ def test_rerun_overwrites_products_cleanly(tmp_path, pipeline_workspace, small_o
     result = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
     assert result.returncode == 0, describe(result)
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"{name}_{obs_id}.fits" for name in ALL_PRODUCTS)  # no failures.jsonl
+    assert names == sorted([f"{name}_{obs_id}.fits" for name in ALL_PRODUCTS]
+                           + [f"ECL-SOP-IMA_{obs_id}.reg"])  # no failures.jsonl
     assert leftover_temporaries(out) == []
     for name in ALL_PRODUCTS:
         path = out / f"{name}_{obs_id}.fits"

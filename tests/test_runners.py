@@ -202,10 +202,11 @@ def test_s3_input_and_output(tmp_path, pipeline_workspace, small_observation, re
     obs_id = small_observation.obs_id
     keys = sorted(item["Key"] for item in
                   client.list_objects_v2(Bucket=bucket, Prefix="out/").get("Contents", []))
-    assert keys == sorted(f"out/{name}_{obs_id}.fits" for name in
-                          ("ECL-GTI-CAL", "ECL-DET-IMA", "ECL-SKY-IMA", "ECL-SOP-IMA")), keys
+    assert keys == sorted([f"out/{name}_{obs_id}.fits" for name in
+                           ("ECL-GTI-CAL", "ECL-DET-IMA", "ECL-SKY-IMA", "ECL-SOP-IMA")]
+                          + [f"out/ECL-SOP-IMA_{obs_id}.reg"]), keys  # its DS9 regions
     out.mkdir()
-    for key in keys:
+    for key in (key for key in keys if key.endswith(".fits")):
         local = out / Path(key).name
         client.download_file(bucket, key, str(local))
         fitsverify(local)
