@@ -236,12 +236,20 @@ class FitsChecksum:
         self._pending = b""  # the bytes of an incomplete 32-bit word
 
     def update(self, data) -> None:
-        data = self._pending + bytes(data)
-        whole = len(data) - len(data) % 4
-        self._pending = data[whole:]
-        if whole:
-            self._sum += int(np.frombuffer(data, dtype=">u4", count=whole // 4).sum(dtype="u8"))
+        view = memoryview(data).cast("B")
+        if self._pending:  # complete the word left over by the previous piece
+            need = 4 - len(self._pending)
+            self._pending += bytes(view[:need])
+            view = view[need:]
+            if len(self._pending) < 4:
+                return
+            self._sum += int.from_bytes(self._pending, "big")
+            self._pending = b""
+        whole = len(view) - len(view) % 4
+        if whole:  # no copy of the piece: summed where it is
+            self._sum += int(np.frombuffer(view[:whole], dtype=">u4").sum(dtype="u8"))
             self._fold()
+        self._pending = bytes(view[whole:])
 
     def _fold(self):
         while self._sum >> 32:
