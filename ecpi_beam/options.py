@@ -20,6 +20,7 @@ from ecpi_beam.errors import EcpiError
 PROG = "ecpi_run"
 BEAM_HELP = "--help-beam"
 DEFAULT_RUNNER = "DirectRunner"
+STREAM_IDLE_TIMEOUT = "--stream_idle_timeout"
 
 
 class EcpiRunOptions(PipelineOptions):
@@ -29,6 +30,10 @@ class EcpiRunOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         parser.add_argument("--params", default=None, metavar="PARAMS.INI",
                             help="the parameter file, if not given first")
+        parser.add_argument(STREAM_IDLE_TIMEOUT, type=float, default=None, metavar="S",
+                            help="with --streaming (Beam's: watch working_in for slices and "
+                                 "alert on new transients, docs/streaming.md): stop after S "
+                                 "seconds without a new slice")
 
 
 class CommandLine(NamedTuple):

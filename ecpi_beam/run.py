@@ -10,15 +10,16 @@ import time
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
 from ecpi_beam.kernels.calibrate import DROP_REASONS
 from ecpi_beam.logs import configure_logging, log_stage_summary, worker_logging_args
-from ecpi_beam.options import parse_command_line
+from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line
 from ecpi_beam.params import load_params
 from ecpi_beam.pipelines.observation import build_observation_pipeline
+from ecpi_beam.pipelines import safeguards
 from ecpi_beam.pipelines.preflight import check_capabilities, preflight_observations
 from ecpi_beam.transforms.failures import (FAILURES_FILE, collect_failures,
                                            remove_dead_letters)
@@ -28,9 +29,32 @@ log = logging.getLogger("ecpi_beam")
 
 
 def parse_args(argv):
-    """(parameter file, Beam arguments): options.parse_command_line, which rejects unknowns."""
+    """(parameter file, Beam arguments): options.parse_command_line, which rejects unknowns.
+
+    With --streaming (Beam's flag), the arguments end with `--stream_idle_timeout S` (inf when
+    not given), as pipelines/stream.py expects them."""
     command_line = parse_command_line(argv)
-    return command_line.params_path, command_line.beam_args
+    beam_args = _without_option(command_line.beam_args, STREAM_IDLE_TIMEOUT)
+    timeout = command_line.options.stream_idle_timeout
+    if command_line.options.view_as(StandardOptions).streaming:
+        beam_args = [*beam_args, STREAM_IDLE_TIMEOUT,
+                     str(timeout if timeout is not None else float("inf"))]
+    elif timeout is not None:
+        raise EcpiError(f"{STREAM_IDLE_TIMEOUT}: only with --streaming")
+    return command_line.params_path, beam_args
+
+
+def _without_option(args, option: str) -> list:
+    """`args` without `option VALUE` and `option=VALUE`."""
+    kept, skip_value = [], False
+    for arg in args:
+        if skip_value or arg.startswith(option + "="):
+            skip_value = False
+            continue
+        skip_value = arg == option
+        if not skip_value:
+            kept.append(arg)
+    return kept
 
 
 def with_params_file(err: EcpiError, path: str) -> EcpiError:
@@ -55,7 +79,7 @@ def metric_totals(result):
 
 def run(params, beam_args, caldb_dir, observation_dirs):
     """Build and run the pipeline; returns (metric totals, failure records)."""
-    stale = fs.join(params.general.working_out, FAILURES_FILE)
+    stale = fs.inside(params.general.working_out, FAILURES_FILE)
     if fs.exists(stale):
         fs.remove(stale)
     remove_dead_letters(params.general.working_out)
@@ -74,18 +98,39 @@ def main(argv) -> int:
     configure_logging(params.general.logger_level)
     beam_args = worker_logging_args(params.general.logger_level, beam_args)
     try:
-        check_capabilities(params)
-        caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
-        observation_dirs = fs.find_observation_dirs(params.general.working_in)
-        preflight_observations(observation_dirs)
-        log.info("%s: %d observation(s) to process, CALDB %s", path, len(observation_dirs),
-                 caldb_dir)
-        totals, failures = run(params, beam_args, caldb_dir, observation_dirs)
+        # writable, one run at a time, leftovers of earlier runs removed (docs/reliability.md)
+        with safeguards.guarded_working_out(params.general.working_out):
+            return run_in_working_out(params, beam_args, started)
     except EcpiError as err:
         raise with_params_file(err, path) from None
+
+
+def run_in_working_out(params, beam_args, started) -> int:
+    check_capabilities(params)
+    caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
+    safeguards.check_caldb(caldb_dir)
+    if "--streaming" in beam_args:
+        from ecpi_beam.pipelines.stream import run_streaming_command
+
+        return run_streaming_command(params, beam_args, caldb_dir, started)
+    observation_dirs = fs.find_observation_dirs(params.general.working_in)
+    preflight_observations(observation_dirs)
+    log.info("%d observation(s) to process, CALDB %s", len(observation_dirs), caldb_dir)
+    ids = safeguards.observation_ids(observation_dirs)
+    to_run, early_failures = safeguards.set_aside_duplicates(ids)
+    try:
+        totals, _ = run(params, beam_args, caldb_dir, to_run)
+    except Exception as error:  # a fault of the machine is one line; a bug keeps its traceback
+        fault = safeguards.one_line_fault(error)
+        if fault is None:
+            raise
+        raise fault from None
+    failures, not_made = safeguards.finish_run(params, ids, early_failures)
     log_stage_summary(totals)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
+    for line in not_made:
+        print(f"warning: {line}", file=sys.stderr)
     failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}
     done = len(observation_dirs) - len(failed)
     dropped = ", ".join(f"{reason} {int(totals.get(f'ecpi.cali.dropped_{reason}', 0))}"
@@ -95,6 +140,7 @@ def main(argv) -> int:
           f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
           f"products {int(totals.get('ecpi.write.products_written', 0))}; "
           f"sources {int(totals.get('ecpi.imag.sources_found', 0))}; "
+          + (f"requested products not made {len(not_made)}; " if not_made else "") +
           f"products in {params.general.working_out}")
     return 2 if failures else 0
 
