@@ -55,3 +55,15 @@ def test_help_shows_the_parameter_file_our_options_and_how_to_list_beams():
         assert text in result.stdout
     beam = _ecpi_run("--help-beam")
     assert beam.returncode == 0 and "--direct_num_workers" in beam.stdout
+
+
+def test_streaming_options_reach_the_stream_command_in_one_form():
+    from ecpi_beam.run import parse_args
+
+    _, args = parse_args(["p.ini", "--streaming"])
+    assert args[-2:] == ["--stream_idle_timeout", "inf"] and "--streaming" in args
+    _, args = parse_args(["p.ini", "--stream_idle_timeout=5", "--streaming"])
+    assert args[-2:] == ["--stream_idle_timeout", "5.0"]
+    assert sum(arg.startswith("--stream_idle_timeout") for arg in args) == 1
+    with pytest.raises(EcpiError, match="--stream_idle_timeout: only with --streaming"):
+        parse_args(["p.ini", "--stream_idle_timeout", "5"])
