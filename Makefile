@@ -9,7 +9,8 @@ DEMO_DIR ?= demo-output
 $(BIN)/ecpi_run: setup.py | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test,dask,s3]"
+	# (setuptools' notice about editable installs is a UserWarning: not shown)
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install --quiet -e ".[test,dask,s3]"
 	touch $@
 
 setup: $(BIN)/ecpi_run

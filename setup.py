@@ -17,6 +17,7 @@ setup(
         "matplotlib>=3.7",
         "requests>=2.28",
         "astropy-healpix>=1.0",
+        "regions>=0.8",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist", "stingray", "moto[server]>=5", "s3fs>=2024.2", "flask",
@@ -31,6 +32,7 @@ setup(
             "ecpi_conf_tool=ecpi_beam.cli:ecpi_conf_tool",
             "ecpi_simulate=ecpi_beam.cli:ecpi_simulate",
             "ecpi_demo=ecpi_beam.cli:ecpi_demo",
+            "ecpi_quicklook=ecpi_beam.cli:ecpi_quicklook",
         ]
     },
 )

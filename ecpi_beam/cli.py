@@ -23,7 +23,7 @@ def _dispatch(module_name: str, argv=None) -> int:
 
 def ecpi_run(argv=None) -> int:
     """`ecpi_run params.ini [beam options]`."""
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # until [general] logger_level
     return _dispatch("ecpi_beam.run", argv)
 
 
@@ -42,3 +42,8 @@ def ecpi_simulate(argv=None) -> int:
 
 def ecpi_demo(argv=None) -> int:
     return _dispatch("ecpi_beam.demo", argv)
+
+
+def ecpi_quicklook(argv=None) -> int:
+    """`ecpi_quicklook DIR`: PNGs and DS9 regions from existing products."""
+    return _dispatch("ecpi_beam.quicklook", argv)

@@ -151,6 +151,9 @@ def main(argv) -> int:
     quicklook_png(working_out / f"ECL-SKY-IMA_{obs_id}.fits", found, injected, QUICKLOOK_BAND,
                   "PEO", png)
     print(f"quick-look: {png}")
+    from ecpi_beam import quicklook  # every product's PNGs and the DS9 regions
+
+    quicklook.main([str(working_out), "--out", str(out / "quicklook")])
     return 0
 
 

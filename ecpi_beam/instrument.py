@@ -7,6 +7,10 @@ Conventions (pinned by tests/test_instrument.py):
 - sky images are indexed [row, col] = [z shift, y shift]: the sky pixel (row, col) is the
   direction whose tangent-plane coordinates are (u_z/u_x, u_y/u_x) = ((row - 99), (col - 99))
   * 4.5 / 460, so the sky grid is an exact gnomonic (TAN) projection on the boresight;
+- sky images in products are that grid with the column axis reversed, so that east is on the
+  left as an astronomer expects (ds9, CD1_1 < 0 at roll 0, det(CD) < 0): FITS pixel
+  (x, y) = (199 - col, row + 1). Convert only with sky_image_to_fits, sky_pixel_to_fits,
+  fits_to_sky_pixel and sky_wcs_keywords;
 - a source in sky pixel (row, col) casts on detector pixel (i, j) the shadow of resampled mask
   cell (i + row - 79, j + col - 79).
 """
@@ -264,28 +268,53 @@ def mean_quaternion(qparams, weights=None):
     return mean if mean[3] >= 0 else -mean
 
 
-def sky_wcs_keywords(qparam):
-    """FITS TAN WCS keywords of the sky grid for attitude q (FITS axis 1 = column).
+def east_north(ra_deg: float, dec_deg: float):
+    """ICRS unit vectors towards east and north at (RA, Dec)."""
+    ra_r, dec_r = np.radians(ra_deg), np.radians(dec_deg)
+    east = np.array([-np.sin(ra_r), np.cos(ra_r), 0.0])
+    north = np.array([-np.sin(dec_r) * np.cos(ra_r), -np.sin(dec_r) * np.sin(ra_r), np.cos(dec_r)])
+    return east, north
 
-    The sky grid is gnomonic in LOS tangent coordinates; those differ from the standard
-    (east, north) intermediate coordinates at the pointing only by a rotation (and a flip),
-    so the CD matrix below is exact, not an approximation.
+
+def sky_image_to_fits(image):
+    """A sky-grid array [row, col] as stored in products (column axis reversed: east left);
+    the same function turns a product's array back into the sky grid."""
+    return np.asarray(image)[..., ::-1]
+
+
+def sky_pixel_to_fits(row, col):
+    """1-based FITS pixel (x, y) of a product sky image for sky-grid position (row, col)."""
+    return N_SKY - np.asarray(col, dtype=float), np.asarray(row, dtype=float) + 1.0
+
+
+def fits_to_sky_pixel(x, y):
+    """Sky-grid (row, col) of 1-based FITS pixel (x, y) of a product sky image."""
+    return np.asarray(y, dtype=float) - 1.0, N_SKY - np.asarray(x, dtype=float)
+
+
+def sky_wcs_keywords(qparam):
+    """FITS TAN WCS keywords of a product sky image (sky_image_to_fits) for attitude q.
+
+    FITS axis 1 runs along -col (east to the left at roll 0), axis 2 along row. The sky grid is
+    gnomonic in LOS tangent coordinates; those differ from the standard (east, north)
+    intermediate coordinates at the pointing only by a rotation (and a flip), so the CD matrix
+    below is exact, not an approximation.
     """
     matrix = attitude_matrix(qparam)
     ra0, dec0 = unit_to_radec(matrix[:, 0])
-    ra_r, dec_r = np.radians(ra0), np.radians(dec0)
-    east = np.array([-np.sin(ra_r), np.cos(ra_r), 0.0])
-    north = np.array([-np.sin(dec_r) * np.cos(ra_r), -np.sin(dec_r) * np.sin(ra_r), np.cos(dec_r)])
+    east, north = east_north(float(ra0), float(dec0))
     east_los, north_los = matrix.T @ east, matrix.T @ north
     scale = SKY_PIXEL_DEG
+    x_centre, y_centre = sky_pixel_to_fits(SKY_CENTRE, SKY_CENTRE)
     return {
         "WCSAXES": 2,
         "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN",
         "CUNIT1": "deg", "CUNIT2": "deg",
-        "CRPIX1": SKY_CENTRE + 1.0, "CRPIX2": SKY_CENTRE + 1.0,
+        "CRPIX1": float(x_centre), "CRPIX2": float(y_centre),
         "CRVAL1": float(ra0), "CRVAL2": float(dec0),
-        "CD1_1": float(scale * east_los[1]), "CD1_2": float(scale * east_los[2]),
-        "CD2_1": float(scale * north_los[1]), "CD2_2": float(scale * north_los[2]),
+        # axis 1 is -col (LOS -y), axis 2 is row (LOS +z)
+        "CD1_1": float(-scale * east_los[1]), "CD1_2": float(scale * east_los[2]),
+        "CD2_1": float(-scale * north_los[1]), "CD2_2": float(scale * north_los[2]),
         "RADESYS": "ICRS", "EQUINOX": 2000.0, "LONPOLE": 180.0,
     }
 

@@ -1,21 +1,22 @@
 """`python -m ecpi_beam.run --params params.ini --runner DirectRunner` and `ecpi_run params.ini`.
 
-Every option that is not ours is passed to Beam's PipelineOptions (runner, workers, ...).
+The options (ours and Beam's: runner, workers, ...) are those of ecpi_beam/options.py.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
 from ecpi_beam.kernels.calibrate import DROP_REASONS
+from ecpi_beam.logs import configure_logging, log_stage_summary, worker_logging_args
+from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line
 from ecpi_beam.params import load_params
 from ecpi_beam.pipelines.observation import build_observation_pipeline
 from ecpi_beam.pipelines import safeguards
@@ -28,37 +29,38 @@ log = logging.getLogger("ecpi_beam")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="ecpi_run", description="Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG) on Beam.",
-        epilog="Other options (--runner, --direct_num_workers, ...) go to Beam's PipelineOptions.")
-    parser.add_argument("--params", dest="params_option", help="the parameter file (.ini)")
-    parser.add_argument("--streaming", action="store_true",
-                        help="watch working_in for slices and alert on new transients "
-                             "(docs/streaming.md)")
-    parser.add_argument("--stream_idle_timeout", type=float, default=None, metavar="S",
-                        help="with --streaming: stop after S seconds without a new slice")
-    argv = list(argv)
-    # The positional form is `ecpi_run params.ini [beam options]`: only the first argument, so
-    # that the value of a Beam option (`--runner DirectRunner`) is never taken for it.
-    params_file = argv.pop(0) if argv and not argv[0].startswith("-") else None
-    args, beam_args = parser.parse_known_args(argv)
-    path = args.params_option or params_file
-    if not path:
-        raise EcpiError("no parameter file: give it as `ecpi_run params.ini` or --params params.ini")
-    if not any(arg.startswith("--runner") for arg in beam_args):
-        beam_args = ["--runner", "DirectRunner", *beam_args]
-    if args.streaming:
-        beam_args = [*beam_args, "--streaming", "--stream_idle_timeout",
-                     str(args.stream_idle_timeout if args.stream_idle_timeout is not None
-                         else float("inf"))]
-    elif args.stream_idle_timeout is not None:
-        raise EcpiError("--stream_idle_timeout: only with --streaming")
-    return path, beam_args
+    """(parameter file, Beam arguments): options.parse_command_line, which rejects unknowns.
+
+    With --streaming (Beam's flag), the arguments end with `--stream_idle_timeout S` (inf when
+    not given), as pipelines/stream.py expects them."""
+    command_line = parse_command_line(argv)
+    beam_args = _without_option(command_line.beam_args, STREAM_IDLE_TIMEOUT)
+    timeout = command_line.options.stream_idle_timeout
+    if command_line.options.view_as(StandardOptions).streaming:
+        beam_args = [*beam_args, STREAM_IDLE_TIMEOUT,
+                     str(timeout if timeout is not None else float("inf"))]
+    elif timeout is not None:
+        raise EcpiError(f"{STREAM_IDLE_TIMEOUT}: only with --streaming")
+    return command_line.params_path, beam_args
 
 
-def configure_logging(level_name: str):
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.setLevel(getattr(logging, level_name.upper()))
+def _without_option(args, option: str) -> list:
+    """`args` without `option VALUE` and `option=VALUE`."""
+    kept, skip_value = [], False
+    for arg in args:
+        if skip_value or arg.startswith(option + "="):
+            skip_value = False
+            continue
+        skip_value = arg == option
+        if not skip_value:
+            kept.append(arg)
+    return kept
+
+
+def with_params_file(err: EcpiError, path: str) -> EcpiError:
+    """'[section] key: ...' errors named by the parameter file they are about (one format:
+    '<file>: [section] key: ...'); other errors unchanged."""
+    return EcpiError(f"{path}: {err}") if str(err).startswith("[") else err
 
 
 def metric_totals(result):
@@ -94,9 +96,13 @@ def main(argv) -> int:
     path, beam_args = parse_args(argv)
     params = load_params(path)
     configure_logging(params.general.logger_level)
-    # writable, one run at a time, leftovers of earlier runs removed (docs/reliability.md)
-    with safeguards.guarded_working_out(params.general.working_out):
-        return run_in_working_out(params, beam_args, started)
+    beam_args = worker_logging_args(params.general.logger_level, beam_args)
+    try:
+        # writable, one run at a time, leftovers of earlier runs removed (docs/reliability.md)
+        with safeguards.guarded_working_out(params.general.working_out):
+            return run_in_working_out(params, beam_args, started)
+    except EcpiError as err:
+        raise with_params_file(err, path) from None
 
 
 def run_in_working_out(params, beam_args, started) -> int:
@@ -109,6 +115,7 @@ def run_in_working_out(params, beam_args, started) -> int:
         return run_streaming_command(params, beam_args, caldb_dir, started)
     observation_dirs = fs.find_observation_dirs(params.general.working_in)
     preflight_observations(observation_dirs)
+    log.info("%d observation(s) to process, CALDB %s", len(observation_dirs), caldb_dir)
     ids = safeguards.observation_ids(observation_dirs)
     to_run, early_failures = safeguards.set_aside_duplicates(ids)
     try:
@@ -119,6 +126,7 @@ def run_in_working_out(params, beam_args, started) -> int:
             raise
         raise fault from None
     failures, not_made = safeguards.finish_run(params, ids, early_failures)
+    log_stage_summary(totals)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
     for line in not_made:

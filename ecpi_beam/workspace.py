@@ -57,7 +57,7 @@ def resolve_caldb_dir(value: str, home=None) -> str:
     if str(value).strip() != LOCAL_CALDB:
         return value
     if not caldb_installed(home):
-        raise EcpiError(f"caldb_dir = @local but no CALDB is installed in {_home(home)}: "
+        raise EcpiError(f"[general] caldb_dir = @local: no CALDB is installed in {_home(home)}; "
                         "run `caldb_init -s`")
     return str(local_caldb_dir(home))
 

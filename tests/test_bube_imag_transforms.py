@@ -2,7 +2,7 @@
 import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline  # not collected
 from apache_beam.testing.util import assert_that, equal_to
 
 from ecpi_beam import instrument
@@ -70,7 +70,7 @@ def test_bube_keys_every_band_and_class_and_images_every_photon_but_no_forced_tr
 
     expected = [((obs, instrument.band_name(band), occ), expected_counts(obs, band, occ))
                 for obs in ("obs1", "obs2") for band in BANDS for occ in gti]
-    with TestPipeline() as pipeline:
+    with BeamTestPipeline() as pipeline:
         timelines = pipeline | "Timelines" >> beam.Create(
             [("obs1", timeline_with(gti)), ("obs2", timeline_with(gti))])
         products = (pipeline | "Chunks" >> beam.Create(chunks)
@@ -104,7 +104,7 @@ def test_imag_finds_a_source_in_a_synthetic_detector_image():
     gti = {"PEO": np.array([[0.0, 100.0]])}
     timeline = ImagingTimeline(quaternion, gti["PEO"], gti)
 
-    with TestPipeline() as pipeline:
+    with BeamTestPipeline() as pipeline:
         timelines = pipeline | "Timelines" >> beam.Create([("obs", timeline)])
         sky = (pipeline | beam.Create([(("obs", "13-60", "PEO"), products)])
                | Imag(ImagParams(), default_caldb_dir(), timelines))

@@ -4,7 +4,7 @@ import json
 import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline  # not collected
 from apache_beam.testing.util import assert_that, equal_to
 
 from ecpi_beam.caldb import default_caldb_dir
@@ -20,7 +20,7 @@ PARAMS = BubeParams(energy_channels=((13, 60),), ear_occ_bub=("PEO",), bkg_cor_m
 
 def run_bube(failure_log):
     rng = np.random.default_rng(4)
-    with TestPipeline() as pipeline:
+    with BeamTestPipeline() as pipeline:
         # obs2 has no timeline: every one of its chunks fails in BUBE
         timelines = pipeline | "Timelines" >> beam.Create([("obs1", timeline_with(GTI))])
         chunks = pipeline | "Chunks" >> beam.Create(

@@ -75,7 +75,11 @@ def test_source_table_rows_and_sky_pixels_agree_with_the_wcs(results, tmp_path):
     assert ra == pytest.approx(table["RA"][0], abs=1e-6)
     assert dec == pytest.approx(table["DEC"][0], abs=1e-6)
     assert table["SKY_Y"][0] - 1 == pytest.approx(90.3, abs=0.2)
-    assert table["SKY_X"][0] - 1 == pytest.approx(110.6, abs=0.2)
+    # east to the left: the sky grid's column axis is reversed in the product
+    assert table["SKY_X"][0] - 1 == pytest.approx(instrument.N_SKY - 1 - 110.6, abs=0.2)
+    snr = fits.getdata(image_products_file(sky, tmp_path), "SNR_13-60_PEO")
+    peak_y, peak_x = np.unravel_index(np.argmax(snr), snr.shape)
+    assert (peak_x + 1, peak_y + 1) == (round(table["SKY_X"][0]), round(table["SKY_Y"][0]))
     assert table["ERR_RAD"][0] > 0 and table["FLUX"][0] > 5 * table["FLUX_ERR"][0]
 
 

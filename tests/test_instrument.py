@@ -121,7 +121,8 @@ def test_wcs_matches_the_projection(ra, dec, roll):
     rng = np.random.default_rng(0)
     rows, cols = rng.uniform(0, 198, 50), rng.uniform(0, 198, 50)
     expected_ra, expected_dec = ins.los_to_radec(ins.sky_pixel_to_los(rows, cols), q)
-    world = wcs.pixel_to_world_values(cols, rows)  # FITS axis 1 is the column
+    x, y = ins.sky_pixel_to_fits(rows, cols)
+    world = wcs.pixel_to_world_values(x - 1, y - 1)  # astropy's pixels are 0-based
     chord = np.linalg.norm(ins.radec_to_unit(world[0], world[1])
                            - ins.radec_to_unit(expected_ra, expected_dec), axis=-1)
     assert np.degrees(chord).max() < 1e-7
@@ -140,3 +141,31 @@ def test_earth_direction_and_radius():
     direction, radius = ins.earth_direction_and_radius(np.array([[6996e3, 0.0, 0.0]]))
     assert direction[0] == pytest.approx([-1, 0, 0])
     assert np.degrees(radius[0]) == pytest.approx(67.7, abs=0.1)
+
+
+@pytest.mark.parametrize("roll", [0.0, 37.0, 200.0])
+def test_sky_images_have_east_to_the_left(roll):
+    """ds9's convention: det(CD) < 0 at any roll; at roll 0, CD1_1 < 0 and one pixel to the
+    right (x + 1) near the centre is a smaller RA, one pixel up a larger Dec."""
+    header = fits.Header()
+    header.update(ins.sky_wcs_keywords(ins.quaternion_from_pointing(83.63, 22.01, roll)))
+    cd = np.array([[header["CD1_1"], header["CD1_2"]], [header["CD2_1"], header["CD2_2"]]])
+    assert np.linalg.det(cd) < 0
+    if roll == 0.0:
+        assert header["CD1_1"] < 0
+        wcs = WCS(header)
+        centre = header["CRPIX1"] - 1, header["CRPIX2"] - 1
+        ra0, dec0 = wcs.pixel_to_world_values(*centre)
+        ra_right, _ = wcs.pixel_to_world_values(centre[0] + 1, centre[1])
+        _, dec_up = wcs.pixel_to_world_values(centre[0], centre[1] + 1)
+        assert ra_right < ra0 and dec_up > dec0
+
+
+def test_fits_sky_pixels_round_trip_and_match_the_stored_image():
+    image = np.arange(ins.N_SKY * ins.N_SKY, dtype=float).reshape(ins.N_SKY, ins.N_SKY)
+    stored = ins.sky_image_to_fits(image)
+    row, col = 12, 150
+    x, y = ins.sky_pixel_to_fits(row, col)
+    assert stored[int(y) - 1, int(x) - 1] == image[row, col]
+    assert ins.fits_to_sky_pixel(x, y) == pytest.approx((row, col))
+    assert np.array_equal(ins.sky_image_to_fits(stored), image)

@@ -139,3 +139,36 @@ def test_gti_hdu_is_ogip(tmp_path, fitsverify):
 def test_gti_rejects_reversed_intervals():
     with pytest.raises(ValueError, match="ends before it starts"):
         gti_hdu([[5.0, 1.0]])
+
+
+def test_streamed_checksums_match_astropys(tmp_path):
+    """FitsChecksum over pieces of any length, and header_with_checksum, as astropy writes them."""
+    import warnings
+
+    from ecpi_beam.io.products import FitsChecksum, header_with_checksum
+
+    rows = np.random.default_rng(3).integers(0, 255, 19 * 1001, dtype=np.uint8)
+    reference = tmp_path / "reference.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(rows)]).writeto(reference, checksum=True)
+    expected = fits.getheader(reference, 1)
+    datasum = FitsChecksum()
+    for start in range(0, len(rows), 19):  # the row size of ECL-EVT-CAL: words straddle pieces
+        datasum.update(rows[start:start + 19].tobytes())
+    assert str(datasum.value) == expected["DATASUM"]
+    header = fits.ImageHDU(rows).header
+    streamed = tmp_path / "streamed.fits"
+    padding = b"\0" * (-len(rows) % 2880)
+    streamed.write_bytes(header_with_checksum(fits.PrimaryHDU().header, 0)
+                         + header_with_checksum(header, datasum.value) + rows.tobytes() + padding)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # astropy warns on a wrong checksum
+        with fits.open(streamed, checksum=True) as hdul:  # (CHECKSUM differs from the
+            assert np.array_equal(hdul[1].data, rows)     # reference: its comment is dated)
+    damaged = bytearray(streamed.read_bytes())
+    damaged[2 * 2880 + 100] ^= 1
+    streamed.write_bytes(bytes(damaged))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fits.open(streamed, checksum=True):
+            pass
+    assert {"Checksum", "Datasum"} <= {str(w.message).split()[0] for w in caught}

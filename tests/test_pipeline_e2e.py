@@ -64,7 +64,8 @@ def test_every_requested_product_is_written_valid_with_icd_keywords(
         reference_run, small_observation, fitsverify):
     assert "1/1 observation(s) processed" in reference_run.stdout, describe(reference_run)
     written = sorted(p.name for p in reference_run.working_out.iterdir())
-    expected = sorted(f"{name}_{small_observation.obs_id}.fits" for name in ALL_PRODUCTS)
+    expected = sorted([f"{name}_{small_observation.obs_id}.fits" for name in ALL_PRODUCTS]
+                      + [f"ECL-SOP-IMA_{small_observation.obs_id}.reg"])  # its DS9 regions
     assert written == expected  # nothing else: no temporary file, no failures.jsonl
 
     problems = []
@@ -170,8 +171,7 @@ def test_sky_image_wcs_is_valid_and_points_at_the_source(reference_run, small_ob
     report = wcs_validate(str(path))
     notes = [line.strip() for line in str(report).splitlines()
              if line.strip().startswith("- ")]
-    # Only astropy's informative 'datfix' (DATEREF derived from MJDREF) is accepted.
-    assert all("datfix" in note for note in notes), str(report)
+    assert notes == [], str(report)  # DATEREF and MJD-END are written: nothing to fix
 
     source = small_observation.source
     band = f"{DEFAULT_BANDS[0][0]}-{DEFAULT_BANDS[0][1]}"
@@ -206,7 +206,8 @@ def test_module_entry_point_makes_the_same_products(tmp_path, pipeline_workspace
     assert result.returncode == 0, describe(result)
     obs_id = small_observation.obs_id
     assert sorted(p.name for p in out.iterdir()) == [f"ECL-DET-IMA_{obs_id}.fits",
-                                                     f"ECL-SOP-IMA_{obs_id}.fits"]
+                                                     f"ECL-SOP-IMA_{obs_id}.fits",
+                                                     f"ECL-SOP-IMA_{obs_id}.reg"]
     ours, reference = (detector_counts(r.product("ECL-DET-IMA", obs_id))
                        for r in (result, reference_run))
     assert ours.keys() == reference.keys()
@@ -317,7 +318,8 @@ def test_rerun_overwrites_products_cleanly(tmp_path, pipeline_workspace, small_o
     result = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
     assert result.returncode == 0, describe(result)
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"{name}_{obs_id}.fits" for name in ALL_PRODUCTS)  # no failures.jsonl
+    assert names == sorted([f"{name}_{obs_id}.fits" for name in ALL_PRODUCTS]
+                           + [f"ECL-SOP-IMA_{obs_id}.reg"])  # no failures.jsonl
     assert leftover_temporaries(out) == []
     for name in ALL_PRODUCTS:
         path = out / f"{name}_{obs_id}.fits"

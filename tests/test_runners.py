@@ -146,7 +146,8 @@ def _run_on(runner_args, tmp_path, workspace, observation, env=None):
     assert result.returncode == 0, describe(result)
     assert "1/1 observation(s) processed" in result.stdout, describe(result)
     assert sorted(p.name for p in out.iterdir()) == [
-        f"ECL-DET-IMA_{observation.obs_id}.fits", f"ECL-SOP-IMA_{observation.obs_id}.fits"]
+        f"ECL-DET-IMA_{observation.obs_id}.fits", f"ECL-SOP-IMA_{observation.obs_id}.fits",
+        f"ECL-SOP-IMA_{observation.obs_id}.reg"]
     return result
 
 
@@ -201,10 +202,11 @@ def test_s3_input_and_output(tmp_path, pipeline_workspace, small_observation, re
     obs_id = small_observation.obs_id
     keys = sorted(item["Key"] for item in
                   client.list_objects_v2(Bucket=bucket, Prefix="out/").get("Contents", []))
-    assert keys == sorted(f"out/{name}_{obs_id}.fits" for name in
-                          ("ECL-GTI-CAL", "ECL-DET-IMA", "ECL-SKY-IMA", "ECL-SOP-IMA")), keys
+    assert keys == sorted([f"out/{name}_{obs_id}.fits" for name in
+                           ("ECL-GTI-CAL", "ECL-DET-IMA", "ECL-SKY-IMA", "ECL-SOP-IMA")]
+                          + [f"out/ECL-SOP-IMA_{obs_id}.reg"]), keys  # its DS9 regions
     out.mkdir()
-    for key in keys:
+    for key in (key for key in keys if key.endswith(".fits")):
         local = out / Path(key).name
         client.download_file(bucket, key, str(local))
         fitsverify(local)

@@ -49,7 +49,7 @@ def test_workspaces_coexist(tmp_path, home, monkeypatch):
 
 def test_resolve_local_caldb(home):
     assert workspace.resolve_caldb_dir("s3://bucket/caldb") == "s3://bucket/caldb"
-    with pytest.raises(EcpiError, match=r"caldb_dir = @local but no CALDB is installed in .*"
+    with pytest.raises(EcpiError, match=r"\[general\] caldb_dir = @local: no CALDB is installed in .*"
                                         r"run `caldb_init -s`"):
         workspace.resolve_caldb_dir("@local")
     assert caldb_init.main(["-s"]) == 0

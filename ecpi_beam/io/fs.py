@@ -356,16 +356,16 @@ def find_observation_dirs(working_in: tuple[str, ...]) -> list[str]:
         if _has_glob(location):
             matches = [match for match in glob(location.rstrip("/")) if _holds_events(match)]
             if not matches:
-                raise EcpiError(f"working_in = {location}: no directory matching it holds an "
-                                f"{TRIPLET_PATTERNS['ECL-EVT-SEC']} file")
+                raise EcpiError(f"[general] working_in = {location}: no directory matching it "
+                                f"holds an {TRIPLET_PATTERNS['ECL-EVT-SEC']} file")
             found.extend(matches)
         else:
             if not isdir(location):
-                raise EcpiError(f"working_in = {location}: no such directory")
+                raise EcpiError(f"[general] working_in = {location}: no such directory")
             if not _holds_events(location):
-                raise EcpiError(f"working_in = {location}: no {TRIPLET_PATTERNS['ECL-EVT-SEC']} "
-                                "file in this directory (for a campaign of observation "
-                                "directories, give a glob such as <dir>/*)")
+                raise EcpiError(f"[general] working_in = {location}: no "
+                                f"{TRIPLET_PATTERNS['ECL-EVT-SEC']} file in this directory (for a "
+                                "campaign of observation directories, give a glob such as <dir>/*)")
             found.append(location.rstrip("/") if "://" in location else location)
     return sorted(dict.fromkeys(found))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from astropy.io import fits
 
+from ecpi_beam import instrument
 from ecpi_beam.io.gti import gti_hdu
 from ecpi_beam.io.products import band_keywords
 
@@ -121,6 +122,7 @@ def sky_image_hdus(entries, timeline=None):
                 ("EXPOSURE", images.pcode * sky.exposure, "s", "exposure x partial coding"))
         for name, data, unit, comment in maps:
             finite = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
+            finite = instrument.sky_image_to_fits(finite)  # east to the left
             hdus.append(_image_hdu(finite, f"{name}_{band}_{occ}", keywords, comment, unit or None))
     return hdus
 
@@ -134,15 +136,17 @@ SOURCE_COLUMNS = (
 
 
 def source_table_hdus(entries, timeline=None):
-    """ECL-SOP-IMA: one row per detected source per (band, occ); SKY_X/Y are 1-based FITS pixels."""
+    """ECL-SOP-IMA: one row per detected source per (band, occ); SKY_X/Y are 1-based FITS pixels
+    of the ECL-SKY-IMA images (instrument.sky_pixel_to_fits)."""
     rows = []
     for band, occ, sky in entries:
         lo, hi = parse_band(band)
         band_kw = band_keywords((lo, hi), occ)
         for src in sky.sources:
+            sky_x, sky_y = instrument.sky_pixel_to_fits(src.row, src.col)
             rows.append((src.ra, src.dec, src.err_rad_arcmin, src.snr, src.flux, src.flux_err,
                          band, lo, hi, _value(band_kw["E_MIN"]), _value(band_kw["E_MAX"]), occ,
-                         src.col + 1.0, src.row + 1.0, src.pcode))
+                         float(sky_x), float(sky_y), src.pcode))
     columns = []
     for index, (name, fmt, unit) in enumerate(SOURCE_COLUMNS):
         values = [row[index] for row in rows]

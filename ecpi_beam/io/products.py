@@ -1,14 +1,19 @@
 """FITS products (ICD section 4): names, standard keywords and the one atomic writer.
 
-Every product is written by `write_product`: the HDUs get the observation keywords, each with
-a comment, CHECKSUM/DATASUM are added, and the file is written under a temporary name and moved
-into place, so a reader never sees a partial product and a failed run leaves none.
+Every product is written by `write_product`: the HDUs get the observation keywords (time,
+pointing, OGIP classes; see `finish_header`), each with a comment, CHECKSUM/DATASUM are added,
+and the file is written under a temporary name and moved into place, so a reader never sees a
+partial product and a failed run leaves none. ECL-EVT-CAL, streamed from parts, goes through
+the same `finish_header` and gets its checksums from `FitsChecksum` (docs/products.md).
 """
 from __future__ import annotations
 
 import datetime
+import re
 
+import numpy as np
 from astropy.io import fits
+from astropy.time import Time
 
 import ecpi_beam
 from ecpi_beam import instrument
@@ -28,7 +33,42 @@ KEYWORD_COMMENTS = {
     "PI_MIN": "first PI channel of the band", "PI_MAX": "last PI channel of the band",
     "E_MIN": "[keV] lower energy of the band", "E_MAX": "[keV] upper energy of the band",
     "OCC_TYPE": "Earth occultation type (NEO, PEO or TEO)",
+    "DATE-OBS": "start of the observation, in TIMESYS",
+    "DATE-END": "end of the observation, in TIMESYS",
+    "MJD-OBS": "[d] MJD of the start, in TIMESYS", "MJD-END": "[d] MJD of the end, in TIMESYS",
+    "DATEREF": "time zero (MJDREF) as a date, in TIMESYS",
+    "TIMEZERO": "[s] offset to add to the times", "HDUVERS": "version of the format of this HDU",
+    "RA_PNT": "[deg] boresight RA (ICRS) of the reference attitude",
+    "DEC_PNT": "[deg] boresight Dec (ICRS) of the reference attitude",
+    "PA_PNT": "[deg] position angle of LOS +Z, north through east",
+    "RADESYS": "frame of the sky coordinates", "EQUINOX": "[yr] equinox of the sky coordinates",
+    "HDUCLASS": "format conforms to OGIP standards", "HDUCLAS1": "OGIP class of this HDU",
+    "HDUCLAS2": "OGIP sub-class of this HDU", "CHECKSUM": "HDU checksum (FITS 4.0 appendix J)",
+    "DATASUM": "data unit checksum", "EXTNAME": "name of this HDU", "BUNIT": "unit of the data",
+    "EXPOSURE": "[s] good time", "ONTIME": "[s] sum of the good time intervals",
+    "TIMEDEL": "[s] time resolution", "LONPOLE": "[deg] native longitude of the celestial pole",
+    "WCSAXES": "number of world coordinate axes", "BZERO": "offset of the stored values",
+    "BSCALE": "scale of the stored values", "EXTEND": "extensions may follow",
 }
+# comments of indexed keywords (TTYPE3, CRVAL1, ...) by their stem
+INDEXED_KEYWORD_COMMENTS = {
+    "TTYPE": "name of column {n}", "TFORM": "format of column {n}", "TUNIT": "unit of column {n}",
+    "TLMIN": "minimum legal value of column {n}", "TLMAX": "maximum legal value of column {n}",
+    "TDIM": "dimensions of column {n}", "TNULL": "null value of column {n}",
+    "TZERO": "offset of column {n}", "TSCAL": "scale of column {n}",
+    "CTYPE": "projection of axis {n}", "CUNIT": "unit of axis {n}",
+    "CRPIX": "reference pixel on axis {n}", "CRVAL": "[deg] world coordinate at CRPIX",
+    "NAXIS": "length of axis {n}", "BKGPAR": "background model term {n}",
+}
+CD_COMMENT = "[deg/pixel] WCS transformation matrix"
+HDUVERS = "1.0.0"
+# OGIP classes of image extensions by EXTNAME prefix (OGIP/94-006, "image" HDUCLAS2 values)
+IMAGE_CLASSES = {
+    "COUNTS": "TOTAL", "UBC": "NET", "BACKGROUND": "BKG", "VARIANCE": "VARIANCE",
+    "INTENSITY": "NET", "SNR": "SIGNIFICANCE", "RESIDUAL_SNR": "SIGNIFICANCE",
+    "PCODE": "EFFICIENCY", "EXPOSURE": "EXPOSURE", "PIXEL_MASK": "DETMASK",
+}
+OTHER_IMAGE_CLASS = "OTHER"
 _REQUIRED_OBSERVATION_KEYWORDS = ("OBS_ID", "TSTART", "TSTOP")
 
 
@@ -54,18 +94,52 @@ def standard_keywords(product: str, obs_keywords: dict, params_fingerprint: str)
     if missing:
         raise EcpiError(f"{product}: the observation keywords lack {', '.join(missing)} "
                         "(expected in the event file's primary header)")
+    tstart, tstop = float(obs_keywords["TSTART"]), float(obs_keywords["TSTOP"])
+    mjdrefi = int(obs_keywords.get("MJDREFI", instrument.MJDREFI))
+    mjdreff = float(obs_keywords.get("MJDREFF", instrument.MJDREFF))
+    timesys = str(obs_keywords.get("TIMESYS", instrument.TIMESYS))
     values = {
         "TELESCOP": "SVOM", "INSTRUME": "ECLAIRs",
         "OBS_ID": str(obs_keywords["OBS_ID"]),
-        "TSTART": float(obs_keywords["TSTART"]), "TSTOP": float(obs_keywords["TSTOP"]),
-        "MJDREFI": int(obs_keywords.get("MJDREFI", instrument.MJDREFI)),
-        "MJDREFF": float(obs_keywords.get("MJDREFF", instrument.MJDREFF)),
-        "TIMESYS": str(obs_keywords.get("TIMESYS", instrument.TIMESYS)),
-        "TIMEUNIT": str(obs_keywords.get("TIMEUNIT", "s")),
+        "TSTART": tstart, "TSTOP": tstop, "MJDREFI": mjdrefi, "MJDREFF": mjdreff,
+        "TIMESYS": timesys, "TIMEUNIT": str(obs_keywords.get("TIMEUNIT", "s")),
+        **time_keywords(tstart, tstop, mjdrefi + mjdreff, timesys),
+        **{key: obs_keywords[key] for key in POINTING_KEYWORDS if key in obs_keywords},
         "CREATOR": ecpi_beam.CREATOR, "DATE": utc_now_iso(), "ORIGIN": ORIGIN,
         "PRODUCT": product, "PARHASH": params_fingerprint,
     }
     return {key: _with_comment(key, value) for key, value in values.items()}
+
+
+def _date_in(mjd: float, timesys: str) -> str:
+    """ISO 8601 date of an MJD in the time scale `timesys` (TT, TAI, UTC...), to the ms."""
+    return Time(mjd, format="mjd", scale=timesys.lower()).isot
+
+
+def time_keywords(tstart: float, tstop: float, mjdref: float, timesys: str) -> dict:
+    """DATE-OBS, DATE-END, MJD-OBS, DATEREF (FITS 4.0 section 9.2, all in TIMESYS), TIMEZERO."""
+    return {"DATE-OBS": _date_in(mjdref + tstart / 86400.0, timesys),
+            "DATE-END": _date_in(mjdref + tstop / 86400.0, timesys),
+            "MJD-OBS": round(mjdref + tstart / 86400.0, 9),
+            "MJD-END": round(mjdref + tstop / 86400.0, 9),
+            "DATEREF": _date_in(mjdref, timesys), "TIMEZERO": 0.0}
+
+
+POINTING_KEYWORDS = ("RA_PNT", "DEC_PNT", "PA_PNT")
+
+
+def pointing_keywords(qparam) -> dict:
+    """RA_PNT, DEC_PNT, PA_PNT of an attitude (the observation's reference attitude).
+
+    PA_PNT is the position angle of the LOS +Z axis at the boresight, from north through east
+    (0 at roll 0, see instrument.quaternion_from_pointing)."""
+    matrix = instrument.attitude_matrix(qparam)
+    ra, dec = instrument.unit_to_radec(matrix[:, 0])
+    east, north = instrument.east_north(float(ra), float(dec))
+    z_axis = matrix[:, 2]
+    angle = float(np.degrees(np.arctan2(z_axis @ east, z_axis @ north))) % 360.0
+    return {"RA_PNT": round(float(ra), 6), "DEC_PNT": round(float(dec), 6),
+            "PA_PNT": round(angle, 6)}
 
 
 def band_keywords(band: tuple[int, int], occ: str) -> dict:
@@ -93,6 +167,49 @@ def _fitting(value_comment):
     return value, comment
 
 
+def _card_comment(key: str) -> str:
+    if key in KEYWORD_COMMENTS:
+        return KEYWORD_COMMENTS[key]
+    if re.fullmatch(r"CD\d_\d", key):
+        return CD_COMMENT
+    match = re.fullmatch(r"([A-Z_]+?)(\d+)", key)
+    if match and match.group(1) in INDEXED_KEYWORD_COMMENTS:
+        return INDEXED_KEYWORD_COMMENTS[match.group(1)].format(n=match.group(2))
+    return ""
+
+
+def _class_keywords(header: fits.Header, is_image: bool) -> dict:
+    """The OGIP class keywords an HDU lacks: images by EXTNAME prefix; tables of sky positions
+    get their frame (RADESYS, EQUINOX)."""
+    extname = str(header.get("EXTNAME", ""))
+    values = {"HDUVERS": HDUVERS} if "HDUCLASS" in header or is_image else {}
+    if is_image:
+        prefix = next((name for name in sorted(IMAGE_CLASSES, key=len, reverse=True)
+                       if extname.startswith(name)), None)
+        values.update({"HDUCLASS": "OGIP", "HDUCLAS1": "IMAGE",
+                       "HDUCLAS2": IMAGE_CLASSES.get(prefix, OTHER_IMAGE_CLASS)})
+    columns = {str(header.get(f"TTYPE{n}", "")).upper()
+               for n in range(1, int(header.get("TFIELDS", 0)) + 1)}
+    if {"RA", "DEC"} <= columns:
+        values.update({"RADESYS": "ICRS", "EQUINOX": 2000.0})
+    return values
+
+
+def finish_header(header: fits.Header, keywords: dict, is_image: bool = False) -> None:
+    """Everything write_product adds to one header: the product keywords it does not already
+    set, the OGIP class keywords, and a comment on every keyword that has none."""
+    apply_keywords(header, keywords)
+    apply_keywords(header, _class_keywords(header, is_image))
+    for card in header.cards:
+        if not card.keyword or card.keyword in ("COMMENT", "HISTORY"):
+            continue
+        comment = card.comment or _card_comment(card.keyword)
+        # a comment too long for the card is cut here, not by astropy with a warning
+        room = fits.Card.length - len(fits.Card(card.keyword, card.value).image.rstrip()) - 3
+        if comment != card.comment or len(comment) > room:
+            header.comments[card.keyword] = comment[:max(room, 0)]
+
+
 def write_product(url: str, hdus: list, keywords: dict) -> str:
     """Write HDUs as one FITS file at `url`, atomically; returns `url`.
 
@@ -107,7 +224,82 @@ def write_product(url: str, hdus: list, keywords: dict) -> str:
     keywords.setdefault("DATE", utc_now_iso())
     keywords["FILENAME"] = fs.basename(url)
     for hdu in hdus:
-        apply_keywords(hdu.header, keywords)
+        finish_header(hdu.header, keywords,
+                      is_image=isinstance(hdu, fits.ImageHDU) and hdu.data is not None)
     with fs.atomic_write(url) as stream:
         fits.HDUList(hdus).writeto(stream, checksum=True, output_verify="exception")
     return url
+
+
+# ============================================================================================
+# Checksums of files written without astropy (FITS 4.0 appendix J; Seaman et al. 2012)
+# ============================================================================================
+_CHECKSUM_EXCLUDED = frozenset(b":;<=>?@[\\]^_`")
+
+
+class FitsChecksum:
+    """The 32-bit ones' complement sum of a byte stream fed in pieces of any length."""
+
+    def __init__(self):
+        self._sum = 0
+        self._pending = b""  # the bytes of an incomplete 32-bit word
+
+    def update(self, data) -> None:
+        view = memoryview(data).cast("B")
+        if self._pending:  # complete the word left over by the previous piece
+            need = 4 - len(self._pending)
+            self._pending += bytes(view[:need])
+            view = view[need:]
+            if len(self._pending) < 4:
+                return
+            self._sum += int.from_bytes(self._pending, "big")
+            self._pending = b""
+        whole = len(view) - len(view) % 4
+        if whole:  # no copy of the piece: summed where it is
+            self._sum += int(np.frombuffer(view[:whole], dtype=">u4").sum(dtype="u8"))
+            self._fold()
+        self._pending = bytes(view[whole:])
+
+    def _fold(self):
+        while self._sum >> 32:
+            self._sum = (self._sum & 0xFFFFFFFF) + (self._sum >> 32)
+
+    @property
+    def value(self) -> int:
+        """The sum so far, the last word padded with zeros (as FITS padding does)."""
+        total = self._sum + (int.from_bytes(self._pending.ljust(4, b"\0"), "big")
+                             if self._pending else 0)
+        while total >> 32:
+            total = (total & 0xFFFFFFFF) + (total >> 32)
+        return total
+
+
+def encode_checksum(value: int) -> str:
+    """The 16-character ASCII encoding of the complement of a checksum (FITS 4.0 J.2)."""
+    value = ~value & 0xFFFFFFFF
+    encoded = [0] * 16
+    for byte_index in range(4):
+        byte = (value >> (24 - 8 * byte_index)) & 0xFF
+        chars = [byte // 4 + ord("0") + byte % 4] + [byte // 4 + ord("0")] * 3
+        changed = True
+        while changed:  # move pairs off the punctuation characters, keeping their sum
+            changed = False
+            for j in (0, 2):
+                if chars[j] in _CHECKSUM_EXCLUDED or chars[j + 1] in _CHECKSUM_EXCLUDED:
+                    chars[j] += 1
+                    chars[j + 1] -= 1
+                    changed = True
+        for j in range(4):
+            encoded[4 * j + byte_index] = chars[j]
+    return bytes(encoded[15:] + encoded[:15]).decode("ascii")
+
+
+def header_with_checksum(header: fits.Header, datasum: int) -> bytes:
+    """The header's bytes with DATASUM = `datasum` and the CHECKSUM that makes the HDU sum 0."""
+    header["DATASUM"] = (str(datasum), KEYWORD_COMMENTS["DATASUM"])
+    header["CHECKSUM"] = ("0" * 16, KEYWORD_COMMENTS["CHECKSUM"])
+    total = FitsChecksum()
+    total.update(header.tostring().encode("ascii"))
+    total.update(datasum.to_bytes(4, "big"))
+    header["CHECKSUM"] = encode_checksum(total.value)
+    return header.tostring().encode("ascii")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
+from ecpi_beam.io.regions import write_regions
 from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
 from ecpi_beam.transforms.failures import FailureLog
@@ -62,6 +63,8 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             outputs["sky"] = sky
             for product in params.imag.out_files:
                 written.append(sky | f"Write{product}" >> WriteImageProducts(product, **write))
+                if product == "ECL-SOP-IMA":  # its DS9 region file beside it (io/regions.py)
+                    written.append(written[-1] | "WriteRegions" >> beam.Map(write_regions))
             if wants_mosa:  # MOSA: one mosaic of every observation's sky images
                 mosa = sky | "Mosa" >> Mosa(params.mosa, general.working_out, fingerprint,
                                             observations, failure_log, spex_from == "mosaic")

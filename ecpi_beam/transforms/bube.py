@@ -2,11 +2,12 @@
 
 Calibrated chunks (obs_id, events) become partial 80 x 80 images keyed (obs_id, band, occ);
 a CombineFn with an image-sized accumulator sums them, so memory does not grow with the
-observation; the background is then fitted per key (SCIENCE.md, Backgrounds).
+observation; the background is then fitted per key (docs/science.md, "Backgrounds").
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import apache_beam as beam
 import numpy as np
@@ -21,6 +22,7 @@ from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.bube"
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +109,8 @@ class CorrectBackground(beam.DoFn):
         (obs_id, band, occ), counts = element
         mode = self._mode_by_occ[occ]
         key = self._corrector.correct(mode, counts, obs_id, band, occ, timelines[obs_id])
+        LOG.info("BUBE %s %s %s: %d counts, %.1f s, background %s", obs_id, band, occ,
+                 int(np.sum(counts)), key.exposure, mode)
         yield (obs_id, band, occ), DetectorProducts(
             counts=counts, exposure=key.exposure, good_pixels=self._corrector.good,
             efficiency=self._corrector.efficiency, mode=mode, correction=key.correction,

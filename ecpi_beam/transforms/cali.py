@@ -189,30 +189,43 @@ def events_header(n_rows: int, good_all, keywords: dict) -> fits.Header:
 
 
 def stream_event_file(url: str, parts, good: dict, keywords: dict) -> int:
-    """Write ECL-EVT-CAL at `url` from parts (in TIME order), atomically; returns the rows."""
+    """Write ECL-EVT-CAL at `url` from parts (in TIME order), atomically; returns the rows.
+
+    The headers get what write_product gives every product (products.finish_header); the
+    EVENTS data sum is accumulated while the parts are copied and its header, written first
+    with placeholders, is rewritten in place with DATASUM and CHECKSUM before the move.
+    """
     n_rows = sum(part.n_rows for part in parts)
+    keywords = {**keywords, "FILENAME": fs.basename(url)}
     primary = fits.PrimaryHDU()
     events = events_header(n_rows, good["ALL"], keywords)
     gti = gti_io.gti_hdu(good["ALL"], "GTI", keywords)
     for header in (primary.header, events, gti.header):
-        products.apply_keywords(header, {**keywords, "FILENAME": fs.basename(url)})
+        products.finish_header(header, keywords)
     gti_bytes = io.BytesIO()
-    fits.HDUList([fits.PrimaryHDU(), gti]).writeto(gti_bytes, output_verify="exception")
+    fits.HDUList([fits.PrimaryHDU(), gti]).writeto(gti_bytes, checksum=True,
+                                                  output_verify="exception")
     gti_hdu_bytes = gti_bytes.getvalue()[len(fits.PrimaryHDU().header.tostring()):]
+    datasum = products.FitsChecksum()
     with fs.atomic_write(url) as stream:
-        stream.write(primary.header.tostring().encode("ascii"))
-        stream.write(events.tostring().encode("ascii"))
+        stream.write(products.header_with_checksum(primary.header, 0))
+        events_at = stream.tell()
+        stream.write(products.header_with_checksum(events, 0))  # placeholder, same length
         written = 0
         for part in parts:
             with fs.open_file(part.url, "rb") as source:
                 while block := source.read(COPY_BLOCK_BYTES):
                     stream.write(block)
+                    datasum.update(block)
                     written += len(block)
         if written != n_rows * ROW_DTYPE.itemsize:
             raise OSError(f"{url}: the parts hold {written} bytes, expected "
                           f"{n_rows * ROW_DTYPE.itemsize}")
         stream.write(_padding(written))
         stream.write(gti_hdu_bytes)
+        stream.seek(events_at)
+        stream.write(products.header_with_checksum(events, datasum.value))
+        stream.seek(0, io.SEEK_END)
     return n_rows
 
 

@@ -1,10 +1,12 @@
 """IMAG as Beam transforms: balanced-correlation sky images and source detection.
 
-SCIENCE.md, Coded-mask imaging. The mask FFTs are prepared once per worker in DoFn.setup.
+docs/science.md, "Coded-mask imaging". The mask FFTs are prepared once per worker in
+DoFn.setup.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import apache_beam as beam
 import numpy as np
@@ -18,6 +20,7 @@ from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.imag"
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +56,8 @@ class MakeSkyImages(beam.DoFn):
         quaternion = timelines[obs_id].reference_quaternion
         self._images.inc()
         self._sources.inc(len(analysis.detections))
+        LOG.info("IMAG %s %s %s: %d source(s), peak SNR %.1f", obs_id, band, occ,
+                 len(analysis.detections), float(np.max(analysis.images.snr)))
         yield (obs_id, band, occ), SkyProducts(
             images=analysis.images, residual_snr=analysis.residual_snr,
             exposure=products.exposure, wcs_keywords=instrument.sky_wcs_keywords(quaternion),

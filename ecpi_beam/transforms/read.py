@@ -19,8 +19,10 @@ from apache_beam.metrics import Metrics
 
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import events as event_io
-from ecpi_beam.kernels import consistency
-from ecpi_beam.kernels.gti import telemetry_gti
+from ecpi_beam.io.products import pointing_keywords
+from ecpi_beam.kernels import consistency, intervals
+from ecpi_beam.kernels.gti import good_time, telemetry_gti
+from ecpi_beam.kernels.timeline import reference_attitude
 from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms import dpco
 from ecpi_beam.transforms.failures import isolating, with_failure_log
@@ -90,7 +92,7 @@ def inspect_observation(obs_dir) -> Observation:
     attitude, _ = contents.tables["ATTITUDE"]
     orbit, _ = contents.tables["ORBIT"]
     gti, _ = contents.tables["GTI"]
-    return Observation(
+    observation = Observation(
         obs_id=str(primary["OBS_ID"]).strip(), obs_dir=obs_dir,
         evt_url=triplet.evt, att_url=triplet.att, orb_url=triplet.orb,
         keywords={key: _plain(primary[key]) for key in OBSERVATION_KEYWORDS if key in primary},
@@ -100,6 +102,19 @@ def inspect_observation(obs_dir) -> Observation:
         orbit=Orbit(orbit["TIME"], orbit["POSITION"].reshape(-1, 3),
                     orbit["VELOCITY"].reshape(-1, 3), orbit["FLAG_PVT"]),
         telemetry_gti=telemetry_gti(gti["START"], gti["STOP"]))
+    return with_pointing_keywords(observation)
+
+
+def with_pointing_keywords(observation: Observation) -> Observation:
+    """RA_PNT, DEC_PNT, PA_PNT of the reference attitude (kernels/timeline.py's, over the good
+    time) added to the keywords every product carries; none when no attitude is good."""
+    attitude = observation.attitude
+    in_good = intervals.mask_times(attitude.time, good_time(observation)["ALL"])
+    if not np.any(in_good):
+        return observation
+    reference = reference_attitude(attitude.qparam[in_good])
+    return dataclasses.replace(observation, keywords={
+        **observation.keywords, **pointing_keywords(reference)})
 
 
 def chunk_descriptors(observation: Observation, chunk_size: int):
@@ -168,6 +183,8 @@ class ReadEventChunk(beam.DoFn):
         self._events.inc(len(events))
         self._bytes.inc(descriptor.n_rows * layout.row_bytes)
         self._chunk_events.update(len(events))
+        LOG.debug("READ %s: rows %d..%d", descriptor.obs_id, descriptor.first_row,
+                  descriptor.first_row + descriptor.n_rows - 1)
         check = consistency.check_event_chunk(
             events, descriptor.first_row, previous_time,
             float(observation.keywords["TSTART"]), float(observation.keywords["TSTOP"]))

@@ -159,6 +159,7 @@ def test_bad_observations_leave_no_product_and_nothing_outside_changes(faulty_ru
     assert after == before, "something outside working_out changed"
     assert_working_out_clean(out)
     expected = {f"{product}_{obs_id}.fits" for product in ALL_PRODUCTS for obs_id in GOOD_IDS}
+    expected |= {f"ECL-SOP-IMA_{obs_id}.reg" for obs_id in GOOD_IDS}  # DS9 regions beside it
     expected |= {"failures.jsonl", f"ECL-SKY-IMA_{LINKED_ID}.fits"}  # the planted link stays
     assert set(os.listdir(out)) == expected
     assert (out / f"ECL-SKY-IMA_{LINKED_ID}.fits").is_symlink()

@@ -141,7 +141,8 @@ def test_a_rerun_after_kill_9_removes_our_leftovers_only(
     assert code == 0 and stderr.strip() == "", stderr
     assert snapshot(tmp_path, skip=out) == before
     assert sorted(os.listdir(out)) == sorted(
-        [f"{name}_{GOOD_OBS_ID}.fits" for name in ALL_PRODUCTS] + list(NOT_OURS))
+        [f"{name}_{GOOD_OBS_ID}.fits" for name in ALL_PRODUCTS] + list(NOT_OURS)
+        + [f"ECL-SOP-IMA_{GOOD_OBS_ID}.reg"])  # DS9 regions beside it
     for name, data in NOT_OURS.items():
         assert (out / name).read_bytes() == data
 

@@ -1,0 +1,116 @@
+"""`ecpi_run`'s command line: the project's options as a Beam PipelineOptions subclass.
+
+`ecpi_run params.ini [options]` or `python -m ecpi_beam.run --params params.ini [options]`.
+Every option is checked against ours and Beam's (all PipelineOptions subclasses), so a
+mistyped one (`--runer`, `--direct_num_worker`) is a one-line error (exit 2) instead of Beam's
+"Discarding unparseable args" warning and a run with defaults. An option of ecpi_run is one
+`parser.add_argument` line in `EcpiRunOptions._add_argparse_args`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+from typing import NamedTuple
+
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+from ecpi_beam.errors import EcpiError
+
+PROG = "ecpi_run"
+BEAM_HELP = "--help-beam"
+DEFAULT_RUNNER = "DirectRunner"
+STREAM_IDLE_TIMEOUT = "--stream_idle_timeout"
+
+
+class EcpiRunOptions(PipelineOptions):
+    """The options of ecpi_run itself (Beam's own are listed by `ecpi_run --help-beam`)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--params", default=None, metavar="PARAMS.INI",
+                            help="the parameter file, if not given first")
+        parser.add_argument(STREAM_IDLE_TIMEOUT, type=float, default=None, metavar="S",
+                            help="with --streaming (Beam's: watch working_in for slices and "
+                                 "alert on new transients, docs/streaming.md): stop after S "
+                                 "seconds without a new slice")
+
+
+class CommandLine(NamedTuple):
+    params_path: str
+    beam_args: list  # for PipelineOptions: ours and Beam's, --runner DirectRunner by default
+    options: EcpiRunOptions
+
+
+class _StrictParser(_BeamArgumentParser):
+    """Beam's parser whose mistakes are EcpiErrors (one line) rather than usage + exit."""
+
+    def error(self, message):
+        raise EcpiError(f"{PROG}: {message}")
+
+
+def _import_runner_options():
+    """Runner options defined outside pipeline_options.py (imported only when installed)."""
+    with contextlib.suppress(ImportError):
+        import apache_beam.runners.dask.dask_runner  # noqa: F401  (DaskOptions)
+
+
+def _all_options_parser() -> _StrictParser:
+    """A parser knowing every option of every PipelineOptions subclass, as Beam collects them."""
+    _import_runner_options()
+    parser = _StrictParser(prog=PROG, allow_abbrev=False)
+    classes = {}
+    for cls in PipelineOptions.__subclasses__():  # Beam's own way (get_all_options)
+        classes.setdefault(str(cls), cls)
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
+
+
+def help_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, usage=f"{PROG} PARAMS.INI [options] [Beam options]",
+        description="Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG) on Apache Beam.",
+        epilog=f"Beam's options (--runner, default {DEFAULT_RUNNER}; --direct_num_workers, "
+               f"--direct_running_mode, ...) are accepted too: `{PROG} {BEAM_HELP}` lists them. "
+               "An option neither ours nor Beam's is an error.")
+    parser.add_argument("params_file", nargs="?", metavar="PARAMS.INI",
+                        help="the parameter file (.ini, see docs/parameters.md)")
+    EcpiRunOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    parser.add_argument(BEAM_HELP, action="store_true", help="list Beam's options and exit")
+    return parser
+
+
+def _suggestion(option: str, parser: argparse.ArgumentParser) -> str:
+    known = [name for action in parser._actions for name in action.option_strings]
+    close = difflib.get_close_matches(option.split("=", 1)[0], known, n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def parse_command_line(argv) -> CommandLine:
+    """The parameter file and the pipeline options; EcpiError on any unknown option."""
+    argv = list(argv)
+    if any(arg in ("-h", "--help") for arg in argv):
+        help_parser().print_help()
+        raise SystemExit(0)
+    if BEAM_HELP in argv:
+        _all_options_parser().print_help()
+        raise SystemExit(0)
+    # The positional form is `ecpi_run params.ini [options]`: only the first argument, so that
+    # the value of an option (`--runner DirectRunner`) is never taken for it.
+    params_file = argv.pop(0) if argv and not argv[0].startswith("-") else None
+    parser = _all_options_parser()
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        first = next((arg for arg in unknown if arg.startswith("-")), unknown[0])
+        kind = "unknown option" if first.startswith("-") else "unexpected argument"
+        raise EcpiError(f"{PROG}: {kind} {first}{_suggestion(first, parser)}; "
+                        f"`{PROG} --help` lists the options, `{PROG} {BEAM_HELP}` Beam's")
+    path = known.params or params_file
+    if not path:
+        raise EcpiError(f"{PROG}: no parameter file: give it as `{PROG} params.ini` or "
+                        "--params params.ini")
+    if known.runner is None:
+        argv = ["--runner", DEFAULT_RUNNER, *argv]
+    options = PipelineOptions(argv)
+    return CommandLine(path, argv, options.view_as(EcpiRunOptions))

@@ -1,0 +1,69 @@
+"""ecpi_run's command line (ecpi_beam/options.py): ours and Beam's options, nothing else."""
+import subprocess
+import sys
+
+import pytest
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+from ecpi_beam.errors import EcpiError
+from ecpi_beam.options import EcpiRunOptions, parse_command_line
+
+
+def test_positional_and_option_forms_give_the_parameter_file_and_beam_options():
+    line = parse_command_line(["p.ini", "--direct_num_workers", "2"])
+    assert line.params_path == "p.ini"
+    assert line.options.view_as(StandardOptions).runner == "DirectRunner"  # the default
+    assert line.options.view_as(DirectOptions).direct_num_workers == 2
+    line = parse_command_line(["--params", "q.ini", "--runner", "DirectRunner"])
+    assert line.params_path == "q.ini" and line.beam_args.count("--runner") == 1
+    assert isinstance(line.options, EcpiRunOptions) and line.options.params == "q.ini"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["p.ini", "--runer", "DirectRunner"], "unknown option --runer (did you mean --runner?)"),
+    (["p.ini", "--direct_num_worker", "2"], "did you mean --direct_num_workers?"),
+    (["p.ini", "--direct_num_workers", "two"], "--direct_num_workers: invalid int value"),
+    (["p.ini", "other.ini"], "unexpected argument other.ini"),
+    (["--runner", "DirectRunner"], "no parameter file"),
+])
+def test_mistakes_are_one_line_errors(argv, expected):
+    with pytest.raises(EcpiError, match="ecpi_run: ") as caught:
+        parse_command_line(argv)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def _ecpi_run(*args):
+    return subprocess.run([sys.executable, "-m", "ecpi_beam.run", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_mistyped_option_exits_2_with_one_line(tmp_path):
+    params = tmp_path / "params.ini"
+    params.write_text("[general]\n")
+    result = _ecpi_run(str(params), "--runer", "DirectRunner")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: ecpi_run: unknown option --runer (did you mean --runner?); `ecpi_run --help` "
+        "lists the options, `ecpi_run --help-beam` Beam's"]
+    assert "Discarding" not in result.stdout + result.stderr
+
+
+def test_help_shows_the_parameter_file_our_options_and_how_to_list_beams():
+    result = _ecpi_run("--help")
+    assert result.returncode == 0, result.stderr
+    for text in ("PARAMS.INI", "--params", "--help-beam"):
+        assert text in result.stdout
+    beam = _ecpi_run("--help-beam")
+    assert beam.returncode == 0 and "--direct_num_workers" in beam.stdout
+
+
+def test_streaming_options_reach_the_stream_command_in_one_form():
+    from ecpi_beam.run import parse_args
+
+    _, args = parse_args(["p.ini", "--streaming"])
+    assert args[-2:] == ["--stream_idle_timeout", "inf"] and "--streaming" in args
+    _, args = parse_args(["p.ini", "--stream_idle_timeout=5", "--streaming"])
+    assert args[-2:] == ["--stream_idle_timeout", "5.0"]
+    assert sum(arg.startswith("--stream_idle_timeout") for arg in args) == 1
+    with pytest.raises(EcpiError, match="--stream_idle_timeout: only with --streaming"):
+        parse_args(["p.ini", "--stream_idle_timeout", "5"])
