@@ -55,7 +55,9 @@ def simulated_sky(rng, pointing, sources=(), exposure=100.0, background_per_pixe
     counts = rng.poisson(expected).astype(float)
     sky = imaging.irf_correction("cos_theta")(imaging.balanced_sky_image(
         correlation_plan(), counts, expected, np.ones_like(counts)))
-    return SimulatedSky(sky.intensity, sky.variance, sky.snr, sky.pcode, exposure,
+    as_product = instrument.sky_image_to_fits  # the orientation the WCS describes
+    return SimulatedSky(as_product(sky.intensity), as_product(sky.variance),
+                        as_product(sky.snr), as_product(sky.pcode), exposure,
                         instrument.sky_wcs_keywords(quaternion), quaternion)
 
 

@@ -159,7 +159,7 @@ def test_bube_physics_modes_carry_the_earth_geometry_of_the_key():
                                 ("PEO", "TEO"))
     params = BubeParams(energy_channels=((13, 60),), ear_occ_bub=("PEO", "TEO"),
                         bkg_cor_mod=("shape_moretti_earth", "shape_moretti_smart"))
-    with TestPipeline() as pipeline:
+    with BeamTestPipeline() as pipeline:
         timelines = pipeline | "Timelines" >> beam.Create([("obs1", timeline)])
         products = (pipeline | "Chunks" >> beam.Create([("obs1", random_chunk(rng, 20000))])
                     | Bube(params, default_caldb_dir(), timelines, imag_params=ImagParams()))

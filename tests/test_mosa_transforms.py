@@ -6,12 +6,13 @@ import apache_beam as beam
 import healpy
 import numpy as np
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline  # not collected
 from astropy.io import fits
 from astropy.wcs import WCS
 from astropy_healpix import HEALPix
 from sky_fixtures import simulated_sky
 
+from ecpi_beam import instrument
 from ecpi_beam.kernels import imaging, mosaic
 from ecpi_beam.params import MosaParams
 from ecpi_beam.transforms.imag import SkyProducts
@@ -59,7 +60,7 @@ def test_combine_fn_merges_in_any_grouping():
 def test_mosa_writes_healpix_and_car_mosaics_and_their_sources(tmp_path, fitsverify):
     params = MosaParams(out_files=("ECL-MOS-IMA", "ECL-MOS-SOP"), grid=("healpix", "car"),
                         car_pixel_deg=0.5)
-    with TestPipeline() as pipeline:
+    with BeamTestPipeline() as pipeline:
         indices = pipeline | "Indices" >> beam.Create(range(len(POINTINGS)))
         sky = indices | "Sky" >> beam.Map(sky_element)
         obs = indices | "Obs" >> beam.Map(observation)
@@ -71,8 +72,10 @@ def test_mosa_writes_healpix_and_car_mosaics_and_their_sources(tmp_path, fitsver
     grid = mosaic.make_grid("healpix")
     tiles = {}
     for _, sky in map(sky_element, range(len(POINTINGS))):
-        for tile, sums in mosaic.image_to_grid(grid, sky.images.intensity, sky.images.variance,
-                                               sky.images.pcode, sky.exposure,
+        as_product = instrument.sky_image_to_fits  # the orientation the WCS describes
+        for tile, sums in mosaic.image_to_grid(grid, as_product(sky.images.intensity),
+                                               as_product(sky.images.variance),
+                                               as_product(sky.images.pcode), sky.exposure,
                                                sky.wcs_keywords).items():
             tiles[tile] = tiles[tile] + sums if tile in tiles else sums
     expected = mosaic.mosaic_map(grid, tiles)
@@ -121,7 +124,7 @@ def test_spex_takes_the_sources_found_on_the_mosaic_for_every_observation():
     found = [(("13-60", "PEO"), [row(10.0, 5.0, 9.0), row(40.0, -3.0, 20.0)]),
              (("61-140", "PEO"), [row(10.2, 5.1, 8.0)])]  # the same source in another band
     expected = (SpexSource(1, "SRC01", 40.0, -3.0), SpexSource(2, "SRC02", 10.0, 5.0))
-    with TestPipeline() as pipeline:
+    with BeamTestPipeline() as pipeline:
         observations = pipeline | "Obs" >> beam.Create([observation(0), observation(1)])
         sources = sources_of_mosaic(observations, pipeline | "Found" >> beam.Create(found))
         assert_that(sources, equal_to([(obs_id(0), expected), (obs_id(1), expected)]))

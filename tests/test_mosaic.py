@@ -31,7 +31,8 @@ def combined(grid, skies, pcode_min=0.1):
 def sample_at(sky, ra, dec, name):
     """The sky-image value of the pixel containing (ra, dec), through the LOS frame."""
     row, col = instrument.los_to_sky_pixel(instrument.radec_to_los(ra, dec, sky.quaternion))
-    return getattr(sky, name)[int(np.rint(row)), int(np.rint(col))]
+    x, y = instrument.sky_pixel_to_fits(row, col)  # the arrays are in product orientation
+    return getattr(sky, name)[int(np.rint(y)) - 1, int(np.rint(x)) - 1]
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +198,11 @@ def test_restored_images_keep_the_source_and_drop_its_side_lobes(healpix):
         images = analysis.images
         cleaned = mosaic.restored_intensity(analysis.residual_snr, images.variance, sources, 100.0)
         for target, intensity in ((raw, images.intensity), (restored, cleaned)):
-            for tile, sums in mosaic.image_to_grid(healpix, intensity, images.variance,
-                                                   images.pcode, 100.0, wcs).items():
+            as_product = instrument.sky_image_to_fits  # the orientation the WCS describes
+            for tile, sums in mosaic.image_to_grid(healpix, as_product(intensity),
+                                                   as_product(images.variance),
+                                                   as_product(images.pcode), 100.0,
+                                                   wcs).items():
                 target[tile] = target[tile] + sums if tile in target else sums
     raw_found = mosaic.find_mosaic_sources(healpix, mosaic.mosaic_map(healpix, raw), 7.0)
     restored_found = mosaic.find_mosaic_sources(healpix, mosaic.mosaic_map(healpix, restored), 7.0)

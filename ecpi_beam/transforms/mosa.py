@@ -13,6 +13,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from ecpi_beam import instrument
 from ecpi_beam.io.mosaic_products import mosaic_image_hdus, mosaic_source_hdus
 from ecpi_beam.io.products import product_url, standard_keywords, write_product
 from ecpi_beam.kernels import mosaic
@@ -36,9 +37,12 @@ class SampleOnGrid(beam.DoFn):
         (_, band, occ), sky = element
         intensity = mosaic.restored_intensity(sky.residual_snr, sky.images.variance, sky.sources,
                                               sky.exposure)
-        tiles = mosaic.image_to_grid(self._grid, intensity, sky.images.variance,
-                                     sky.images.pcode, sky.exposure, sky.wcs_keywords,
-                                     self._pcode_min)
+        # the WCS is the product's: arrays in product orientation (east left), as in ECL-SKY-IMA
+        as_product = instrument.sky_image_to_fits
+        tiles = mosaic.image_to_grid(self._grid, as_product(intensity),
+                                     as_product(sky.images.variance),
+                                     as_product(sky.images.pcode), sky.exposure,
+                                     sky.wcs_keywords, self._pcode_min)
         self._images.inc()
         for tile, sums in tiles.items():
             yield (str(band), str(occ), int(tile)), sums
