@@ -95,7 +95,7 @@ SOURCE_COLUMNS = (
     ("RA", "D", "deg"), ("DEC", "D", "deg"), ("ERR_RAD", "E", "arcmin"), ("SNR", "E", None),
     ("FLUX", "E", "count/(s cm2)"), ("FLUX_ERR", "E", "count/(s cm2)"), ("BAND", "12A", None),
     ("PI_MIN", "J", "chan"), ("PI_MAX", "J", "chan"), ("E_MIN", "E", "keV"), ("E_MAX", "E", "keV"),
-    ("OCC_TYPE", "3A", None), ("SKY_X", "E", "pixel"), ("SKY_Y", "E", "pixel"), ("PCODE", "E", None),
+    ("OCC_TYPE", "3A", None), ("SKY_X", "D", "pixel"), ("SKY_Y", "D", "pixel"), ("PCODE", "E", None),
 )
 
 

@@ -42,14 +42,15 @@ class MakeSkyImages(beam.DoFn):
 
     def setup(self):
         caldb = Caldb.open(self._caldb_dir)
-        self._analyser = SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), self._params)
+        self._analyser = SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), self._params,
+                                     irf=caldb.irf(), arf=caldb.arf())
 
     @isolating("imag")
     def process(self, element, timelines):
         (obs_id, band, occ), products = element
         analysis = self._analyser.analyse(
             products.correction.corrected, products.correction.variance, products.good_pixels,
-            products.efficiency, products.mode)
+            products.efficiency, products.mode, band=band)
         quaternion = timelines[obs_id].reference_quaternion
         self._images.inc()
         self._sources.inc(len(analysis.detections))
