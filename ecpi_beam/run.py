@@ -97,7 +97,8 @@ def main(argv) -> int:
           f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "
           f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
           f"products {int(totals.get('ecpi.write.products_written', 0))}; "
-          f"sources {int(totals.get('ecpi.imag.sources_found', 0))}; "
+          f"sources {int(totals.get('ecpi.imag.sources_found', 0))} "
+          f"({int(totals.get('ecpi.imag.new_sources', 0))} new); "
           f"products in {params.general.working_out}")
     return 2 if failures else 0
 

@@ -12,7 +12,7 @@ from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
 from ecpi_beam.transforms.failures import FailureLog
 from ecpi_beam.transforms.imag import Imag
 from ecpi_beam.transforms.read import ReadObservation
-from ecpi_beam.transforms.write import (WriteFailures, WriteImageProducts,
+from ecpi_beam.transforms.write import (WriteAlerts, WriteFailures, WriteImageProducts,
                                         WriteTimelineProducts, failed_obs_ids)
 
 BUBE_PRODUCTS = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM")
@@ -55,6 +55,8 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             outputs["sky"] = sky
             for product in params.imag.out_files:
                 written.append(sky | f"Write{product}" >> WriteImageProducts(product, **write))
+            if "ECL-SOP-IMA" in params.imag.out_files:  # a VOEvent per NEW source beside it
+                written.append(sky | "WriteAlerts" >> WriteAlerts("ECL-ALERT", **write))
 
     written.append(read.failures | "WriteFailures" >> WriteFailures(general.working_out))
     outputs["failures"] = read.failures

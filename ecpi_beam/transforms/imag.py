@@ -1,10 +1,13 @@
-"""IMAG as Beam transforms: balanced-correlation sky images and source detection.
+"""IMAG as Beam transforms: balanced-correlation sky images, source detection, and one
+catalogue per observation (the detections of all its bands and occultation types associated,
+matched to the known sources, NEW flagged).
 
 SCIENCE.md, Coded-mask imaging. The mask FFTs are prepared once per worker in DoFn.setup.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import apache_beam as beam
 import numpy as np
@@ -12,7 +15,8 @@ from apache_beam.metrics import Metrics
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
-from ecpi_beam.kernels import imaging
+from ecpi_beam.io.image_products import parse_band
+from ecpi_beam.kernels import catalogue, cleaning, imaging
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
 from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms.failures import isolating, with_failure_log
@@ -29,6 +33,10 @@ class SkyProducts:
     exposure: float
     wcs_keywords: dict
     sources: tuple  # of kernels.sky_analysis.SourceRow
+    irf_corr: str = ""  # the [imag] irf_corr the intensity and fluxes were divided by
+    irf_spectrum: str = ""  # its spectral assumption ('irf' only)
+    cleaning_limit_reached: bool = False  # cleaning.MAX_CLEANED_SOURCES stopped the cleaning
+    catalogue: object = None  # kernels.catalogue.ObservationCatalogue of the whole observation
 
 
 class MakeSkyImages(beam.DoFn):
@@ -38,7 +46,8 @@ class MakeSkyImages(beam.DoFn):
         self._caldb_dir = caldb_dir
         self._params = imag_params
         self._images = Metrics.counter(NAMESPACE, "sky_images")
-        self._sources = Metrics.counter(NAMESPACE, "sources_found")
+        self._detections = Metrics.counter(NAMESPACE, "detections")
+        self._limit = Metrics.counter(NAMESPACE, "cleaning_limit_reached")
 
     def setup(self):
         caldb = Caldb.open(self._caldb_dir)
@@ -53,11 +62,43 @@ class MakeSkyImages(beam.DoFn):
             products.efficiency, products.mode, band=band)
         quaternion = timelines[obs_id].reference_quaternion
         self._images.inc()
-        self._sources.inc(len(analysis.detections))
+        self._detections.inc(len(analysis.detections))
+        if analysis.cleaning_limit_reached:
+            self._limit.inc()
+            logging.getLogger(__name__).warning(
+                "%s %s %s: cleaning stopped at its safety limit of %d sources; fainter sources "
+                "may be missing", obs_id, band, occ, cleaning.MAX_CLEANED_SOURCES)
         yield (obs_id, band, occ), SkyProducts(
             images=analysis.images, residual_snr=analysis.residual_snr,
             exposure=products.exposure, wcs_keywords=instrument.sky_wcs_keywords(quaternion),
-            sources=source_rows(analysis.detections, quaternion, products.exposure))
+            sources=source_rows(analysis.detections, quaternion, products.exposure),
+            irf_corr=analysis.irf_correction.name, irf_spectrum=analysis.irf_correction.spectrum,
+            cleaning_limit_reached=analysis.cleaning_limit_reached)
+
+
+class CatalogueObservation(beam.DoFn):
+    """(obs_id, [(band, occ, SkyProducts)]) -> ((obs_id, band, occ), SkyProducts), each carrying
+    the observation's catalogue; its per-band sources gain their catalogue name."""
+
+    def __init__(self, caldb_dir: str):
+        self._caldb_dir = caldb_dir
+        self._sources = Metrics.counter(NAMESPACE, "sources_found")
+        self._new = Metrics.counter(NAMESPACE, "new_sources")
+
+    def setup(self):
+        self._known = Caldb.open(self._caldb_dir).known_sources()
+
+    @isolating("imag")
+    def process(self, element):
+        obs_id, entries = element
+        entries = sorted(entries, key=lambda entry: (parse_band(entry[0]), entry[1]))
+        result = catalogue.build_catalogue(
+            [(band, occ, sky.sources) for band, occ, sky in entries], self._known,
+            bands=sorted({band for band, _, _ in entries}, key=parse_band))
+        self._sources.inc(len(result.sources))
+        self._new.inc(result.n_new)
+        for band, occ, sky in entries:
+            yield (obs_id, band, occ), dataclasses.replace(sky, catalogue=result)
 
 
 @dataclasses.dataclass(eq=False)
@@ -70,6 +111,13 @@ class Imag(DataclassTransform):
     failure_log: object = None  # failures.FailureLog
 
     def expand(self, detector_products):
-        return detector_products | "SkyImages" >> beam.ParDo(
-            with_failure_log(MakeSkyImages(self.caldb_dir, self.imag_params), self.failure_log),
-            beam.pvalue.AsDict(self.timelines))
+        return (detector_products
+                | "SkyImages" >> beam.ParDo(
+                    with_failure_log(MakeSkyImages(self.caldb_dir, self.imag_params),
+                                     self.failure_log),
+                    beam.pvalue.AsDict(self.timelines))
+                | "ByObservation" >> beam.MapTuple(
+                    lambda key, sky: (key[0], (key[1], key[2], sky)))
+                | "GroupImages" >> beam.GroupByKey()
+                | "Catalogue" >> beam.ParDo(
+                    with_failure_log(CatalogueObservation(self.caldb_dir), self.failure_log)))
