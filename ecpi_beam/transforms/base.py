@@ -11,3 +11,11 @@ class DataclassTransform(beam.PTransform):
 
     def __post_init__(self):
         super().__init__()
+
+
+def grouped_by_observation(keyed):
+    """((obs_id, band, occ), value) -> (obs_id, [(band, occ, value), ...]): the images of one
+    observation together (one product file, one catalogue)."""
+    return (keyed
+            | "ByObservation" >> beam.MapTuple(lambda key, value: (key[0], (key[1], key[2], value)))
+            | "Group" >> beam.GroupByKey())

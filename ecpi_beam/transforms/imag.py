@@ -18,7 +18,7 @@ from ecpi_beam.caldb import Caldb
 from ecpi_beam.io.image_products import parse_band
 from ecpi_beam.kernels import catalogue, cleaning, imaging
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
-from ecpi_beam.transforms.base import DataclassTransform
+from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.imag"
@@ -111,13 +111,8 @@ class Imag(DataclassTransform):
     failure_log: object = None  # failures.FailureLog
 
     def expand(self, detector_products):
-        return (detector_products
-                | "SkyImages" >> beam.ParDo(
-                    with_failure_log(MakeSkyImages(self.caldb_dir, self.imag_params),
-                                     self.failure_log),
-                    beam.pvalue.AsDict(self.timelines))
-                | "ByObservation" >> beam.MapTuple(
-                    lambda key, sky: (key[0], (key[1], key[2], sky)))
-                | "GroupImages" >> beam.GroupByKey()
-                | "Catalogue" >> beam.ParDo(
-                    with_failure_log(CatalogueObservation(self.caldb_dir), self.failure_log)))
+        sky = detector_products | "SkyImages" >> beam.ParDo(
+            with_failure_log(MakeSkyImages(self.caldb_dir, self.imag_params), self.failure_log),
+            beam.pvalue.AsDict(self.timelines))
+        return grouped_by_observation(sky) | "Catalogue" >> beam.ParDo(
+            with_failure_log(CatalogueObservation(self.caldb_dir), self.failure_log))

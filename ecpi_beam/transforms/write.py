@@ -15,7 +15,7 @@ from ecpi_beam.io import fs, voevent
 from ecpi_beam.io.image_products import PRODUCT_BUILDERS, occultation_gti_hdus, parse_band
 from ecpi_beam.io.products import product_url, standard_keywords, write_product
 from ecpi_beam.kernels.catalogue import new_source_alerts
-from ecpi_beam.transforms.base import DataclassTransform
+from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation
 from ecpi_beam.transforms.failures import FAILURES_FILE, isolating, with_failure_log
 
 NAMESPACE = "ecpi.write"
@@ -87,11 +87,7 @@ class WriteImageProducts(_ObservationProductWriter):
     """((obs_id, band, occ), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or ECL-SOP-IMA."""
 
     def expand(self, keyed):
-        grouped = (keyed
-                   | "ByObservation" >> beam.MapTuple(
-                       lambda key, value: (key[0], (key[1], key[2], value)))
-                   | "Group" >> beam.GroupByKey())
-        return self._write_each(grouped, keyed_image_hdus(self.product))
+        return self._write_each(grouped_by_observation(keyed), keyed_image_hdus(self.product))
 
 
 class WriteTimelineProducts(_ObservationProductWriter):
@@ -129,11 +125,7 @@ class WriteAlerts(_ObservationProductWriter):
     """((obs_id, band, occ), SkyProducts) -> a VOEvent 2.0 alert per NEW source."""
 
     def expand(self, keyed):
-        grouped = (keyed
-                   | "ByObservation" >> beam.MapTuple(
-                       lambda key, value: (key[0], (key[1], key[2], value)))
-                   | "Group" >> beam.GroupByKey())
-        return grouped | "Write" >> beam.ParDo(
+        return grouped_by_observation(keyed) | "Write" >> beam.ParDo(
             with_failure_log(WriteAlertFiles(self.working_out), self.failure_log),
             beam.pvalue.AsDict(self.observations), self.failed)
 
