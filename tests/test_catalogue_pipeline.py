@@ -135,3 +135,55 @@ def test_pipeline_catalogue_and_alert_of_the_simulated_source(reference_run, sma
     assert all(voeventparse.valid_as_v2_0(event) for event in events)
     names = {voeventparse.get_toplevel_params(e)["Source_Name"]["value"] for e in events}
     assert best["NAME"].strip() in names
+
+
+@pytest.fixture(scope="module")
+def crab_and_grb(tmp_path_factory):
+    """The shipped Crab-on-axis scenario, shortened, with a GRB 10 deg off axis; one ecpi_run."""
+    from pathlib import Path
+
+    from ecpi_beam import run
+    from ecpi_beam.params import params_text
+    from ecpi_beam.simu import Grb, load_scenario, scenario_with, simulate
+
+    root = tmp_path_factory.mktemp("crab_grb")
+    base = load_scenario(Path(instrument.__file__).parent / "simu" / "scenarios"
+                         / "crab_onaxis.toml")
+    pointing = base.resolved_pointings()[0]
+    quaternion = instrument.quaternion_from_pointing(pointing.ra, pointing.dec, pointing.roll)
+    los = np.array([1.0, np.tan(np.radians(-8.0)), np.tan(np.radians(-6.0))])
+    grb_ra, grb_dec = (float(v) for v in instrument.los_to_radec(los / np.linalg.norm(los),
+                                                                quaternion))
+    scenario = scenario_with(base, duration=150.0, grbs=(
+        Grb(name="GRB", ra=grb_ra, dec=grb_dec, t_peak=80.0, peak_flux=3.0),))
+    simulate(scenario, str(root / "obs"), Caldb.open(default_caldb_dir()))
+    out = root / "out"
+    out.mkdir()
+    params = root / "params.ini"
+    params.write_text(params_text(root / "obs", out, default_caldb_dir(),
+                                  imag_out=("ECL-SOP-IMA",)))
+    assert run.main([str(params)]) == 0
+    return out, scenario.obs_id, (grb_ra, grb_dec)
+
+
+def test_pipeline_matches_the_crab_by_name_and_alerts_on_the_grb(crab_and_grb, capsys):
+    out, obs_id, (grb_ra, grb_dec) = crab_and_grb
+    known = Caldb.open(default_caldb_dir()).known_sources()
+    assert angular_separation_deg(grb_ra, grb_dec, known.ra_deg, known.dec_deg).min() > 1.0
+    with fits.open(out / f"ECL-SOP-IMA_{obs_id}.fits") as hdul:
+        catalog, sources = hdul["CATALOG"].data, hdul["SOURCES"].data
+    crab = catalog[catalog["KNOWN_NAME"] == "Crab"]
+    assert len(crab) == 1 and not crab["NEW"][0] and crab["KNOWN_SEP"][0] < 10.0
+    assert crab["NAME"][0].startswith("ECL J053")
+    assert set(sources["KNOWN_NAME"][sources["NAME"] == crab["NAME"][0]]) == {"Crab"}
+    new = catalog[catalog["NEW"]]
+    assert len(new) == 1
+    assert angular_separation_deg(new["RA"][0], new["DEC"][0], grb_ra, grb_dec) * 60.0 \
+        < 2 * new["ERR_RAD"][0]
+    alerts = list(out.glob("ECL-ALERT_*.xml"))
+    assert [a.name for a in alerts] == [f"ECL-ALERT_{obs_id}_" + new["NAME"][0].split()[1]
+                                        .replace(".", "").replace("+", "p").replace("-", "m")
+                                        + "_0.xml"]
+    event = voeventparse.load(open(alerts[0], "rb"))
+    assert voeventparse.valid_as_v2_0(event)
+    assert voeventparse.get_toplevel_params(event)["OBS_ID"]["value"] == obs_id

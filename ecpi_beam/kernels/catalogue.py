@@ -117,8 +117,9 @@ class ObservationCatalogue:
 
 def associate(positions_deg, err_rad_arcmin, snr, groups) -> np.ndarray:
     """Source index of each detection: brightest first, a detection joins the nearest source
-    whose best position lies within the quadrature sum of the two 90 % error radii and that
-    has no detection of the same group (band, occultation type) yet; otherwise it starts one.
+    whose best position lies within MATCH_RADIUS_PER_ERR_RAD x the quadrature sum of the two
+    90 % error radii (the 99.9 % containment of their difference) and that has no detection of
+    the same group (band, occultation type) yet; otherwise it starts one.
     """
     ra, dec = (np.asarray(a, dtype=float) for a in positions_deg)
     radius_deg = np.asarray(err_rad_arcmin, dtype=float) / 60.0
@@ -130,7 +131,8 @@ def associate(positions_deg, err_rad_arcmin, snr, groups) -> np.ndarray:
             if groups[index] in taken[source]:
                 continue
             sep = float(angular_separation_deg(ra[index], dec[index], ra[seed], dec[seed]))
-            if sep <= np.hypot(radius_deg[index], radius_deg[seed]) and sep < best_sep:
+            limit = MATCH_RADIUS_PER_ERR_RAD * np.hypot(radius_deg[index], radius_deg[seed])
+            if sep <= limit and sep < best_sep:
                 best, best_sep = source, sep
         if best < 0:
             seeds.append(index)
