@@ -161,6 +161,9 @@ def source_table_hdus(entries, timeline=None):
     keywords = _irf_keywords(entries[0][2]) if entries else {}
     for key, value in keywords.items():
         table.header[key] = value
+    table.header["CLNLIMIT"] = (any(getattr(sky, "cleaning_limit_reached", False)
+                                    for _, _, sky in entries),
+                                "cleaning stopped at its safety limit in an image")
     return [table, catalog_hdu(catalogue, [band for band, _, _ in entries], keywords)]
 
 
