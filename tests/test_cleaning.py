@@ -100,13 +100,26 @@ def crowded_field(pattern, plan, n_sources=40, background=200.0, seed=41):
     return [(r, c, a) for (r, c), a in zip(positions, amplitudes)], counts
 
 
-def test_crowded_field_of_40_sources_is_cleaned_completely(mask):
+def counting(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_crowded_field_of_40_sources_is_cleaned_completely(mask, monkeypatch):
     pattern, plan = mask
     truth, counts = crowded_field(pattern, plan)
+    images = counting(monkeypatch, imaging, "balanced_sky_image")
+    responses = counting(monkeypatch, imaging, "balanced_intensity")
     cleaned = cleaning.detect_and_clean(plan, pattern, counts - counts.mean(), counts, WEIGHTS,
                                         snr_threshold=7.0, pcode_min=0.1, win_dim=5,
                                         background_components=[np.ones((80, 80))])
     assert not cleaned.limit_reached
+    # linear cost: whole images only for the joint fits (4, 8, 16, 32 sources and the end),
+    # a fixed number of one-source responses per source
+    assert len(images) <= 8
+    assert len(responses) <= 6 * len(truth)
     matched, ratios = 0, []
     for row, col, amplitude in truth:
         near = [d for d in cleaned.detections if np.hypot(d.row - row, d.col - col) < 1.5]

@@ -9,12 +9,12 @@ above any real field; `CleanedField.limit_reached` says it was hit).
 
 Cost linear in the number of sources: the sky image is linear in the detector data, so removing
 a source subtracts its amplitude times the balanced image of its shadowgram (computed once, at
-its position) from the residual sky image; nothing is re-imaged while searching. When no peak
-is left, one joint least-squares fit of all shadowgrams and background terms gives the
-amplitudes and residual (each source was fitted one by one beside sources not yet found), and
-the residual image of that fit is searched again; a round that finds nothing new ends the
-cleaning (two or three rounds in crowded fields). Each source is finally re-measured alone: on
-the residual image plus its own response.
+its position) from the residual sky image; nothing is re-imaged while searching. Each source
+was fitted beside sources not yet found, so whenever the number of sources has doubled (4, 8,
+16...) and when no peak is left, one joint least-squares fit of all shadowgrams and background
+terms gives the amplitudes and residual, whose image is searched on; a search of a joint
+residual that finds nothing ends the cleaning. Each source is finally re-measured alone: on the
+residual image plus its own response.
 """
 from __future__ import annotations
 
@@ -97,39 +97,49 @@ def detect_and_clean(plan, pattern, data, variance, weights, *, snr_threshold, p
     component_images = [imaging.balanced_intensity(plan, c, weights, terms) for c in components]
     sky = imaging.balanced_sky_image(plan, data, variance, weights, terms=terms)
     residual, residual_sky = data.copy(), sky
-    positions, amplitudes, limit_reached = [], np.zeros(0), False
-    while not limit_reached:
-        found_before = len(positions)
-        residual_intensity = residual_sky.intensity.copy()
-        while True:
-            # what is left at a cleaned position is the model's limit, not a new source
-            found = detection.find_sources(_with_intensity(sky, residual_intensity),
-                                           snr_threshold, pcode_min, max_sources=1,
-                                           exclude=positions, exclude_radius=SAME_SOURCE_PIXELS,
-                                           measure_flux=False, **measure)
-            if not found:
+    residual_intensity = sky.intensity.copy()
+    positions, amplitudes, n_jointly_fitted, limit_reached = [], np.zeros(0), 0, False
+
+    def joint_fit():
+        """All found sources and the background terms fitted together to the data: the
+        sources found one by one were each fitted beside sources not yet found."""
+        coefficients, model = fit_shadowgrams(data, variance, weights,
+                                              [shadow(row, col) for row, col in positions],
+                                              components)
+        fitted = np.where(good, data - model, 0.0)
+        return coefficients, fitted, imaging.balanced_sky_image(plan, fitted, variance, weights,
+                                                                terms=terms)
+
+    while True:
+        # what is left at a cleaned position is the model's limit, not a new source
+        found = detection.find_sources(_with_intensity(sky, residual_intensity), snr_threshold,
+                                       pcode_min, max_sources=1, exclude=positions,
+                                       exclude_radius=SAME_SOURCE_PIXELS, measure_flux=False,
+                                       **measure)
+        if found and len(positions) >= max_sources:
+            limit_reached = True
+        if not found or limit_reached or len(positions) >= max(4, 2 * n_jointly_fitted):
+            # a joint fit when the search is over, and whenever the number of sources has
+            # doubled since the last one (so one-by-one errors never pile up into spurious
+            # peaks; log2(N) joint fits in all); a search of its residual ends the cleaning
+            # only if it finds nothing new
+            if len(positions) > n_jointly_fitted:
+                amplitudes, residual, residual_sky = joint_fit()
+                residual_intensity = residual_sky.intensity.copy()
+                n_jointly_fitted = len(positions)
+                if not limit_reached:
+                    continue
+            if not found or limit_reached:
                 break
-            if len(positions) >= max_sources:
-                limit_reached = True
-                break
-            row, col = found[0].row, found[0].col
-            positions.append((row, col))
-            # the new source with the background terms, on what the others left
-            step, step_model = _least_squares(residual, variance, weights,
-                                              (shadow(row, col), *components))
-            residual = np.where(good, residual - step_model, 0.0)
-            residual_intensity -= step[0] * unit_image(row, col)
-            for coefficient, image in zip(step[1:], component_images):
-                residual_intensity -= coefficient * image
-        if len(positions) == found_before:
-            break
-        # the sources found one by one were each fitted beside sources not yet found: one
-        # joint fit of them all, and a new search of its residual for what that hid
-        amplitudes, model = fit_shadowgrams(data, variance, weights,
-                                            [shadow(row, col) for row, col in positions],
-                                            components)
-        residual = np.where(good, data - model, 0.0)
-        residual_sky = imaging.balanced_sky_image(plan, residual, variance, weights, terms=terms)
+        row, col = found[0].row, found[0].col
+        positions.append((row, col))
+        # the new source with the background terms, on what the others left
+        step, step_model = _least_squares(residual, variance, weights,
+                                          (shadow(row, col), *components))
+        residual = np.where(good, residual - step_model, 0.0)
+        residual_intensity -= step[0] * unit_image(row, col)
+        for coefficient, image in zip(step[1:], component_images):
+            residual_intensity -= coefficient * image
     if not positions:
         return CleanedField((), data, sky, False)
     detections = []

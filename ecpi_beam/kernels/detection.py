@@ -222,9 +222,12 @@ def find_sources(sky: imaging.SkyImages, snr_threshold: float, pcode_min: float,
         raise EcpiError(f"[imag] win_dim must be at least 1 sky pixel, got {win_dim}")
     half = int(round(win_dim))
     rows, cols = _local_maxima(sky.snr, sky.pcode, snr_threshold, pcode_min)
-    keep = [not any(np.hypot(r - er, c - ec) < exclude_radius for er, ec in exclude)
-            for r, c in zip(rows, cols)]
-    rows, cols = rows[np.asarray(keep, dtype=bool)], cols[np.asarray(keep, dtype=bool)]
+    if len(exclude) and len(rows):
+        excluded = np.asarray(exclude, dtype=float).reshape(-1, 2)
+        distance = np.hypot(rows[:, None] - excluded[None, :, 0],
+                            cols[:, None] - excluded[None, :, 1])
+        keep = (distance >= exclude_radius).all(axis=1)
+        rows, cols = rows[keep], cols[keep]
     if terms is None and plan is not None and len(rows):
         terms = imaging.balance_terms(plan, weights)
     source_image = (unit_source_image(plan, weights, terms, shadow)
