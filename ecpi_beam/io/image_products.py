@@ -78,7 +78,7 @@ def _irf_keywords(sky) -> dict:
     if getattr(sky, "irf_corr", ""):
         keywords["IRFCORR"] = (sky.irf_corr, "off-axis correction of intensity and fluxes")
     if getattr(sky, "irf_spectrum", ""):
-        keywords["IRFSPEC"] = (sky.irf_spectrum[:68], "spectrum assumed by the irf correction")
+        keywords["IRFSPEC"] = (sky.irf_spectrum[:50], "irf spectral model")
     return keywords
 
 
@@ -163,7 +163,7 @@ def source_table_hdus(entries, timeline=None):
         table.header[key] = value
     table.header["CLNLIMIT"] = (any(getattr(sky, "cleaning_limit_reached", False)
                                     for _, _, sky in entries),
-                                "cleaning stopped at its safety limit in an image")
+                                "cleaning hit its safety limit in an image")
     return [table, catalog_hdu(catalogue, [band for band, _, _ in entries], keywords)]
 
 
