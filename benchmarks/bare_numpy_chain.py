@@ -183,7 +183,8 @@ def run_observation(obs_dir, params, caldb, out_dir, write, watch):
     good_pixels = pixcal.status == 0
     efficiency = np.where(good_pixels, pixcal.effic, 0.0)
     corrector = BackgroundCorrector.from_caldb(caldb)  # the same BUBE as the pipeline
-    analyser = SkyAnalyser(caldb.mask_pattern(), pixcal, imag)  # the same IMAG as the pipeline
+    analyser = SkyAnalyser(caldb.mask_pattern(), pixcal, imag,  # the same IMAG as the pipeline
+                           irf=caldb.irf(), arf=caldb.arf())
     quaternion = timeline.reference_quaternion
     detector, sky_entries = [], []
     for (band, occ), counts in sorted(images.items()):
@@ -197,7 +198,7 @@ def run_observation(obs_dir, params, caldb, out_dir, write, watch):
             mode=mode, correction=correction)))
         watch.lap("background")
         analysis = analyser.analyse(correction.corrected, correction.variance, good_pixels,
-                                    efficiency, mode)
+                                    efficiency, mode, band=band)
         sky_entries.append((name, occ, SimpleNamespace(
             images=analysis.images, residual_snr=analysis.residual_snr, exposure=exposure,
             wcs_keywords=instrument.sky_wcs_keywords(quaternion),

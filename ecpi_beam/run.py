@@ -135,11 +135,15 @@ def run_in_working_out(params, beam_args, started) -> int:
     done = len(observation_dirs) - len(failed)
     dropped = ", ".join(f"{reason} {int(totals.get(f'ecpi.cali.dropped_{reason}', 0))}"
                         for reason in DROP_REASONS)
+    limited = int(totals.get("ecpi.imag.cleaning_limit_reached", 0))
+    cleaning_limit = (f"cleaning stopped at its safety limit in {limited} image(s); "
+                      if limited else "")
     print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed in "
           f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "
           f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
           f"products {int(totals.get('ecpi.write.products_written', 0))}; "
-          f"sources {int(totals.get('ecpi.imag.sources_found', 0))}; "
+          f"sources {int(totals.get('ecpi.imag.sources_found', 0))} "
+          f"({int(totals.get('ecpi.imag.new_sources', 0))} new); {cleaning_limit}"
           + (f"requested products not made {len(not_made)}; " if not_made else "") +
           f"products in {params.general.working_out}")
     return 2 if failures else 0

@@ -50,3 +50,15 @@ def test_caldb_ships_the_known_sources(fitsverify):
     assert np.all(known.flux >= 30.0) and np.all(np.abs(known.dec_deg) <= 90)
     assert len(set(known.name)) == len(known)
     fitsverify(caldb.url("ECL-SRC-CAT"))
+
+
+def test_association_joins_bands_within_the_error_radii_never_one_band_twice():
+    from ecpi_beam.kernels.catalogue import associate
+
+    ra, dec = [10.0, 10.1, 10.05, 30.0, 10.02], [0.0, 0.0, 0.0, 0.0, 0.0]
+    radius = [5.0, 5.0, 5.0, 5.0, 5.0]  # arcmin: 10 10.1 are 6' apart, within 1.73 x 7.1'
+    snr = [50.0, 20.0, 15.0, 12.0, 9.0]
+    groups = [("a", "PEO"), ("b", "PEO"), ("c", "PEO"), ("a", "PEO"), ("a", "PEO")]
+    labels = associate((ra, dec), radius, snr, groups)
+    assert labels[0] == labels[1] == labels[2]
+    assert len({labels[0], labels[3], labels[4]}) == 3  # far away; band a already taken

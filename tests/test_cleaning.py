@@ -5,6 +5,7 @@ import pytest
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb, default_caldb_dir
 from ecpi_beam.kernels import cleaning, detection, imaging
+from ecpi_beam.kernels.occultation import geometric_partial_coding
 
 BACKGROUND = 40.0
 WEIGHTS = np.ones((80, 80))
@@ -73,3 +74,76 @@ def test_empty_field_stays_empty(mask):
                                         pcode_min=0.1, win_dim=5)
     assert cleaned.detections == ()
     np.testing.assert_array_equal(cleaned.residual, data)
+
+
+def crowded_field(pattern, plan, n_sources=40, background=200.0, seed=41):
+    """n_sources at least 8 pixels apart where pcode >= 0.5, whose SNR alone (with the counts of
+    all) is spread from 9 to 100: expected SNR 9 is measured above 7 with 97 % probability."""
+    rng = np.random.default_rng(seed)
+    positions = []
+    while len(positions) < n_sources:
+        row, col = rng.uniform(30, 169, 2)
+        if geometric_partial_coding(instrument.sky_pixel_to_los(row, col)) >= 0.5 and all(
+                np.hypot(row - r, col - c) >= 8 for r, c in positions):
+            positions.append((row, col))
+    shadows = [cleaning.source_shadowgram(pattern, row, col) for row, col in positions]
+    target = np.geomspace(9.0, 100.0, n_sources)
+    amplitudes = np.ones(n_sources)
+    for _ in range(3):  # each source's SNR depends on the counts of all the others
+        expected = background + sum(a * s for a, s in zip(amplitudes, shadows))
+        unit_snr = np.array([
+            imaging.balanced_sky_image(plan, s, expected, WEIGHTS).snr[round(r), round(c)]
+            for s, (r, c) in zip(shadows, positions)])
+        amplitudes = target / unit_snr
+    expected = background + sum(a * s for a, s in zip(amplitudes, shadows))
+    counts = np.random.default_rng(seed + 1).poisson(expected).astype(float)
+    return [(r, c, a) for (r, c), a in zip(positions, amplitudes)], counts
+
+
+def counting(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_crowded_field_of_40_sources_is_cleaned_completely(mask, monkeypatch):
+    pattern, plan = mask
+    truth, counts = crowded_field(pattern, plan)
+    images = counting(monkeypatch, imaging, "balanced_sky_image")
+    responses = counting(monkeypatch, imaging, "balanced_intensity")
+    cleaned = cleaning.detect_and_clean(plan, pattern, counts - counts.mean(), counts, WEIGHTS,
+                                        snr_threshold=7.0, pcode_min=0.1, win_dim=5,
+                                        background_components=[np.ones((80, 80))])
+    assert not cleaned.limit_reached
+    # linear cost: whole images only for the joint fits (4, 8, 16, 32 sources and the end),
+    # a fixed number of one-source responses per source
+    assert len(images) <= 8
+    assert len(responses) <= 6 * len(truth)
+    matched, ratios = 0, []
+    for row, col, amplitude in truth:
+        near = [d for d in cleaned.detections if np.hypot(d.row - row, d.col - col) < 1.5]
+        if near:
+            matched += 1
+            ratios.append(near[0].flux / amplitude)
+    assert matched == 40  # the old cleaning stopped at 20
+    assert len(cleaned.detections) == 40  # and nothing spurious
+    snr = sorted(d.snr for d in cleaned.detections)
+    assert snr[0] < 10 and snr[-1] > 80
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.03)
+    residual = cleaned.residual_sky
+    rows, cols = np.indices(residual.snr.shape)
+    away = residual.pcode > 0.1
+    for det in cleaned.detections:  # what is left on a source is the model's limit
+        away &= np.hypot(rows - det.row, cols - det.col) >= cleaning.SAME_SOURCE_PIXELS
+    assert residual.snr[away].max() < 7.0
+    assert np.std(residual.snr[away]) == pytest.approx(1.0, abs=0.15)
+
+
+def test_the_safety_limit_is_reported(mask):
+    pattern, plan = mask
+    truth, counts = crowded_field(pattern, plan, n_sources=6, seed=3)
+    cleaned = cleaning.detect_and_clean(plan, pattern, counts - counts.mean(), counts, WEIGHTS,
+                                        snr_threshold=7.0, pcode_min=0.1, win_dim=5,
+                                        max_sources=4)
+    assert cleaned.limit_reached and len(cleaned.detections) == 4

@@ -94,3 +94,26 @@ def test_background_errors_of_an_empty_class_are_left_out_not_nan(results):
     empty, full = hdus["UBC_13-60_NEO"], hdus["UBC_13-60_PEO"]
     assert empty["EXPOSURE"] == 0.0 and "BKGERR1" not in empty
     assert full["BKGPAR1"] == empty["BKGPAR1"] and full["BKGERR1"] > 0
+
+
+def test_irf_and_cleaning_keywords_fit_their_cards(results, tmp_path, fitsverify):
+    import dataclasses
+    import warnings
+
+    from ecpi_beam.kernels import imaging
+
+    _, sky = results
+    sky = [(band, occ, dataclasses.replace(products, irf_corr="irf",
+                                           irf_spectrum=imaging.IRF_SPECTRUM,
+                                           cleaning_limit_reached=True))
+           for band, occ, products in sky]
+    for product in ("ECL-SKY-IMA", "ECL-SOP-IMA"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a truncated card comment would warn
+            url = write_product(str(tmp_path / f"{product}.fits"),
+                                image_products.PRODUCT_BUILDERS[product](sky),
+                                standard_keywords(product, OBSERVATION, "cafe"))
+        fitsverify(url)
+        header = fits.getheader(url, 1)
+        assert header["IRFCORR"] == "irf" and header["IRFSPEC"] == imaging.IRF_SPECTRUM
+    assert fits.getheader(url, "SOURCES")["CLNLIMIT"] is True

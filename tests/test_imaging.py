@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from ecpi_beam import instrument
+from ecpi_beam.caldb import Caldb, default_caldb_dir
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.kernels import imaging
 
@@ -106,9 +107,32 @@ def test_irf_corrections_registry(plan):
     cos_theta = instrument.sky_grid_los()[60, 130, 0]
     assert corrected.intensity[60, 130] == pytest.approx(10.0 / cos_theta)
     assert np.allclose(corrected.snr, sky.snr)
-    with pytest.raises(EcpiError, match="'irf' is not available yet; available: no_correction, "
-                                        "cos_theta"):
+    assert imaging.irf_correction("cos_theta").factor_at(60, 130) == pytest.approx(cos_theta)
+    with pytest.raises(EcpiError, match="'irf' needs the CALDB ECL-RSP-IRF"):
         imaging.irf_correction("irf")
+    with pytest.raises(EcpiError, match="'psf' is not known; available: no_correction, "
+                                        "cos_theta, irf"):
+        imaging.check_irf_correction("psf")
+
+
+def test_irf_correction_is_the_band_averaged_caldb_factor():
+    caldb = Caldb.open(default_caldb_dir())
+    irf, arf = caldb.irf(), caldb.arf()
+    soft = imaging.irf_correction("irf", irf=irf, arf=arf, energy_range_kev=(13.0, 60.0))
+    hard = imaging.irf_correction("irf", irf=irf, arf=arf, energy_range_kev=(100.0, 150.0))
+    assert soft.spectrum == imaging.IRF_SPECTRUM and "photon index 2" in soft.spectrum
+    assert soft.factor_at(instrument.SKY_CENTRE, instrument.SKY_CENTRE) == pytest.approx(1.0)
+    row, col = instrument.SKY_CENTRE, instrument.SKY_CENTRE + 59.0  # 30 deg off axis
+    angle = float(instrument.off_axis_angle_deg(instrument.sky_pixel_to_los(row, col)))
+    assert angle == pytest.approx(30.0, abs=0.5)
+    # below the Ta K edge the walls are opaque and CdTe absorbs all: cos(theta) x wall shading
+    wall = 1.0 - 4.0 / np.pi * 0.6 * np.tan(np.radians(angle)) / (540.0 / 46.0)
+    assert soft.factor_at(row, col) == pytest.approx(np.cos(np.radians(angle)) * wall, rel=0.01)
+    # at high energy the longer CdTe path raises the factor above cos(theta)
+    assert hard.factor_at(row, col) > np.cos(np.radians(angle)) > soft.factor_at(row, col)
+    assert soft.factor[row, int(col)] == pytest.approx(
+        float(irf.factor_at(instrument.off_axis_angle_deg(instrument.sky_pixel_to_los(
+            row, int(col))), 30.0)), rel=0.01)
 
 
 def test_forward_projection_is_the_shifted_mask_and_bilinear(plan):

@@ -12,7 +12,7 @@ from ecpi_beam.io.voevent import TransientAlert, alert_file_name, alert_ivorn, v
 ALERT = TransientAlert(event_id="OBS001-13_60-occ-1", name="ECL J053432.0+220056",
                        ra_deg=83.6333, dec_deg=22.0156, error_radius_deg=0.12,
                        time_utc="2026-12-01T12:34:56.789", window_start=1000.0,
-                       window_length=600.0, snr=12.3, band="13-60", e_min_kev=13.0,
+                       window_length=600.0, snr=12.3, band="110-580", e_min_kev=13.0,
                        e_max_kev=60.0, obs_id="OBS001")
 
 

@@ -107,12 +107,23 @@ def occultation_map_hdus(entries, timeline=None):
     return hdus
 
 
+def _irf_keywords(sky) -> dict:
+    """IRFCORR names the [imag] irf_corr applied; IRFSPEC its spectral assumption ('irf')."""
+    keywords = {}
+    if getattr(sky, "irf_corr", ""):
+        keywords["IRFCORR"] = (sky.irf_corr, "off-axis correction of intensity and fluxes")
+    if getattr(sky, "irf_spectrum", ""):
+        keywords["IRFSPEC"] = (sky.irf_spectrum[:50], "irf spectral model")
+    return keywords
+
+
 def sky_image_hdus(entries, timeline=None):
     """ECL-SKY-IMA: intensity, variance, SNR, partial coding, cleaned SNR and exposure maps,
     each with the TAN WCS of the observation's reference attitude."""
     hdus = []
     for band, occ, sky in entries:
-        keywords = {**_group_keywords(band, occ, sky.exposure), **sky.wcs_keywords}
+        keywords = {**_group_keywords(band, occ, sky.exposure), **sky.wcs_keywords,
+                    **_irf_keywords(sky)}
         images = sky.images
         maps = (("INTENSITY", images.intensity, "count", "counts per fully open detector pixel"),
                 ("VARIANCE", images.variance, "count2", "variance of INTENSITY"),
@@ -131,32 +142,102 @@ SOURCE_COLUMNS = (
     ("RA", "D", "deg"), ("DEC", "D", "deg"), ("ERR_RAD", "E", "arcmin"), ("SNR", "E", None),
     ("FLUX", "E", "count/(s cm2)"), ("FLUX_ERR", "E", "count/(s cm2)"), ("BAND", "12A", None),
     ("PI_MIN", "J", "chan"), ("PI_MAX", "J", "chan"), ("E_MIN", "E", "keV"), ("E_MAX", "E", "keV"),
-    ("OCC_TYPE", "3A", None), ("SKY_X", "E", "pixel"), ("SKY_Y", "E", "pixel"), ("PCODE", "E", None),
+    ("OCC_TYPE", "3A", None), ("SKY_X", "D", "pixel"), ("SKY_Y", "D", "pixel"), ("PCODE", "E", None),
+    ("NAME", "24A", None), ("KNOWN_NAME", "24A", None), ("NEW", "L", None),
 )
+CATALOG_COLUMNS = (
+    ("NAME", "24A", None), ("RA", "D", "deg"), ("DEC", "D", "deg"), ("ERR_RAD", "E", "arcmin"),
+    ("SNR", "E", None), ("BEST_BAND", "12A", None), ("KNOWN_NAME", "24A", None),
+    ("KNOWN_SEP", "E", "arcmin"), ("NEW", "L", None), ("N_DET", "J", None),
+)
+BAND_COLUMNS = (("FLUX", "E", "count/(s cm2)"), ("FLUX_ERR", "E", "count/(s cm2)"),
+                ("SNR", "E", None))
+
+
+def _table_hdu(name, columns, rows) -> fits.BinTableHDU:
+    """A binary table from (name, format, unit) columns and row tuples (possibly none)."""
+    arrays = []
+    for index, (column, fmt, unit) in enumerate(columns):
+        values = [row[index] for row in rows]
+        dtype = str if fmt.endswith("A") else bool if fmt == "L" else float
+        arrays.append(fits.Column(name=column, format=fmt, unit=unit,
+                                  array=np.array(values, dtype=dtype) if values else None))
+    return fits.BinTableHDU.from_columns(arrays, name=name, nrows=len(rows))
+
+
+def _catalogue_of(entries):
+    return next((sky.catalogue for _, _, sky in entries
+                 if getattr(sky, "catalogue", None) is not None), None)
+
+
+def _source_identity(catalogue, band, occ, index, src):
+    """(NAME, KNOWN_NAME, NEW) of a per-image detection: its catalogue source's ('' without
+    a catalogue, as for images analysed alone)."""
+    label = None if catalogue is None else catalogue.labels.get((band, occ, index))
+    if label is None:
+        return "", "", False
+    source = catalogue.sources[label]
+    return source.name, source.known_name, source.new
 
 
 def source_table_hdus(entries, timeline=None):
-    """ECL-SOP-IMA: one row per detected source per (band, occ); SKY_X/Y are 1-based FITS pixels
-    of the ECL-SKY-IMA images (instrument.sky_pixel_to_fits)."""
+    """ECL-SOP-IMA: SOURCES, one row per detected source per (band, occ) (SKY_X/Y are 1-based
+    FITS pixels of the ECL-SKY-IMA images, instrument.sky_pixel_to_fits), and CATALOG, one row
+    per source of the observation (docs/products.md)."""
+    catalogue = _catalogue_of(entries)
     rows = []
     for band, occ, sky in entries:
         lo, hi = parse_band(band)
         band_kw = band_keywords((lo, hi), occ)
-        for src in sky.sources:
+        for index, src in enumerate(sky.sources):
             sky_x, sky_y = instrument.sky_pixel_to_fits(src.row, src.col)
             rows.append((src.ra, src.dec, src.err_rad_arcmin, src.snr, src.flux, src.flux_err,
                          band, lo, hi, _value(band_kw["E_MIN"]), _value(band_kw["E_MAX"]), occ,
-                         float(sky_x), float(sky_y), src.pcode))
-    columns = []
-    for index, (name, fmt, unit) in enumerate(SOURCE_COLUMNS):
-        values = [row[index] for row in rows]
-        columns.append(fits.Column(name=name, format=fmt, unit=unit, array=np.array(
-            values, dtype=object if fmt.endswith("A") else float) if values else None))
-    table = fits.BinTableHDU.from_columns(columns, name="SOURCES", nrows=len(rows))
-    if rows:  # from_columns with nrows pads; fill strings explicitly for clarity
-        for name in ("BAND", "OCC_TYPE"):
-            table.data[name] = [row[[c[0] for c in SOURCE_COLUMNS].index(name)] for row in rows]
-    return [table]
+                         float(sky_x), float(sky_y), src.pcode,
+                         *_source_identity(catalogue, band, occ, index, src)))
+    table = _table_hdu("SOURCES", SOURCE_COLUMNS, rows)
+    keywords = _irf_keywords(entries[0][2]) if entries else {}
+    for key, value in keywords.items():
+        table.header[key] = value
+    table.header["CLNLIMIT"] = (any(getattr(sky, "cleaning_limit_reached", False)
+                                    for _, _, sky in entries),
+                                "cleaning hit its safety limit in an image")
+    return [table, catalog_hdu(catalogue, [band for band, _, _ in entries], keywords)]
+
+
+def _band_column_suffix(band: str) -> str:
+    return band.replace("-", "_")
+
+
+def catalog_hdu(catalogue, bands=(), keywords=None) -> fits.BinTableHDU:
+    """CATALOG: the observation's sources with per-band FLUX_<lo>_<hi>, FLUX_ERR_..., SNR_...
+    (NaN where the source was not detected in that band)."""
+    bands = tuple(catalogue.bands) if catalogue is not None else tuple(dict.fromkeys(bands))
+    columns = list(CATALOG_COLUMNS) + [(f"{name}_{_band_column_suffix(band)}", fmt, unit)
+                                       for band in bands for name, fmt, unit in BAND_COLUMNS]
+    rows = []
+    for source in (catalogue.sources if catalogue is not None else ()):
+        per_band = []
+        for band in bands:
+            measured = source.bands.get(band)
+            per_band += ([measured.flux, measured.flux_err, measured.snr] if measured
+                         else [np.nan] * 3)
+        rows.append((source.name, source.ra, source.dec, source.err_rad_arcmin, source.snr,
+                     source.best_band, source.known_name, source.known_sep_arcmin, source.new,
+                     source.n_detections, *per_band))
+    table = _table_hdu("CATALOG", columns, rows)
+    header = table.header
+    if catalogue is not None:
+        header["NEWSNR"] = (catalogue.new_snr_min, "NEW: no known source matched, SNR >= this")
+        header["MATCHRAD"] = (round(catalogue.match_radius_factor, 4),
+                              "known-source matching radius / ERR_RAD")
+        header["MATCHMIN"] = (round(catalogue.match_radius_min_arcmin, 3),
+                              "[arcmin] smallest known-source matching radius")
+    header["KNOWNCAT"] = ("ECL-SRC-CAT", "CALDB catalogue of the known sources")
+    header["POSCHOIC"] = ("highest SNR", "position: that of the highest-SNR detection")
+    for key, value in (keywords or {}).items():
+        header[key] = value
+    return table
 
 
 def _value(keyword):

@@ -49,7 +49,7 @@ class TransientAlert:
     window_start: float     # mission TIME (s) of the start of the image's time window
     window_length: float    # s
     snr: float
-    band: str               # "13-60" (keV)
+    band: str               # "13-60": the name of the PI channel band (instrument.band_name)
     e_min_kev: float
     e_max_kev: float
     obs_id: str
@@ -84,7 +84,7 @@ def validate_alert(alert: TransientAlert) -> None:
     if not 0 < alert.e_min_kev < alert.e_max_kev:
         fail("e_max_kev", f"above e_min_kev = {alert.e_min_kev} > 0")
     if not isinstance(alert.band, str) or not _BAND.fullmatch(alert.band):
-        fail("band", "'<e_min>-<e_max>' in keV, e.g. '13-60'")
+        fail("band", "'<first PI>-<last PI>', e.g. '13-60'")
     if not isinstance(alert.obs_id, str) or not alert.obs_id.strip():
         fail("obs_id", "a non-empty string")
     if alert.role not in ROLES:
@@ -156,7 +156,8 @@ def voevent_xml(alert: TransientAlert, sequence: int = 0) -> bytes:
     _param(what, "OBS_ID", alert.obs_id, "string", ucd="meta.id;obs")
     _param(what, "SNR", f"{alert.snr:.2f}", "float", unit="sigma", ucd="stat.snr")
     energy = _sub(what, "Group", name="Band", type="energy_band")
-    _param(energy, "Band", alert.band, "string", unit="keV", ucd="instr.bandpass")
+    _param(energy, "Band", alert.band, "string", unit="chan", ucd="instr.bandpass",
+           description="inclusive PI channel range; E_Min-E_Max is its energy range")
     _param(energy, "E_Min", f"{alert.e_min_kev:g}", "float", unit="keV", ucd="em.energy;stat.min")
     _param(energy, "E_Max", f"{alert.e_max_kev:g}", "float", unit="keV", ucd="em.energy;stat.max")
     window = _sub(what, "Group", name="Time_Window", type="time_interval")

@@ -6,12 +6,17 @@ the name are truncated, not rounded, so a name never points to a neighbouring ce
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
+from ecpi_beam import instrument
 from ecpi_beam.caldb.tables import KnownSources
+from ecpi_beam.io.voevent import TransientAlert
 
-__all__ = ["KnownSources", "iau_name", "match_known", "angular_separation_deg"]
+__all__ = ["KnownSources", "iau_name", "match_known", "angular_separation_deg", "associate",
+           "build_catalogue", "ObservationCatalogue", "CatalogueSource", "BandMeasurement",
+           "new_source_alerts"]
 
 
 def iau_name(ra_deg: float, dec_deg: float, prefix: str = "ECL") -> str:
@@ -57,3 +62,166 @@ def match_known(ra_deg, dec_deg, radius_deg, known: KnownSources) -> np.ndarray:
     within = separation[np.arange(ra.size), nearest] <= radius
     matched[within] = nearest[within]
     return matched
+
+
+# ------------------------------------------------------------------------------------------
+# One catalogue per observation (docs/imaging.md, "The catalogue of an observation")
+# ------------------------------------------------------------------------------------------
+NEW_SNR_MIN = 8.0  # an unmatched source this bright or brighter is NEW (raises an alert)
+# matching radius to the known sources: the 99.9 % containment of the 90 % error circle
+# (Rayleigh radii scale as sqrt(-2 ln(1 - p))), so a known source is missed 1 time in 1000
+MATCH_RADIUS_PER_ERR_RAD = float(np.sqrt(np.log(1000.0) / np.log(10.0)))  # 1.732
+# ... but never less than half the PSF's FWHM (one mask element seen from the detector, 87.7'):
+# two known sources closer than the FWHM image as one peak between them, up to FWHM / 2 from each
+MATCH_RADIUS_MIN_ARCMIN = 0.5 * float(np.degrees(instrument.MASK_PITCH_MM
+                                                 / instrument.MASK_HEIGHT_MM)) * 60.0
+
+
+@dataclass(frozen=True)
+class BandMeasurement:
+    """One source's best detection in one band (the occultation type where its SNR is highest)."""
+    occ: str
+    snr: float
+    flux: float
+    flux_err: float
+
+
+@dataclass(frozen=True)
+class CatalogueSource:
+    name: str              # iau_name of the position
+    ra: float              # position of the detection with the highest SNR (ICRS deg)
+    dec: float
+    err_rad_arcmin: float  # its 90 % error radius
+    snr: float             # the highest SNR of all its detections
+    best_band: str
+    known_name: str        # '' when no known source is within the matching radius
+    known_sep_arcmin: float  # NaN when unmatched
+    new: bool
+    bands: dict            # band -> BandMeasurement, for the bands it was detected in
+    n_detections: int
+
+
+@dataclass(frozen=True)
+class ObservationCatalogue:
+    sources: tuple         # of CatalogueSource, highest SNR first
+    bands: tuple           # every band of the observation's images, in band order
+    labels: dict           # (band, occ, row index) -> index in `sources`
+    new_snr_min: float = NEW_SNR_MIN
+    match_radius_factor: float = MATCH_RADIUS_PER_ERR_RAD
+    match_radius_min_arcmin: float = MATCH_RADIUS_MIN_ARCMIN
+
+    @property
+    def n_new(self) -> int:
+        return sum(source.new for source in self.sources)
+
+
+def associate(positions_deg, err_rad_arcmin, snr, groups) -> np.ndarray:
+    """Source index of each detection: brightest first, a detection joins the nearest source
+    whose best position lies within MATCH_RADIUS_PER_ERR_RAD x the quadrature sum of the two
+    90 % error radii (the 99.9 % containment of their difference) and that has no detection of
+    the same group (band, occultation type) yet; otherwise it starts one.
+    """
+    ra, dec = (np.asarray(a, dtype=float) for a in positions_deg)
+    radius_deg = np.asarray(err_rad_arcmin, dtype=float) / 60.0
+    labels = np.full(ra.size, -1, dtype=int)
+    seeds, taken = [], []  # per source: its first (brightest) detection, its groups
+    for index in np.argsort(-np.asarray(snr, dtype=float), kind="stable"):
+        best, best_sep = -1, np.inf
+        for source, seed in enumerate(seeds):
+            if groups[index] in taken[source]:
+                continue
+            sep = float(angular_separation_deg(ra[index], dec[index], ra[seed], dec[seed]))
+            limit = MATCH_RADIUS_PER_ERR_RAD * np.hypot(radius_deg[index], radius_deg[seed])
+            if sep <= limit and sep < best_sep:
+                best, best_sep = source, sep
+        if best < 0:
+            seeds.append(index)
+            taken.append(set())
+            best = len(seeds) - 1
+        taken[best].add(groups[index])
+        labels[index] = best
+    return labels
+
+
+def build_catalogue(entries, known: KnownSources | None, new_snr_min: float = NEW_SNR_MIN,
+                    bands=None) -> ObservationCatalogue:
+    """The sources of one observation from its per-image detections.
+
+    entries: [(band, occ, rows)], rows having ra, dec, err_rad_arcmin, snr, flux, flux_err
+    (kernels.sky_analysis.SourceRow). Best position: that of the detection with the highest
+    SNR (each band is an independent measurement, but the bands' systematic errors are common,
+    so averaging would shrink the error radius below what holds). Known: the nearest known
+    source within MATCH_RADIUS_PER_ERR_RAD x the error radius, or MATCH_RADIUS_MIN_ARCMIN if
+    larger. NEW: unmatched and SNR >= new_snr_min.
+    """
+    flat = [(band, occ, index, row) for band, occ, rows in entries
+            for index, row in enumerate(rows)]
+    bands = tuple(bands) if bands is not None else tuple(dict.fromkeys(b for b, _, _ in entries))
+    if not flat:
+        return ObservationCatalogue((), bands, {}, new_snr_min)
+    labels = associate(([row.ra for *_, row in flat], [row.dec for *_, row in flat]),
+                       [row.err_rad_arcmin for *_, row in flat], [row.snr for *_, row in flat],
+                       [(band, occ) for band, occ, _, _ in flat])
+    members = {}
+    for (band, occ, index, row), label in zip(flat, labels):
+        members.setdefault(int(label), []).append((band, occ, index, row))
+    drafts = []
+    for group in members.values():
+        band, occ, _, best = max(group, key=lambda member: member[3].snr)
+        per_band = {}
+        for b, o, _, row in sorted(group, key=lambda member: -member[3].snr):
+            per_band.setdefault(b, BandMeasurement(o, float(row.snr), float(row.flux),
+                                                   float(row.flux_err)))
+        drafts.append((best, band, per_band, group))
+    drafts.sort(key=lambda draft: -draft[0].snr)
+    ra = np.array([draft[0].ra for draft in drafts])
+    dec = np.array([draft[0].dec for draft in drafts])
+    radius_deg = np.array([draft[0].err_rad_arcmin for draft in drafts]) / 60.0
+    match_radius_deg = np.maximum(MATCH_RADIUS_PER_ERR_RAD * radius_deg,
+                                  MATCH_RADIUS_MIN_ARCMIN / 60.0)
+    matched = (match_known(ra, dec, match_radius_deg, known)
+               if known is not None else np.full(len(drafts), -1))
+    sources, label_of = [], {}
+    for number, ((best, band, per_band, group), match) in enumerate(zip(drafts, matched)):
+        known_name = str(known.name[match]) if match >= 0 else ""
+        separation = (float(angular_separation_deg(best.ra, best.dec, known.ra_deg[match],
+                                                   known.dec_deg[match])) * 60.0
+                      if match >= 0 else float("nan"))
+        sources.append(CatalogueSource(
+            name=iau_name(best.ra, best.dec), ra=float(best.ra), dec=float(best.dec),
+            err_rad_arcmin=float(best.err_rad_arcmin), snr=float(best.snr), best_band=band,
+            known_name=known_name, known_sep_arcmin=separation,
+            new=bool(match < 0 and best.snr >= new_snr_min), bands=per_band,
+            n_detections=len(group)))
+        for b, o, index, _ in group:
+            label_of[(b, o, index)] = number
+    return ObservationCatalogue(tuple(sources), bands, label_of, new_snr_min)
+
+
+def _mission_time_to_utc(time_s: float, mjdref: float) -> str:
+    from astropy.time import Time  # imported here: only alerts need it
+
+    return Time(mjdref + time_s / 86400.0, format="mjd", scale="tt").utc.isot
+
+
+def new_source_alerts(catalogue: ObservationCatalogue, obs_id: str, tstart: float, tstop: float,
+                      mjdref: float | None = None) -> list:
+    """A TransientAlert for each NEW source: its best band, the observation as the time window,
+    the window start (converted to UTC) as the detection time; mjdref defaults to the ICD's."""
+    mjdref = instrument.MJDREFI + instrument.MJDREFF if mjdref is None else mjdref
+    alerts = []
+    for source in catalogue.sources:
+        if not source.new:
+            continue
+        measurement = source.bands[source.best_band]
+        e_min, e_max = instrument.band_energy_range(
+            tuple(int(part) for part in source.best_band.split("-")))
+        coordinates = source.name.split(" ", 1)[1].replace(".", "").replace("+", "p") \
+            .replace("-", "m")
+        alerts.append(TransientAlert(
+            event_id=f"{obs_id}_{coordinates}", name=source.name, ra_deg=source.ra % 360.0,
+            dec_deg=source.dec, error_radius_deg=source.err_rad_arcmin / 60.0,
+            time_utc=_mission_time_to_utc(tstart, mjdref), window_start=float(tstart),
+            window_length=float(tstop - tstart), snr=measurement.snr, band=source.best_band,
+            e_min_kev=round(e_min, 6), e_max_kev=round(e_max, 6), obs_id=str(obs_id)))
+    return alerts

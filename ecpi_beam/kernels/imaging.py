@@ -172,37 +172,106 @@ def balanced_sky_image(plan: CorrelationPlan, detector, variance, weights,
 # ------------------------------------------------------------------------------------------
 # Off-axis response corrections ([imag] irf_corr)
 # ------------------------------------------------------------------------------------------
+# The spectral assumption of `irf`: the band average of the off-axis factor weights each energy
+# by the counts a source of this photon spectrum gives on axis (docs/imaging.md)
+IRF_PHOTON_INDEX = 2.0  # N(E) ~ E^-2, close to the Crab's 2.1 and to most bright hard X-ray sources
+IRF_SPECTRUM = f"power law, photon index {IRF_PHOTON_INDEX:g}, on-axis ARF counts"
+
+
+@dataclass(frozen=True, eq=False)
+class IrfCorrection:
+    """An [imag] irf_corr: the response at each sky position relative to on axis, by which the
+    intensity, the square root of the variance and the fluxes are divided (SNR unchanged)."""
+
+    name: str
+    factor_of_angle: Callable | None  # off-axis angle (deg) -> response relative to on axis
+    spectrum: str = ""  # the spectral assumption, when the factor depends on the spectrum
+
+    @functools.cached_property
+    def factor(self) -> np.ndarray | None:
+        """(199, 199) response of each sky pixel relative to on axis (None: no correction)."""
+        if self.factor_of_angle is None:
+            return None
+        return np.asarray(self.factor_of_angle(_sky_off_axis_deg()), dtype=float)
+
+    def factor_at(self, row: float, col: float) -> float:
+        """The response at a fractional sky position."""
+        if self.factor_of_angle is None:
+            return 1.0
+        angle = instrument.off_axis_angle_deg(instrument.sky_pixel_to_los(row, col))
+        return float(self.factor_of_angle(angle))
+
+    def __call__(self, sky: SkyImages) -> SkyImages:
+        if self.factor is None:
+            return sky
+        return replace(sky, intensity=sky.intensity / self.factor,
+                       variance=sky.variance / self.factor**2)
+
+
 @functools.lru_cache(maxsize=1)
-def _sky_cos_theta() -> np.ndarray:
-    cos_theta = instrument.sky_grid_los()[..., 0]
-    cos_theta.setflags(write=False)
-    return cos_theta
+def _sky_off_axis_deg() -> np.ndarray:
+    angle = instrument.off_axis_angle_deg(instrument.sky_grid_los())
+    angle.setflags(write=False)
+    return angle
 
 
-def _no_irf_correction(sky: SkyImages) -> SkyImages:
-    return sky
+def _cos_theta(angle_deg):
+    return np.cos(np.radians(angle_deg))
 
 
-def _cos_theta_correction(sky: SkyImages) -> SkyImages:
-    """Flux per detector area falls as cos(theta): divide S and sqrt(V) by it (SNR unchanged)."""
-    cos_theta = _sky_cos_theta()
-    return replace(sky, intensity=sky.intensity / cos_theta, variance=sky.variance / cos_theta**2)
+def band_irf_factor(irf, arf, energy_range_kev, photon_index: float = IRF_PHOTON_INDEX):
+    """Off-axis angle (deg) -> the ECL-RSP-IRF factor averaged over a band, each energy
+    weighted by the on-axis counts of a power law of that photon index (ARF x E^-index)."""
+    e_min, e_max = (float(e) for e in energy_range_kev)
+    energy = np.linspace(e_min, e_max, max(8, int(np.ceil(e_max - e_min)) * 4 + 1))
+    arf_centre = 0.5 * (np.asarray(arf.energ_lo, float) + np.asarray(arf.energ_hi, float))
+    weight = np.interp(energy, arf_centre, np.asarray(arf.specresp, float), left=0.0,
+                       right=0.0) * energy ** -photon_index
+    if not weight.sum() > 0:
+        raise EcpiError(f"[imag] irf_corr = 'irf': the ARF is zero over {e_min:g}-{e_max:g} keV")
+    theta = np.asarray(irf.theta_deg, dtype=float)
+    table = irf.factor_at(theta[:, None], energy[None, :])  # (n_theta, n_energy)
+    averaged = (table * weight).sum(axis=1) / weight.sum()
+    return lambda angle_deg: np.interp(angle_deg, theta, averaged)
 
 
-IRF_CORRECTIONS: dict[str, Callable[[SkyImages], SkyImages]] = {
-    "no_correction": _no_irf_correction,
+def _no_correction(**_):
+    return IrfCorrection("no_correction", None)
+
+
+def _cos_theta_correction(**_):
+    """Flux per detector area falls as cos(theta), the projected area."""
+    return IrfCorrection("cos_theta", _cos_theta)
+
+
+def _irf_correction(irf=None, arf=None, energy_range_kev=None):
+    """ECL-RSP-IRF averaged over the band with the IRF_SPECTRUM assumption."""
+    if irf is None or arf is None or energy_range_kev is None:
+        raise EcpiError("[imag] irf_corr = 'irf' needs the CALDB ECL-RSP-IRF and ECL-RSP-ARF "
+                        "and the band's energy range")
+    return IrfCorrection("irf", band_irf_factor(irf, arf, energy_range_kev), IRF_SPECTRUM)
+
+
+IRF_CORRECTIONS: dict[str, Callable[..., IrfCorrection]] = {
+    "no_correction": _no_correction,
     "cos_theta": _cos_theta_correction,
+    "irf": _irf_correction,
 }
-PLANNED_IRF_CORRECTIONS = ("irf",)
+PLANNED_IRF_CORRECTIONS: tuple[str, ...] = ()
 
 
-def irf_correction(name: str) -> Callable[[SkyImages], SkyImages]:
-    """The [imag] irf_corr function of that name."""
+def check_irf_correction(name: str) -> None:
+    """Raise the one-line error for an [imag] irf_corr that is not available."""
     if name not in IRF_CORRECTIONS:
         what = "is not available yet" if name in PLANNED_IRF_CORRECTIONS else "is not known"
         raise EcpiError(f"[imag] irf_corr = {name!r} {what}; available: "
                         f"{', '.join(IRF_CORRECTIONS)}")
-    return IRF_CORRECTIONS[name]
+
+
+def irf_correction(name: str, irf=None, arf=None, energy_range_kev=None) -> IrfCorrection:
+    """The [imag] irf_corr of that name; 'irf' needs the CALDB IRF and ARF and the band."""
+    check_irf_correction(name)
+    return IRF_CORRECTIONS[name](irf=irf, arf=arf, energy_range_kev=energy_range_kev)
 
 
 # ------------------------------------------------------------------------------------------

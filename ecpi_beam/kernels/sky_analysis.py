@@ -6,7 +6,7 @@ the conversion of detections to catalogue rows (RA, Dec, error radius, flux). Th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -22,7 +22,7 @@ class SourceRow:
     dec: float
     err_rad_arcmin: float
     snr: float
-    flux: float  # counts s-1 cm-2 (on-axis equivalent with cos_theta, per open detector area)
+    flux: float  # counts s-1 cm-2 per open detector area (on-axis equivalent with cos_theta/irf)
     flux_err: float
     row: float  # 0-based sky-image pixel
     col: float
@@ -33,7 +33,9 @@ class SourceRow:
 class SkyAnalysis:
     images: imaging.SkyImages
     residual_snr: np.ndarray  # SNR once every found source's shadowgram is removed
-    detections: tuple  # of detection.Detection, brightest first
+    detections: tuple  # of detection.Detection, brightest first, fluxes irf-corrected
+    cleaning_limit_reached: bool = False  # cleaning.MAX_CLEANED_SOURCES stopped the cleaning
+    irf_correction: imaging.IrfCorrection | None = None  # what the fluxes were divided by
 
 
 def flat_fielded(corrected, variance, good_pixels, efficiency):
@@ -62,13 +64,27 @@ def source_rows(detections, quaternion, exposure) -> tuple:
     return tuple(rows)
 
 
-class SkyAnalyser:
-    """Everything that depends only on the CALDB and [imag] parameters, prepared once."""
+def irf_corrected(detections, correction: imaging.IrfCorrection) -> tuple:
+    """Fluxes and errors divided by the response at each source's fitted position."""
+    corrected = []
+    for det in detections:
+        factor = correction.factor_at(det.row, det.col)
+        corrected.append(replace(det, flux=det.flux / factor, flux_err=det.flux_err / factor))
+    return tuple(corrected)
 
-    def __init__(self, pattern, pixel_calibration, imag_params):
+
+class SkyAnalyser:
+    """Everything that depends only on the CALDB and [imag] parameters, prepared once.
+
+    `irf` and `arf` (CALDB ECL-RSP-IRF and ECL-RSP-ARF) are needed for irf_corr = 'irf'.
+    """
+
+    def __init__(self, pattern, pixel_calibration, imag_params, irf=None, arf=None):
         self.pattern = np.asarray(pattern)
         self.plan = imaging.make_correlation_plan(instrument.resample_mask(self.pattern))
-        self.irf_correction = imaging.irf_correction(imag_params.irf_corr)
+        self.irf_corr, self._irf, self._arf = imag_params.irf_corr, irf, arf
+        imaging.check_irf_correction(self.irf_corr)
+        self._corrections = {}
         self.find = dict(snr_threshold=imag_params.effective_snr_threshold,
                          pcode_min=imag_params.pcode_min, win_dim=imag_params.win_dim)
         efficiency = np.where(pixel_calibration.status == 0, pixel_calibration.effic, 0.0)
@@ -81,13 +97,28 @@ class SkyAnalyser:
         }
         self.default_terms = (constant,)
 
-    def analyse(self, corrected, variance, good_pixels, efficiency, mode) -> SkyAnalysis:
+    def irf_correction(self, band=None) -> imaging.IrfCorrection:
+        """The irf_corr for a PI band (lo, hi) or '13-60' (only 'irf' depends on the band)."""
+        if isinstance(band, str):
+            band = tuple(int(part) for part in band.split("-"))
+        key = band if self.irf_corr == "irf" else None
+        if key not in self._corrections:
+            energy_range = None if band is None else instrument.band_energy_range(band)
+            self._corrections[key] = imaging.irf_correction(
+                self.irf_corr, irf=self._irf, arf=self._arf, energy_range_kev=energy_range)
+        return self._corrections[key]
+
+    def analyse(self, corrected, variance, good_pixels, efficiency, mode,
+                band=None) -> SkyAnalysis:
+        """`band`: the PI band (lo, hi) or its name, needed with irf_corr = 'irf'."""
+        correction = self.irf_correction(band)
         data, data_variance, weights = flat_fielded(corrected, variance, good_pixels, efficiency)
-        sky = self.irf_correction(
-            imaging.balanced_sky_image(self.plan, data, data_variance, weights))
+        # detection and the flux fit run on the uncorrected image (the SNR is the same); the
+        # fluxes are then divided by the response at each source's own position
         cleaned = cleaning.detect_and_clean(
             self.plan, self.pattern, data, data_variance, weights,
-            irf_correction=self.irf_correction,
             background_components=self.background_terms.get(mode, self.default_terms), **self.find)
-        residual = imaging.balanced_sky_image(self.plan, cleaned.residual, data_variance, weights)
-        return SkyAnalysis(sky, residual.snr, cleaned.detections)
+        sky = imaging.balanced_sky_image(self.plan, data, data_variance, weights)
+        return SkyAnalysis(correction(sky), cleaned.residual_sky.snr,
+                           irf_corrected(cleaned.detections, correction),
+                           cleaned.limit_reached, correction)

@@ -15,7 +15,7 @@ from ecpi_beam.transforms.imag import Imag
 from ecpi_beam.transforms.mosa import Mosa
 from ecpi_beam.transforms.spex import Spex
 from ecpi_beam.transforms.read import ReadObservation
-from ecpi_beam.transforms.write import (WriteFailures, WriteImageProducts,
+from ecpi_beam.transforms.write import (WriteAlerts, WriteFailures, WriteImageProducts,
                                         WriteTimelineProducts, failed_obs_ids)
 
 BUBE_PRODUCTS = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM")
@@ -65,6 +65,8 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
                 written.append(sky | f"Write{product}" >> WriteImageProducts(product, **write))
                 if product == "ECL-SOP-IMA":  # its DS9 region file beside it (io/regions.py)
                     written.append(written[-1] | "WriteRegions" >> beam.Map(write_regions))
+            if "ECL-SOP-IMA" in params.imag.out_files:  # a VOEvent per NEW source beside it
+                written.append(sky | "WriteAlerts" >> WriteAlerts("ECL-ALERT", **write))
             if wants_mosa:  # MOSA: one mosaic of every observation's sky images
                 mosa = sky | "Mosa" >> Mosa(params.mosa, general.working_out, fingerprint,
                                             observations, failure_log, spex_from == "mosaic")

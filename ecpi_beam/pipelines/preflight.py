@@ -17,7 +17,7 @@ def check_capabilities(params):
             raise EcpiError(f"[bube] bkg_cor_mod = '{mode}' (for {occ}) is not a background "
                             f"mode; available: {', '.join(available)}")
     if params.imag.out_files:
-        imaging.irf_correction(params.imag.irf_corr)  # raises the one-line error
+        imaging.check_irf_correction(params.imag.irf_corr)  # raises the one-line error
 
 
 def preflight_observations(observation_dirs):

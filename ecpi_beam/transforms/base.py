@@ -32,3 +32,11 @@ class SumCombineFn(beam.CombineFn):
 
     def extract_output(self, accumulator):
         return accumulator
+
+
+def grouped_by_observation(keyed):
+    """((obs_id, band, occ), value) -> (obs_id, [(band, occ, value), ...]): the images of one
+    observation together (one product file, one catalogue)."""
+    return (keyed
+            | "ByObservation" >> beam.MapTuple(lambda key, value: (key[0], (key[1], key[2], value)))
+            | "Group" >> beam.GroupByKey())

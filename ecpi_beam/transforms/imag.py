@@ -1,4 +1,6 @@
-"""IMAG as Beam transforms: balanced-correlation sky images and source detection.
+"""IMAG as Beam transforms: balanced-correlation sky images, source detection, and one
+catalogue per observation (the detections of all its bands and occultation types associated,
+matched to the known sources, NEW flagged).
 
 docs/science.md, "Coded-mask imaging". The mask FFTs are prepared once per worker in
 DoFn.setup.
@@ -14,9 +16,10 @@ from apache_beam.metrics import Metrics
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
-from ecpi_beam.kernels import imaging
+from ecpi_beam.io.image_products import parse_band
+from ecpi_beam.kernels import catalogue, cleaning, imaging
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
-from ecpi_beam.transforms.base import DataclassTransform
+from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.imag"
@@ -32,6 +35,10 @@ class SkyProducts:
     exposure: float
     wcs_keywords: dict
     sources: tuple  # of kernels.sky_analysis.SourceRow
+    irf_corr: str = ""  # the [imag] irf_corr the intensity and fluxes were divided by
+    irf_spectrum: str = ""  # its spectral assumption ('irf' only)
+    cleaning_limit_reached: bool = False  # cleaning.MAX_CLEANED_SOURCES stopped the cleaning
+    catalogue: object = None  # kernels.catalogue.ObservationCatalogue of the whole observation
 
 
 class MakeSkyImages(beam.DoFn):
@@ -41,27 +48,61 @@ class MakeSkyImages(beam.DoFn):
         self._caldb_dir = caldb_dir
         self._params = imag_params
         self._images = Metrics.counter(NAMESPACE, "sky_images")
-        self._sources = Metrics.counter(NAMESPACE, "sources_found")
+        self._detections = Metrics.counter(NAMESPACE, "detections")
+        self._limit = Metrics.counter(NAMESPACE, "cleaning_limit_reached")
 
     def setup(self):
         caldb = Caldb.open(self._caldb_dir)
-        self._analyser = SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), self._params)
+        self._analyser = SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), self._params,
+                                     irf=caldb.irf(), arf=caldb.arf())
 
     @isolating("imag")
     def process(self, element, timelines):
         (obs_id, band, occ), products = element
         analysis = self._analyser.analyse(
             products.correction.corrected, products.correction.variance, products.good_pixels,
-            products.efficiency, products.mode)
+            products.efficiency, products.mode, band=band)
         quaternion = timelines[obs_id].reference_quaternion
         self._images.inc()
-        self._sources.inc(len(analysis.detections))
-        LOG.info("IMAG %s %s %s: %d source(s), peak SNR %.1f", obs_id, band, occ,
+        self._detections.inc(len(analysis.detections))
+        LOG.info("IMAG %s %s %s: %d detection(s), peak SNR %.1f", obs_id, band, occ,
                  len(analysis.detections), float(np.max(analysis.images.snr)))
+        if analysis.cleaning_limit_reached:
+            self._limit.inc()
+            LOG.warning(
+                "%s %s %s: cleaning stopped at its safety limit of %d sources; fainter sources "
+                "may be missing", obs_id, band, occ, cleaning.MAX_CLEANED_SOURCES)
         yield (obs_id, band, occ), SkyProducts(
             images=analysis.images, residual_snr=analysis.residual_snr,
             exposure=products.exposure, wcs_keywords=instrument.sky_wcs_keywords(quaternion),
-            sources=source_rows(analysis.detections, quaternion, products.exposure))
+            sources=source_rows(analysis.detections, quaternion, products.exposure),
+            irf_corr=analysis.irf_correction.name, irf_spectrum=analysis.irf_correction.spectrum,
+            cleaning_limit_reached=analysis.cleaning_limit_reached)
+
+
+class CatalogueObservation(beam.DoFn):
+    """(obs_id, [(band, occ, SkyProducts)]) -> ((obs_id, band, occ), SkyProducts), each carrying
+    the observation's catalogue; its per-band sources gain their catalogue name."""
+
+    def __init__(self, caldb_dir: str):
+        self._caldb_dir = caldb_dir
+        self._sources = Metrics.counter(NAMESPACE, "sources_found")
+        self._new = Metrics.counter(NAMESPACE, "new_sources")
+
+    def setup(self):
+        self._known = Caldb.open(self._caldb_dir).known_sources()
+
+    @isolating("imag")
+    def process(self, element):
+        obs_id, entries = element
+        entries = sorted(entries, key=lambda entry: (parse_band(entry[0]), entry[1]))
+        result = catalogue.build_catalogue(
+            [(band, occ, sky.sources) for band, occ, sky in entries], self._known,
+            bands=sorted({band for band, _, _ in entries}, key=parse_band))
+        self._sources.inc(len(result.sources))
+        self._new.inc(result.n_new)
+        for band, occ, sky in entries:
+            yield (obs_id, band, occ), dataclasses.replace(sky, catalogue=result)
 
 
 @dataclasses.dataclass(eq=False)
@@ -74,6 +115,8 @@ class Imag(DataclassTransform):
     failure_log: object = None  # failures.FailureLog
 
     def expand(self, detector_products):
-        return detector_products | "SkyImages" >> beam.ParDo(
+        sky = detector_products | "SkyImages" >> beam.ParDo(
             with_failure_log(MakeSkyImages(self.caldb_dir, self.imag_params), self.failure_log),
             beam.pvalue.AsDict(self.timelines))
+        return grouped_by_observation(sky) | "Catalogue" >> beam.ParDo(
+            with_failure_log(CatalogueObservation(self.caldb_dir), self.failure_log))

@@ -11,10 +11,11 @@ import json
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from ecpi_beam.io import fs
+from ecpi_beam.io import fs, voevent
 from ecpi_beam.io.image_products import PRODUCT_BUILDERS, occultation_gti_hdus, parse_band
 from ecpi_beam.io.products import product_url, standard_keywords, write_product
-from ecpi_beam.transforms.base import DataclassTransform
+from ecpi_beam.kernels.catalogue import new_source_alerts
+from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation
 from ecpi_beam.transforms.failures import FAILURES_FILE, isolating, with_failure_log
 
 NAMESPACE = "ecpi.write"
@@ -86,11 +87,7 @@ class WriteImageProducts(_ObservationProductWriter):
     """((obs_id, band, occ), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or ECL-SOP-IMA."""
 
     def expand(self, keyed):
-        grouped = (keyed
-                   | "ByObservation" >> beam.MapTuple(
-                       lambda key, value: (key[0], (key[1], key[2], value)))
-                   | "Group" >> beam.GroupByKey())
-        return self._write_each(grouped, keyed_image_hdus(self.product))
+        return self._write_each(grouped_by_observation(keyed), keyed_image_hdus(self.product))
 
 
 class WriteTimelineProducts(_ObservationProductWriter):
@@ -98,6 +95,39 @@ class WriteTimelineProducts(_ObservationProductWriter):
 
     def expand(self, timelines):
         return self._write_each(timelines, timeline_gti_hdus)
+
+
+class WriteAlertFiles(beam.DoFn):
+    """(obs_id, [(band, occ, SkyProducts)]) -> the URL of one VOEvent per NEW source of the
+    observation's catalogue, `<working_out>/ECL-ALERT_<event_id>_0.xml`."""
+
+    def __init__(self, working_out):
+        self._working_out = working_out
+        self._alerts = Metrics.counter(NAMESPACE, "alerts_written")
+
+    @isolating("write")
+    def process(self, element, observations, failed):
+        obs_id, entries = element
+        catalogue = next((sky.catalogue for _, _, sky in entries if sky.catalogue is not None),
+                         None)
+        if obs_id in failed or catalogue is None:
+            return
+        keywords = observations[obs_id].keywords
+        mjdref = float(keywords.get("MJDREFI", 0)) + float(keywords.get("MJDREFF", 0.0))
+        for alert in new_source_alerts(catalogue, obs_id, float(keywords["TSTART"]),
+                                       float(keywords["TSTOP"]), mjdref or None):
+            url = fs.join(self._working_out, voevent.alert_file_name(alert))
+            yield voevent.write_voevent(alert, url)
+            self._alerts.inc()
+
+
+class WriteAlerts(_ObservationProductWriter):
+    """((obs_id, band, occ), SkyProducts) -> a VOEvent 2.0 alert per NEW source."""
+
+    def expand(self, keyed):
+        return grouped_by_observation(keyed) | "Write" >> beam.ParDo(
+            with_failure_log(WriteAlertFiles(self.working_out), self.failure_log),
+            beam.pvalue.AsDict(self.observations), self.failed)
 
 
 @dataclasses.dataclass(eq=False)
