@@ -44,16 +44,19 @@ sys.path.insert(0, ROOT)  # run as a script from a checkout: the package is the 
 
 DEFAULT_CACHE = os.path.join(HERE, "output", "cache")
 EVENTS_PER_SECOND_ESTIMATE = 4000.0  # the default scenario's count rate, to size the duration
-from ecpi_beam.demo import DEMO_BANDS as BANDS  # noqa: E402
+from ecpi_beam.demo import DEMO_BANDS  # noqa: E402
+from ecpi_beam.instrument import DEFAULT_BANDS  # noqa: E402
 from ecpi_beam.params import params_text  # noqa: E402
+BAND_SETS = {"demo": DEMO_BANDS, "five": DEFAULT_BANDS}  # demo: the five and 13-1260
 PRODUCT_SETS = {
     "all": {"cali": ["ECL-GTI-CAL", "ECL-EVT-CAL"],
             "bube": ["ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC"],
             "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
     "images": {"cali": [], "bube": [], "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
+    "det-sky": {"cali": [], "bube": ["ECL-DET-IMA"], "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
 }
 WARM_UP_EVENTS = 100_000
-MODES = ("numpy", "beam", "beam-mp")
+MODES = ("minimal", "numpy", "beam", "beam-mp")
 MP_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 
 
@@ -81,19 +84,21 @@ def simulate_input(n_events: int, cache: str) -> str:
     return directory
 
 
-def write_params(cache: str, n_events: int, products: str, chunk_size: int) -> str:
-    """cache/runs/<n>-<products>-<chunk>/params.ini, its working_out next to it."""
+def write_params(cache: str, n_events: int, products: str, chunk_size: int,
+                 bands: str = "demo") -> str:
+    """cache/runs/<n>-<products>-<chunk>[-<bands>]/params.ini, its working_out next to it."""
     from ecpi_beam.caldb import default_caldb_dir
 
     obs_dir = os.path.join(cache, f"input-{n_events}", "obs")
-    run_dir = os.path.join(cache, "runs", f"{n_events}-{products}-{chunk_size}")
+    suffix = "" if bands == "demo" else f"-{bands}"
+    run_dir = os.path.join(cache, "runs", f"{n_events}-{products}-{chunk_size}{suffix}")
     working_out = os.path.join(run_dir, "output")
     os.makedirs(working_out, exist_ok=True)
     chosen = PRODUCT_SETS[products]
     path = os.path.join(run_dir, "params.ini")
     with open(path, "w", encoding="utf-8") as stream:
         stream.write(params_text(
-            obs_dir, working_out, default_caldb_dir(), energy_channels=BANDS,
+            obs_dir, working_out, default_caldb_dir(), energy_channels=BAND_SETS[bands],
             cali_out=chosen["cali"], bube_out=chosen["bube"], imag_out=chosen["imag"],
             extra={"cali": {"chunk_size": chunk_size}}))
     return path
@@ -131,7 +136,23 @@ def warm_up(cache: str, modes, env) -> None:
                   f"{done.stderr[-2000:]}", file=sys.stderr)
 
 
+def minimal_command(params: str) -> list[str]:
+    """bare_numpy_minimal.py on the first observation, CALDB, chunk size and bands of `params`."""
+    from ecpi_beam.io import fs
+    from ecpi_beam.params import load_params
+    from ecpi_beam.workspace import resolve_caldb_dir
+
+    loaded = load_params(params)
+    obs_dir = fs.find_observation_dirs(loaded.general.working_in)[0]
+    bands = ",".join(f"{lo}-{hi}" for lo, hi in loaded.bube.energy_channels)
+    return [sys.executable, os.path.join(HERE, "bare_numpy_minimal.py"), obs_dir,
+            resolve_caldb_dir(loaded.general.caldb_dir), "--chunk-size",
+            str(loaded.cali.chunk_size), "--bands", bands]
+
+
 def command_for(mode: str, params: str) -> list[str]:
+    if mode == "minimal":
+        return minimal_command(params)
     if mode == "numpy":
         return [sys.executable, os.path.join(HERE, "bare_numpy_chain.py"), params]
     if mode == "beam":
@@ -283,15 +304,15 @@ def _reported(runs, what, default=None):
 
 TABLE_HEADER = (
     "| events read | products | chunk | mode | wall s (median) | wall s (runs) | events/s | "
-    "x numpy | CPU s (user+sys) | peak RSS MB | peak tree MB | sources | load (1 min) |\n"
+    "x first mode | CPU s (user+sys) | peak RSS MB | peak tree MB | sources | load (1 min) |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def table_row(runs, numpy_seconds=None) -> str:
+def table_row(runs, reference_seconds=None) -> str:
     """One markdown row for the runs of one (events, products, chunk, mode)."""
     first = runs[0]
     seconds = _median(runs, "seconds")
-    ratio = f"{seconds / numpy_seconds:.2f}" if numpy_seconds else "-"
+    ratio = f"{seconds / reference_seconds:.2f}" if reference_seconds else "-"
     events = _reported(runs, "events read", first["events"])
     sources = _reported(runs, "sources", "?")
     cpu = statistics.median(run["user_s"] + run["sys_s"] for run in runs)
@@ -312,10 +333,10 @@ def report(json_files) -> None:
     print(TABLE_HEADER)
     for key in sorted(groups):
         by_mode = groups[key]
-        numpy_seconds = _median(by_mode["numpy"], "seconds") if "numpy" in by_mode else None
+        first = next(mode for mode in MODES if mode in by_mode)
         for mode in MODES:
             if mode in by_mode:
-                print(table_row(by_mode[mode], numpy_seconds))
+                print(table_row(by_mode[mode], _median(by_mode[first], "seconds")))
 
 
 def main(argv=None) -> int:
@@ -326,6 +347,8 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="numpy,beam,beam-mp")
     parser.add_argument("--chunk-size", default="1000000",
                         help="[cali] chunk_size values, comma separated (1000000)")
+    parser.add_argument("--bands", default="demo", choices=sorted(BAND_SETS),
+                        help="demo: the demo's six bands; five: the five default bands")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="input and output folder "
                         "(default benchmarks/output/cache)")
@@ -364,7 +387,8 @@ def main(argv=None) -> int:
         for n_events in sizes:
             for product_set in products:
                 for chunk_size in chunk_sizes:
-                    params = write_params(args.cache, n_events, product_set, chunk_size)
+                    params = write_params(args.cache, n_events, product_set, chunk_size,
+                                          args.bands)
                     runs = []
                     for _ in range(args.repeat):
                         _clean_outputs(params)
@@ -387,7 +411,8 @@ def main(argv=None) -> int:
         for n_events in sizes:
             for product_set in products:
                 for chunk_size in chunk_sizes:
-                    params = write_params(args.cache, n_events, product_set, chunk_size)
+                    params = write_params(args.cache, n_events, product_set, chunk_size,
+                                          args.bands)
                     profile(args.profile, params, os.path.join(args.cache, "profiles"), env)
         return 0
 
@@ -400,24 +425,23 @@ def main(argv=None) -> int:
     for n_events in sizes:
         for product_set in products:
             for chunk_size in chunk_sizes:
-                params = write_params(args.cache, n_events, product_set, chunk_size)
-                numpy_seconds = None
-                for mode in modes:
-                    runs = []
-                    for _ in range(args.repeat):
+                params = write_params(args.cache, n_events, product_set, chunk_size, args.bands)
+                runs_of = {mode: [] for mode in modes}
+                for _ in range(args.repeat):  # modes alternate, so that load changes hit all
+                    for mode in modes:
                         _clean_outputs(params)
                         run = measure(command_for(mode, params), env)
-                        run.update(events=n_events, products=product_set,
+                        run.update(events=n_events, products=product_set, bands=args.bands,
                                    chunk_size=chunk_size, mode=mode)
-                        runs.append(run)
+                        runs_of[mode].append(run)
                         records.append(run)
                         if run["returncode"] != 0:
                             print(run["stderr"][-3000:], file=sys.stderr)
                             raise SystemExit(f"{' '.join(run['command'])}: exit "
                                              f"{run['returncode']}")
-                    if mode == "numpy":
-                        numpy_seconds = _median(runs, "seconds")
-                    print(table_row(runs, numpy_seconds), flush=True)
+                reference = _median(runs_of[modes[0]], "seconds")
+                for mode in modes:
+                    print(table_row(runs_of[mode], reference), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
             json.dump(records, stream, indent=1)
