@@ -121,6 +121,51 @@ def pixel_tables(caldb_dir):
     return gain, offset, usable, effic.reshape(N_PIX, N_PIX), pattern
 
 
+def open_events(obs_dir):
+    """(rows, gti): the EVENTS rows of the ECL-EVT-SEC file as a read-only memmap (big-endian
+    FITS layout from the astropy header) and its GTI as sorted (n, 2) intervals."""
+    evt = glob.glob(os.path.join(obs_dir, "ECL-EVT-SEC*"))[0]
+    with fits.open(evt) as hdus:
+        header, data_offset = hdus["EVENTS"].header, hdus.fileinfo(1)["datLoc"]
+        gti = np.array([hdus["GTI"].data["START"], hdus["GTI"].data["STOP"]], float).T
+    names = [header[f"TTYPE{k}"].strip() for k in range(1, header["TFIELDS"] + 1)]
+    forms = {"D": ">f8", "B": "u1", "I": ">i2", "J": ">i4", "E": ">f4"}
+    row_dtype = np.dtype([(name, forms[header[f"TFORM{k + 1}"].strip()[-1]])
+                          for k, name in enumerate(names)])
+    rows = np.memmap(evt, dtype=row_dtype, mode="r", offset=data_offset,
+                     shape=(int(header["NAXIS2"]),))
+    return rows, gti[np.argsort(gti[:, 0])]
+
+
+def band_lookup(bands):
+    """(N_PI,) band index of each PI channel; len(bands) for channels in no band."""
+    band_of_pi = np.full(N_PI, len(bands), np.intp)
+    for k, (lo, hi) in enumerate(bands):
+        band_of_pi[lo:hi + 1] = k  # the minimal chain takes non-overlapping bands
+    return band_of_pi
+
+
+def bin_events(rows, gti, gain, offset, usable, band_of_pi, chunk):
+    """((n_bands + 1) * 6400,) counts per (band, pixel) and the number of events binned: the
+    whole event path (read, good time, pixel status, PI, one bincount) chunk by chunk."""
+    n_pixels = N_PIX * N_PIX
+    counts = np.zeros((band_of_pi.max() + 1) * n_pixels, np.int64)
+    n_kept = 0
+    for first in range(0, len(rows), chunk):
+        block = rows[first:first + chunk]
+        times = block["TIME"].astype(np.float64)
+        pixel = block["IDET"].astype(np.intp) * N_PIX + block["JDET"]
+        in_gti = np.searchsorted(gti[:, 0], times, side="right") - 1
+        in_gti = (in_gti >= 0) & (times < gti[np.maximum(in_gti, 0), 1])
+        keep = in_gti & usable[pixel] & ((block["FLAG"] & FORCED_TRIGGER) == 0)
+        pixel = pixel[keep]
+        energy = gain[pixel] * block["PHA"][keep] + offset[pixel]
+        pi = np.clip(np.floor((energy - PI_E0) / PI_WIDTH + 1e-9), 0, N_PI - 1).astype(np.intp)
+        counts += np.bincount(band_of_pi[pi] * n_pixels + pixel, minlength=counts.size)
+        n_kept += int(keep.sum())
+    return counts, n_kept
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("obs_dir", help="folder holding the ECL-EVT-SEC file")
@@ -138,41 +183,16 @@ def main(argv=None) -> int:
         lap[0] = now
 
     bands = [tuple(int(x) for x in band.split("-")) for band in args.bands.split(",")]
-    band_of_pi = np.full(N_PI, len(bands), np.intp)  # len(bands): in no band (a spill bin)
-    for k, (lo, hi) in enumerate(bands):
-        band_of_pi[lo:hi + 1] = k  # bands do not overlap
+    band_of_pi = band_lookup(bands)
     gain, offset, usable, effic, pattern = pixel_tables(args.caldb_dir)
-    evt = glob.glob(os.path.join(args.obs_dir, "ECL-EVT-SEC*"))[0]
-    with fits.open(evt) as hdus:
-        header, data_offset = hdus["EVENTS"].header, hdus.fileinfo(1)["datLoc"]
-        gti = np.array([hdus["GTI"].data["START"], hdus["GTI"].data["STOP"]], float).T
-    names = [header[f"TTYPE{k}"].strip() for k in range(1, header["TFIELDS"] + 1)]
-    forms = {"D": ">f8", "B": "u1", "I": ">i2", "J": ">i4", "E": ">f4"}
-    row_dtype = np.dtype([(name, forms[header[f"TFORM{k + 1}"].strip()[-1]])
-                          for k, name in enumerate(names)])
-    n_rows = int(header["NAXIS2"])
-    rows = np.memmap(evt, dtype=row_dtype, mode="r", offset=data_offset, shape=(n_rows,))
-    gti = gti[np.argsort(gti[:, 0])]
-    correlator = Correlator(resampled_mask(pattern), np.where(usable.reshape(N_PIX, N_PIX), effic, 0.0))
+    rows, gti = open_events(args.obs_dir)
+    correlator = Correlator(resampled_mask(pattern),
+                            np.where(usable.reshape(N_PIX, N_PIX), effic, 0.0))
     stage("setup (CALDB, headers, FFT plan)")
 
-    n_spill = N_PIX * N_PIX
-    counts = np.zeros((len(bands) + 1) * n_spill, np.int64)
-    chunk = int(args.chunk_size)
-    n_kept = 0
     event_path = time.perf_counter()
-    for first in range(0, n_rows, chunk):
-        block = rows[first:first + chunk]
-        times = block["TIME"].astype(np.float64)
-        pixel = block["IDET"].astype(np.intp) * N_PIX + block["JDET"]
-        in_gti = (np.searchsorted(gti[:, 0], times, side="right") - 1)
-        in_gti = (in_gti >= 0) & (times < gti[np.maximum(in_gti, 0), 1])
-        keep = in_gti & usable[pixel] & ((block["FLAG"] & FORCED_TRIGGER) == 0)
-        pixel = pixel[keep]
-        energy = gain[pixel] * block["PHA"][keep] + offset[pixel]
-        pi = np.clip(np.floor((energy - PI_E0) / PI_WIDTH + 1e-9), 0, N_PI - 1).astype(np.intp)
-        counts += np.bincount(band_of_pi[pi] * n_spill + pixel, minlength=counts.size)
-        n_kept += int(keep.sum())
+    counts, n_kept = bin_events(rows, gti, gain, offset, usable, band_of_pi,
+                                int(args.chunk_size))
     event_seconds = time.perf_counter() - event_path
     stage("event path (read, PI, bin)")
 
@@ -187,9 +207,9 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - T0
     for name, value in seconds.items():
         print(f"  {name:<36}{value:8.3f} s")
-    print(f"bare_numpy_minimal: events read {n_rows}, binned {n_kept}; "
+    print(f"bare_numpy_minimal: events read {len(rows)}, binned {n_kept}; "
           f"peaks {sum(len(p) for _, p in found)}; in {elapsed:.2f} s; "
-          f"event path {n_rows / max(event_seconds, 1e-9):.3g} events/s")
+          f"event path {len(rows) / max(event_seconds, 1e-9):.3g} events/s")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Whole-chain benchmark: `ecpi_run` (DirectRunner) against a bare numpy script, same input.
 
     python benchmarks/bench_chain.py --events 1e7 [--events 3e7] [--products all,images]
-        [--modes numpy,beam,beam-mp] [--chunk-size 1000000] [--repeat 3] [--cache DIR]
+        [--modes minimal,numpy,beam,beam-mp] [--bands demo|five] [--chunk-size 1000000]
+        [--repeat 3] [--cache DIR]
     python benchmarks/bench_chain.py --events 1e7 --profile beam   # cProfile of one ecpi_run
     python benchmarks/bench_chain.py --events 1e7 --phases         # imports / graph / run split
     python benchmarks/bench_chain.py --report runs.json            # the table from --json files
@@ -11,17 +12,22 @@ per size into the cache folder (default benchmarks/output/cache, git-ignored) an
 each product set a parameter file is written:
   all     every product: ECL-GTI-CAL, ECL-EVT-CAL, ECL-DET-IMA, ECL-DET-UBC, ECL-GTI-UBC,
           ECL-SKY-IMA, ECL-SOP-IMA;
-  images  the sky images and source lists only (ECL-SKY-IMA, ECL-SOP-IMA).
-Bands and occultation classes are the demo's (six bands, PEO, background 'shape').
+  images  the sky images and source lists only (ECL-SKY-IMA, ECL-SOP-IMA);
+  det-sky ECL-DET-IMA, ECL-SKY-IMA, ECL-SOP-IMA.
+Bands: the demo's six (--bands demo) or the five default ones (--bands five); PEO, background
+'shape'. Modes alternate within each repetition, so that a change of load hits all of them;
+the ratio column is against the first mode given.
 
 Each measurement is one fresh process, timed from outside (whole-process wall time, imports
 included):
+  minimal  python benchmarks/bare_numpy_minimal.py OBS CALDB  (no project code at all)
   numpy    python benchmarks/bare_numpy_chain.py params.ini  (same kernels, no Beam)
   beam     ecpi_run params.ini                                (DirectRunner defaults)
   beam-mp  ecpi_run params.ini --direct_num_workers 2 --direct_running_mode multi_processing
 Memory: `peak RSS` is the largest single process (ru_maxrss from wait4, which covers the
-process and every descendant it waited for); `peak tree` is the largest sum of RSS over the
-process and all its descendants, sampled every 50 ms (what matters for multi_processing).
+process and every descendant it waited for; it cannot be below this benchmark's own footprint,
+inherited through fork, recorded as parent_rss_mb); `peak tree` is the largest sum of RSS over
+the process and all its descendants, sampled every 50 ms (what matters for multi_processing).
 Prints one markdown table, with medians over --repeat runs, and writes the raw runs as JSON
 (--json). Measured processes get their own bytecode cache and a warm-up run (see child_env;
 --cold-imports measures the environment as it is).
@@ -32,6 +38,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -212,8 +219,12 @@ def measure(command: list[str], env=None) -> dict:
     sampler.join()
     for reader in readers:
         reader.join()
+    # ru_maxrss starts from this process's own footprint (inherited through fork): noted, so
+    # that a child smaller than its parent is read from the sampled peak tree instead
+    parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {"command": command, "returncode": process.returncode, "seconds": seconds,
             "peak_rss_mb": usage.ru_maxrss / 1024.0, "peak_tree_mb": peak_tree[0] / 2**20,
+            "parent_rss_mb": parent_mb,
             "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
             "load": os.getloadavg()[0], "stdout": output.get("stdout", ""),
             "stderr": output.get("stderr", "")}
@@ -304,21 +315,29 @@ def _reported(runs, what, default=None):
 
 TABLE_HEADER = (
     "| events read | products | chunk | mode | wall s (median) | wall s (runs) | events/s | "
-    "x first mode | CPU s (user+sys) | peak RSS MB | peak tree MB | sources | load (1 min) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    "x first mode | CPU s (user+sys) | CPU x first mode | peak RSS MB | peak tree MB | sources | "
+    "load (1 min) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def table_row(runs, reference_seconds=None) -> str:
-    """One markdown row for the runs of one (events, products, chunk, mode)."""
+def _cpu(runs):
+    return statistics.median(run["user_s"] + run["sys_s"] for run in runs)
+
+
+def table_row(runs, reference_runs=None) -> str:
+    """One markdown row for the runs of one (events, products, chunk, mode); ratios against
+    the medians of reference_runs (wall and CPU)."""
     first = runs[0]
+    reference_seconds = _median(reference_runs, "seconds") if reference_runs else None
     seconds = _median(runs, "seconds")
     ratio = f"{seconds / reference_seconds:.2f}" if reference_seconds else "-"
     events = _reported(runs, "events read", first["events"])
     sources = _reported(runs, "sources", "?")
-    cpu = statistics.median(run["user_s"] + run["sys_s"] for run in runs)
+    cpu = _cpu(runs)
+    cpu_ratio = f"{cpu / _cpu(reference_runs):.2f}" if reference_runs else "-"
     return (f"| {events:.3g} | {first['products']} | {first['chunk_size']:.0e} | {first['mode']} | "
             f"{seconds:.1f} | {_joined(runs, 'seconds')} | {events / seconds:.3g} | {ratio} | "
-            f"{cpu:.1f} | {_median(runs, 'peak_rss_mb'):.0f} | {_median(runs, 'peak_tree_mb'):.0f} | "
+            f"{cpu:.1f} | {cpu_ratio} | {_median(runs, 'peak_rss_mb'):.0f} | {_median(runs, 'peak_tree_mb'):.0f} | "
             f"{sources} | {_joined(runs, 'load')} |")
 
 
@@ -336,7 +355,7 @@ def report(json_files) -> None:
         first = next(mode for mode in MODES if mode in by_mode)
         for mode in MODES:
             if mode in by_mode:
-                print(table_row(by_mode[mode], _median(by_mode[first], "seconds")))
+                print(table_row(by_mode[mode], by_mode[first]))
 
 
 def main(argv=None) -> int:
@@ -439,9 +458,8 @@ def main(argv=None) -> int:
                             print(run["stderr"][-3000:], file=sys.stderr)
                             raise SystemExit(f"{' '.join(run['command'])}: exit "
                                              f"{run['returncode']}")
-                reference = _median(runs_of[modes[0]], "seconds")
                 for mode in modes:
-                    print(table_row(runs_of[mode], reference), flush=True)
+                    print(table_row(runs_of[mode], runs_of[modes[0]]), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
             json.dump(records, stream, indent=1)
