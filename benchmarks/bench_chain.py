@@ -24,6 +24,7 @@ included):
   numpy    python benchmarks/bare_numpy_chain.py params.ini  (same kernels, no Beam)
   beam     ecpi_run params.ini                                (DirectRunner defaults)
   beam-mp  ecpi_run params.ini --direct_num_workers 2 --direct_running_mode multi_processing
+  beam-base  ecpi_run params.ini importing the package of --baseline-checkout (before/after)
 Memory: `peak RSS` is the largest single process (ru_maxrss from wait4, which covers the
 process and every descendant it waited for; it cannot be below this benchmark's own footprint,
 inherited through fork, recorded as parent_rss_mb); `peak tree` is the largest sum of RSS over
@@ -63,7 +64,8 @@ PRODUCT_SETS = {
     "det-sky": {"cali": [], "bube": ["ECL-DET-IMA"], "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
 }
 WARM_UP_EVENTS = 100_000
-MODES = ("minimal", "numpy", "beam", "beam-mp")
+MODES = ("minimal", "numpy", "beam", "beam-base", "beam-mp")
+BASELINE = {}  # "checkout": the folder whose ecpi_beam the beam-base mode imports
 MP_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 
 
@@ -166,6 +168,10 @@ def command_for(mode: str, params: str) -> list[str]:
         return [*ecpi_run_command(), params]
     if mode == "beam-mp":
         return [*ecpi_run_command(), params, *MP_ARGS]
+    if mode == "beam-base":  # the same ecpi_run, importing another checkout's package
+        if "checkout" not in BASELINE:
+            raise SystemExit("mode beam-base needs --baseline-checkout")
+        return ["env", f"PYTHONPATH={BASELINE['checkout']}", *ecpi_run_command(), params]
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
@@ -275,23 +281,109 @@ def phases_child(params_path: str, beam_args: list[str]) -> None:
 # ==============================================================================================
 # Profile
 # ==============================================================================================
+PROFILE_CHILD = """
+import cProfile, runpy, sys, time
+stats, target = sys.argv[1], sys.argv[2:]
+profiler = cProfile.Profile(time.process_time)  # CPU seconds: less disturbed by the load
+sys.argv = target
+profiler.enable()
+try:
+    if target[0] == "-m":
+        sys.argv = target[1:]
+        runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(target[0], run_name="__main__")
+except SystemExit:
+    pass
+profiler.disable()
+profiler.dump_stats(stats)
+"""
+# Where the CPU goes in one ecpi_run: (label, functions whose cumulative time is that stage,
+# as "module:Class.method" or a bare function name). The stages do not overlap; the Beam
+# runner's row is what DirectRunner.run_pipeline spends outside them.
+PROFILE_STAGES = (
+    ("imports (all modules, whenever imported)", ("_find_and_load",)),
+    ("graph construction", ("ecpi_beam.pipelines.observation:build_observation_pipeline",)),
+    ("DPCO: triplet inspection", ("ecpi_beam.transforms.read:InspectObservation.process",)),
+    ("event path: read chunks + DPCO chunk checks",
+     ("ecpi_beam.transforms.read:ReadEventChunk.process",)),
+    ("event path: calibrate (good time incl.)", ("ecpi_beam.transforms.cali:CalibrateChunk.process",)),
+    ("event path: occultation classes + binning",
+     ("ecpi_beam.transforms.bube:BinDetectorImages.process",)),
+    ("imaging timeline (attitude, orbit, occultation)",
+     ("ecpi_beam.transforms.bube:MakeTimeline.process",)),
+    ("BUBE background (setup + fits)", ("ecpi_beam.transforms.bube:CorrectBackground.setup",
+                                        "ecpi_beam.transforms.bube:CorrectBackground.process")),
+    ("IMAG setup (sky analyser, plan)", ("ecpi_beam.transforms.imag:MakeSkyImages.setup",)),
+    ("IMAG: sky images, cleaning, detection, fits",
+     ("ecpi_beam.transforms.imag:MakeSkyImages.process",)),
+    ("product writers", ("ecpi_beam.transforms.write:WriteProductFile.process",)),
+)
+
+
+def _code_key(spec: str):
+    """The pstats key (file, first line, name) of 'module:Class.method', or None."""
+    import importlib
+    import inspect
+
+    module, _, path = spec.partition(":")
+    try:
+        target = importlib.import_module(module)
+        for part in path.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError):
+        return None
+    code = inspect.unwrap(target).__code__
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+def profile_summary(stats_path: str) -> list[tuple[str, float]]:
+    """(stage, CPU seconds) of a profile by PROFILE_STAGES, then the Beam runner's own time and
+    the total."""
+    import pstats
+
+    stats = pstats.Stats(stats_path).stats  # (file, line, name) -> (cc, nc, tt, ct, callers)
+
+    def cumulative(spec):
+        if ":" in spec:
+            key = _code_key(spec)
+            return stats[key][3] if key in stats else 0.0
+        return max((value[3] for key, value in stats.items() if key[2] == spec), default=0.0)
+
+    rows = [(label, sum(cumulative(spec) for spec in specs)) for label, specs in PROFILE_STAGES]
+    run = max((value[3] for key, value in stats.items()
+               if key[2] == "run_pipeline" and key[0].endswith("direct_runner.py")), default=0.0)
+    inside_run = sum(seconds for label, seconds in rows[2:])
+    rows.append(("Beam runner itself (translation, bundles, coders, threads) and the rest",
+                 max(run - inside_run, 0.0)))
+    rows.append(("total CPU of the profiled process",
+                 max(value[3] for value in stats.values())))
+    return rows
+
+
 def profile(mode: str, params: str, out_dir: str, env=None, top: int = 45) -> str:
-    """cProfile of one run of `mode` (in-process for the main process only); prints the top."""
+    """cProfile (CPU time) of one run of `mode` (the main process only); prints the top and, for
+    ecpi_run, the CPU per stage (PROFILE_STAGES)."""
     os.makedirs(out_dir, exist_ok=True)
     stats = os.path.join(out_dir, f"{mode}-{os.path.basename(os.path.dirname(params))}.prof")
     if mode == "numpy":
         target = [os.path.join(HERE, "bare_numpy_chain.py"), params]
     else:
         target = ["-m", "ecpi_beam.run", params, *(MP_ARGS if mode == "beam-mp" else [])]
-    command = [sys.executable, "-m", "cProfile", "-o", stats, *target]
     started = time.perf_counter()
-    subprocess.run(command, check=True, env=env)
+    subprocess.run([sys.executable, "-c", PROFILE_CHILD, stats, *target], check=True, env=env)
     print(f"profiled run: {time.perf_counter() - started:.1f} s -> {stats}")
     import pstats
 
     for sort in ("cumulative", "tottime"):
         print(f"\n=== top {top} by {sort} ===")
         pstats.Stats(stats).sort_stats(sort).print_stats(top)
+    if mode != "numpy":
+        rows = profile_summary(stats)
+        total = rows[-1][1]
+        print("\n| stage | CPU s (profiled) | share |\n|---|---|---|")
+        for label, seconds in rows:
+            print(f"| {label} | {seconds:.2f} | {100 * seconds / total:.0f} % |")
     return stats
 
 
@@ -363,7 +455,10 @@ def main(argv=None) -> int:
     parser.add_argument("--events", action="append", type=float,
                         help="events to simulate, repeatable (default 1e7)")
     parser.add_argument("--products", default="all,images", help="product sets: all,images")
-    parser.add_argument("--modes", default=",".join(MODES), help="numpy,beam,beam-mp")
+    parser.add_argument("--modes", default="numpy,beam,beam-mp",
+                        help=f"some of {','.join(MODES)} (the first is the reference)")
+    parser.add_argument("--baseline-checkout", help="for mode beam-base: a checkout (e.g. of "
+                        "the main branch) whose package ecpi_run imports instead of this one")
     parser.add_argument("--chunk-size", default="1000000",
                         help="[cali] chunk_size values, comma separated (1000000)")
     parser.add_argument("--bands", default="demo", choices=sorted(BAND_SETS),
@@ -382,6 +477,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cold-imports", action="store_true",
                         help="no bytecode cache of our own, no warm-up run (see child_env)")
     args, beam_args = parser.parse_known_args(argv)
+    if args.baseline_checkout:
+        BASELINE["checkout"] = os.path.abspath(args.baseline_checkout)
     if args.report:
         report(args.report)
         return 0

@@ -89,7 +89,8 @@ def _detector_fft(detector_array):
 
 def _correlate(detector_fft_conj, kernel_fft) -> np.ndarray:
     """(199, 199) view of the circular correlation (the kernel FFT is rolled for the sky)."""
-    circular = fft.irfft2(detector_fft_conj * kernel_fft, s=(FFT_SIZE, FFT_SIZE))
+    circular = fft.irfft2(detector_fft_conj * kernel_fft, s=(FFT_SIZE, FFT_SIZE),
+                          overwrite_x=True)  # the product is a temporary
     return circular[:instrument.N_SKY, :instrument.N_SKY]
 
 

@@ -53,9 +53,7 @@ class BinDetectorImages(beam.DoFn):
         self._occ_types = tuple(occ_types)
         self._binned = Metrics.counter(NAMESPACE, "events_binned")
         self._forced = Metrics.counter(NAMESPACE, "forced_triggers_not_imaged")
-
-    def setup(self):
-        self._keyed = binning.keyed_binning(self._bands)
+        self._keyed = binning.keyed_binning(self._bands)  # a few small arrays
 
     @isolating("bube")
     def process(self, element, timelines):
