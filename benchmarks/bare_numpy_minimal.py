@@ -50,7 +50,7 @@ def resampled_mask(pattern):
 
 
 class Correlator:
-    """FFT cross-correlation with kernels prepared once: sky[r, c] = sum D[i, j] G[i+r-79, j+c-79]."""
+    """FFT cross-correlation, kernels prepared once: sky[r, c] = sum D[i, j] G[i+r-79, j+c-79]."""
 
     def __init__(self, mask, weights):
         shift = N_PIX - 1
@@ -85,7 +85,8 @@ class Correlator:
         """Balanced intensity / sqrt(variance), Poisson variance of the counts."""
         d = self._forward(self.weights * counts)
         v = self._forward(self.weights ** 2 * counts)
-        intensity = (self._inverse(d * self.k_pos) - self.b * self._inverse(d * self.k_neg)) / self.norm
+        intensity = (self._inverse(d * self.k_pos)
+                     - self.b * self._inverse(d * self.k_neg)) / self.norm
         variance = (self._inverse(v * self.k_pos2) - 2.0 * self.b * self._inverse(v * self.k_cross)
                     + self.b ** 2 * self._inverse(v * self.k_neg2)) / self.norm ** 2
         ok = self.measured & (variance > 1e-12 * max(float(variance.max()), 1e-300))

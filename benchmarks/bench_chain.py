@@ -307,7 +307,8 @@ PROFILE_STAGES = (
     ("DPCO: triplet inspection", ("ecpi_beam.transforms.read:InspectObservation.process",)),
     ("event path: read chunks + DPCO chunk checks",
      ("ecpi_beam.transforms.read:ReadEventChunk.process",)),
-    ("event path: calibrate (good time incl.)", ("ecpi_beam.transforms.cali:CalibrateChunk.process",)),
+    ("event path: calibrate (good time incl.)",
+     ("ecpi_beam.transforms.cali:CalibrateChunk.process",)),
     ("event path: occultation classes + binning",
      ("ecpi_beam.transforms.bube:BinDetectorImages.process",)),
     ("imaging timeline (attitude, orbit, occultation)",
@@ -429,7 +430,8 @@ def table_row(runs, reference_runs=None) -> str:
     cpu_ratio = f"{cpu / _cpu(reference_runs):.2f}" if reference_runs else "-"
     return (f"| {events:.3g} | {first['products']} | {first['chunk_size']:.0e} | {first['mode']} | "
             f"{seconds:.1f} | {_joined(runs, 'seconds')} | {events / seconds:.3g} | {ratio} | "
-            f"{cpu:.1f} | {cpu_ratio} | {_median(runs, 'peak_rss_mb'):.0f} | {_median(runs, 'peak_tree_mb'):.0f} | "
+            f"{cpu:.1f} | {cpu_ratio} | {_median(runs, 'peak_rss_mb'):.0f} | "
+            f"{_median(runs, 'peak_tree_mb'):.0f} | "
             f"{sources} | {_joined(runs, 'load')} |")
 
 
@@ -557,10 +559,15 @@ def main(argv=None) -> int:
                                              f"{run['returncode']}")
                 for mode in modes:
                     print(table_row(runs_of[mode], runs_of[modes[0]]), flush=True)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump(records, stream, indent=1)
+    write_json(args.json, records)
     return 0
+
+
+def write_json(path, data) -> None:
+    """The raw results, when a --json path was given."""
+    if path:
+        with open(path, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, indent=1)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ start-up    CPU seconds of `python -c "import ecpi_beam.run"` in fresh processes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
 import bare_numpy_minimal as minimal  # noqa: E402
-from bench_chain import DEFAULT_CACHE, child_env, simulate_input  # noqa: E402
+from bench_chain import DEFAULT_CACHE, child_env, simulate_input, write_json  # noqa: E402
 
 
 def _cpu_seconds(function) -> float:
@@ -192,9 +191,7 @@ def main(argv=None) -> int:
     if "import" in wanted:
         results["import"] = import_time(args.repeat, args.cache, args.import_checkout)
     print(report(results))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump(results, stream, indent=1)
+    write_json(args.json, results)
     return 0
 
 
