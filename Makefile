@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-output
 
 .PHONY: demo test setup system-deps benchmark clean
 
-$(BIN)/ecpi_run: setup.py
+$(BIN)/ecpi_run: setup.py | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test,dask,s3]"
@@ -14,11 +14,17 @@ $(BIN)/ecpi_run: setup.py
 
 setup: $(BIN)/ecpi_run
 
+# sherpa (the tests' spectral fitter) is a source distribution: these let pip compile it
+SHERPA_BUILD_DEPS = byacc flex bison libfftw3-dev pkg-config
+
 # fitsverify (HEASoft's FITS checker) comes from the system's packages; the tests need it.
 system-deps:
 	@command -v fitsverify >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq fitsverify >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq fitsverify >/dev/null; fi; }
+	@dpkg -s $(SHERPA_BUILD_DEPS) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SHERPA_BUILD_DEPS) >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq $(SHERPA_BUILD_DEPS) >/dev/null; fi; }
 
 demo: setup
 	$(BIN)/ecpi_demo --out $(DEMO_DIR)

@@ -16,9 +16,11 @@ setup(
         "fsspec>=2024.2",
         "matplotlib>=3.7",
         "requests>=2.28",
+        "astropy-healpix>=1.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist", "stingray", "moto[server]>=5", "s3fs>=2024.2", "flask"],
+        "test": ["pytest>=7", "pytest-xdist", "stingray", "moto[server]>=5", "s3fs>=2024.2", "flask",
+                 "sherpa>=4.16", "healpy>=1.16", "voevent-parse>=1.0"],
         "dask": ["apache-beam[dask]", "dask", "distributed"],
         "s3": ["s3fs>=2024.2"],
     },

@@ -18,6 +18,7 @@ from ecpi_beam.io import fs
 from ecpi_beam.kernels.calibrate import DROP_REASONS
 from ecpi_beam.params import load_params
 from ecpi_beam.pipelines.observation import build_observation_pipeline
+from ecpi_beam.pipelines import safeguards
 from ecpi_beam.pipelines.preflight import check_capabilities, preflight_observations
 from ecpi_beam.transforms.failures import (FAILURES_FILE, collect_failures,
                                            remove_dead_letters)
@@ -31,6 +32,11 @@ def parse_args(argv):
         prog="ecpi_run", description="Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG) on Beam.",
         epilog="Other options (--runner, --direct_num_workers, ...) go to Beam's PipelineOptions.")
     parser.add_argument("--params", dest="params_option", help="the parameter file (.ini)")
+    parser.add_argument("--streaming", action="store_true",
+                        help="watch working_in for slices and alert on new transients "
+                             "(docs/streaming.md)")
+    parser.add_argument("--stream_idle_timeout", type=float, default=None, metavar="S",
+                        help="with --streaming: stop after S seconds without a new slice")
     argv = list(argv)
     # The positional form is `ecpi_run params.ini [beam options]`: only the first argument, so
     # that the value of a Beam option (`--runner DirectRunner`) is never taken for it.
@@ -41,6 +47,12 @@ def parse_args(argv):
         raise EcpiError("no parameter file: give it as `ecpi_run params.ini` or --params params.ini")
     if not any(arg.startswith("--runner") for arg in beam_args):
         beam_args = ["--runner", "DirectRunner", *beam_args]
+    if args.streaming:
+        beam_args = [*beam_args, "--streaming", "--stream_idle_timeout",
+                     str(args.stream_idle_timeout if args.stream_idle_timeout is not None
+                         else float("inf"))]
+    elif args.stream_idle_timeout is not None:
+        raise EcpiError("--stream_idle_timeout: only with --streaming")
     return path, beam_args
 
 
@@ -65,7 +77,7 @@ def metric_totals(result):
 
 def run(params, beam_args, caldb_dir, observation_dirs):
     """Build and run the pipeline; returns (metric totals, failure records)."""
-    stale = fs.join(params.general.working_out, FAILURES_FILE)
+    stale = fs.inside(params.general.working_out, FAILURES_FILE)
     if fs.exists(stale):
         fs.remove(stale)
     remove_dead_letters(params.general.working_out)
@@ -82,13 +94,35 @@ def main(argv) -> int:
     path, beam_args = parse_args(argv)
     params = load_params(path)
     configure_logging(params.general.logger_level)
+    # writable, one run at a time, leftovers of earlier runs removed (docs/reliability.md)
+    with safeguards.guarded_working_out(params.general.working_out):
+        return run_in_working_out(params, beam_args, started)
+
+
+def run_in_working_out(params, beam_args, started) -> int:
     check_capabilities(params)
     caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
+    safeguards.check_caldb(caldb_dir)
+    if "--streaming" in beam_args:
+        from ecpi_beam.pipelines.stream import run_streaming_command
+
+        return run_streaming_command(params, beam_args, caldb_dir, started)
     observation_dirs = fs.find_observation_dirs(params.general.working_in)
     preflight_observations(observation_dirs)
-    totals, failures = run(params, beam_args, caldb_dir, observation_dirs)
+    ids = safeguards.observation_ids(observation_dirs)
+    to_run, early_failures = safeguards.set_aside_duplicates(ids)
+    try:
+        totals, _ = run(params, beam_args, caldb_dir, to_run)
+    except Exception as error:  # a fault of the machine is one line; a bug keeps its traceback
+        fault = safeguards.one_line_fault(error)
+        if fault is None:
+            raise
+        raise fault from None
+    failures, not_made = safeguards.finish_run(params, ids, early_failures)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
+    for line in not_made:
+        print(f"warning: {line}", file=sys.stderr)
     failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}
     done = len(observation_dirs) - len(failed)
     dropped = ", ".join(f"{reason} {int(totals.get(f'ecpi.cali.dropped_{reason}', 0))}"
@@ -98,6 +132,7 @@ def main(argv) -> int:
           f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
           f"products {int(totals.get('ecpi.write.products_written', 0))}; "
           f"sources {int(totals.get('ecpi.imag.sources_found', 0))}; "
+          + (f"requested products not made {len(not_made)}; " if not_made else "") +
           f"products in {params.general.working_out}")
     return 2 if failures else 0
 

@@ -8,6 +8,15 @@ from ecpi_beam import instrument
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import events
 
+# The ICD time reference, as OGIP/93-003 keywords of every table with a time column
+ICD_TIME_KEYWORDS = {
+    "TIMEZERO": (0.0, "[s] time offset"),
+    "MJDREFI": (instrument.MJDREFI, "integer part of the MJD of time zero"),
+    "MJDREFF": (instrument.MJDREFF, "fractional part of MJDREF"),
+    "TIMESYS": (instrument.TIMESYS, "time system"),
+    "TIMEUNIT": ("s", "unit of the time columns"),
+}
+
 
 def gti_hdu(intervals, extname: str = "GTI", keywords: dict | None = None) -> fits.BinTableHDU:
     """A START/STOP table of good time; ONTIME is the summed length of the intervals.
@@ -30,11 +39,7 @@ def gti_hdu(intervals, extname: str = "GTI", keywords: dict | None = None) -> fi
         "HDUCLASS": ("OGIP", "format conforms to OGIP standards"),
         "HDUCLAS1": ("GTI", "table of good time intervals"),
         "HDUCLAS2": ("STANDARD", "standard GTI"),
-        "TIMEZERO": (0.0, "[s] time offset"),
-        "MJDREFI": (instrument.MJDREFI, "integer part of the MJD of time zero"),
-        "MJDREFF": (instrument.MJDREFF, "fractional part of MJDREF"),
-        "TIMESYS": (instrument.TIMESYS, "time system"),
-        "TIMEUNIT": ("s", "unit of the time columns"),
+        **ICD_TIME_KEYWORDS,
         "TSTART": (span[0], "[s] start time"),
         "TSTOP": (span[1], "[s] stop time"),
     }

@@ -11,6 +11,8 @@ from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
 from ecpi_beam.transforms.failures import FailureLog
 from ecpi_beam.transforms.imag import Imag
+from ecpi_beam.transforms.mosa import Mosa
+from ecpi_beam.transforms.spex import Spex
 from ecpi_beam.transforms.read import ReadObservation
 from ecpi_beam.transforms.write import (WriteFailures, WriteImageProducts,
                                         WriteTimelineProducts, failed_obs_ids)
@@ -36,10 +38,14 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
 
     if params.cali.out_files:
         written.append(calibrated | "WriteCali" >> WriteCaliProducts(
-            general.working_out, params.cali.out_files, fingerprint, observations, failed))
+            general.working_out, params.cali.out_files, fingerprint, observations, failed,
+            failure_log=failure_log))
 
-    wants_imag = bool(params.imag.out_files)
-    if params.bube.out_files or wants_imag:
+    wants_spex = bool(params.spex.out_files)  # SPEX: on the sources IMAG finds, or a list
+    spex_from = params.spex.sources_from if wants_spex else None
+    wants_mosa = bool(params.mosa.out_files) or spex_from == "mosaic"
+    wants_imag = bool(params.imag.out_files) or wants_mosa or spex_from == "imag"
+    if params.bube.out_files or wants_imag or wants_spex:
         timelines = observations | "Timelines" >> ImagingTimelines(params.bube, failure_log)
         detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines, failure_log)
         outputs.update(timelines=timelines, detector=detector)
@@ -55,6 +61,17 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             outputs["sky"] = sky
             for product in params.imag.out_files:
                 written.append(sky | f"Write{product}" >> WriteImageProducts(product, **write))
+            if wants_mosa:  # MOSA: one mosaic of every observation's sky images
+                mosa = sky | "Mosa" >> Mosa(params.mosa, general.working_out, fingerprint,
+                                            observations, failure_log, spex_from == "mosaic")
+                if mosa.written is not None:
+                    written.append(mosa.written)
+                outputs["mosaic_sources"] = mosa.sources
+        if wants_spex:
+            written.append(calibrated | "Spex" >> Spex(
+                params.spex, params.bube, caldb_dir, timelines, outputs.get("sky"), observations,
+                failed, general.working_out, fingerprint, failure_log,
+                outputs.get("mosaic_sources")))
 
     written.append(read.failures | "WriteFailures" >> WriteFailures(general.working_out))
     outputs["failures"] = read.failures

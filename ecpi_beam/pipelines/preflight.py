@@ -14,7 +14,8 @@ def check_capabilities(params):
         if product in NOT_YET_AVAILABLE:
             raise EcpiError(f"[bube] out_files: '{product}' is not available yet "
                             f"({NOT_YET_AVAILABLE[product]})")
-    if not (params.bube.out_files or params.imag.out_files):
+    if not (params.bube.out_files or params.imag.out_files or params.mosa.out_files
+            or params.spex.out_files):
         return
     available = background.available_modes()
     for occ in params.bube.ear_occ_bub:

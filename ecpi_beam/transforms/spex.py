@@ -1,0 +1,232 @@
+"""SPEX as Beam transforms: mask-weighted spectra and light curves of sources (docs/spex.md).
+
+The sources of each observation are the [spex] sources list, or every source IMAG found
+(merged across bands). Each calibrated chunk adds, per (obs_id, source, occ), its weighted
+events to a spectrum and to one light curve per band; a CombineFn keyed by (obs_id, source
+index, occ) sums them, so an observation streams through source-sized accumulators and the
+sources of all observations are extracted in parallel; the sums become ECL-SPS-S1 (with its
+RMF and ARF) and ECL-LCS-S1 files.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from ecpi_beam import instrument
+from ecpi_beam.caldb import Caldb
+from ecpi_beam.io import fs
+from ecpi_beam.io.gti import gti_hdu
+from ecpi_beam.io.products import band_keywords, standard_keywords, write_product
+from ecpi_beam.io.spectral_products import (arf_hdus, light_curve_hdus, rmf_hdus,
+                                            source_keywords, spectrum_hdus)
+from ecpi_beam.kernels import background, lightcurves, spectra
+from ecpi_beam.kernels.mosaic import PEAK_MERGE_DEG
+from ecpi_beam.transforms.base import DataclassTransform, SumCombineFn
+from ecpi_beam.transforms.failures import isolating, with_failure_log
+
+NAMESPACE = "ecpi.spex"
+
+
+def spectrum_stem(obs_id, source_index, occ):
+    return f"ECL-SPS-S1_{obs_id}_S{int(source_index):02d}_{occ}"
+
+
+def light_curve_name(obs_id, source_index, band, occ):
+    return f"ECL-LCS-S1_{obs_id}_S{int(source_index):02d}_{band}_{occ}.fits"
+
+
+def _weighter(caldb_dir):
+    caldb = Caldb.open(caldb_dir)
+    pixcal = caldb.pixel_calibration()
+    efficiency = np.where(pixcal.status == 0, pixcal.effic, 0.0)
+    template = background.sky_illumination_template(caldb.mask_pattern(), efficiency)
+    return caldb, spectra.SourceWeighter(caldb.mask_pattern(), efficiency, template)
+
+
+class _WeightsCache:
+    """MaskWeights per (obs_id, source index), computed once per worker."""
+
+    def __init__(self, weighter):
+        self._weighter, self._cache = weighter, {}
+
+    def get(self, obs_id, sources, index, quaternion):
+        """The weights, or None for a source outside the field of view of this observation."""
+        key = (obs_id, index)
+        if key not in self._cache:
+            source = next(s for s in sources if s.index == index)
+            seen = self._weighter.shadow(instrument.radec_to_los(source.ra, source.dec,
+                                                                 quaternion)).any()
+            self._cache[key] = self._weighter.weights(sources, index, quaternion) if seen else None
+        return self._cache[key]
+
+
+class WeightEvents(beam.DoFn):
+    """(obs_id, events) -> ((obs_id, source index, occ), SourceSums) for each source and occ."""
+
+    def __init__(self, caldb_dir, spex_params, bands, occ_types):
+        self._caldb_dir, self._params = caldb_dir, spex_params
+        self._bands, self._occ_types = tuple(bands), tuple(occ_types)
+        self._weighted = Metrics.counter(NAMESPACE, "events_weighted")
+
+    def setup(self):
+        _, weighter = _weighter(self._caldb_dir)
+        self._weights = _WeightsCache(weighter)
+
+    @isolating("spex")
+    def process(self, element, timelines, sources):
+        obs_id, events = element
+        if obs_id not in sources:
+            return
+        timeline = timelines[obs_id]
+        photons = events[(events["FLAG"] & instrument.FLAG_FORCED_TRIGGER) == 0]
+        for source in sources[obs_id]:
+            weights = self._weights.get(obs_id, sources[obs_id], source.index,
+                                        timeline.reference_quaternion)
+            if weights is None:
+                continue
+            event_weights = weights.of_events(photons["IDET"], photons["JDET"])
+            for occ in self._occ_types:
+                gti = timeline.class_gti[occ]
+                if not len(gti):
+                    continue
+                edges = lightcurves.bin_edges(gti, self._params.time_bin)
+                self._weighted.inc(len(photons))
+                yield (str(obs_id), int(source.index), str(occ)), spectra.source_sums(
+                    photons, event_weights, gti, edges, self._bands, self._params.pi_per_channel)
+
+
+class WriteSourceProducts(beam.DoFn):
+    """((obs_id, source index, occ), SourceSums) -> the URLs of its spectrum (PHA, RMF, ARF)
+    and light curves."""
+
+    def __init__(self, caldb_dir, spex_params, bands, working_out, fingerprint):
+        self._caldb_dir, self._params, self._bands = caldb_dir, spex_params, tuple(bands)
+        self._working_out, self._fingerprint = working_out, fingerprint
+        self._written = Metrics.counter("ecpi.write", "products_written")
+
+    def setup(self):
+        caldb, weighter = _weighter(self._caldb_dir)
+        self._weights = _WeightsCache(weighter)
+        self._rmf = spectra.rebinned_rmf(caldb.rmf(), self._params.pi_per_channel)
+        self._arf, self._irf = caldb.arf(), caldb.irf()
+
+    @isolating("spex")
+    def process(self, element, timelines, sources, observations, failed):
+        (obs_id, index, occ), sums = element
+        if obs_id in failed or sums is None:
+            return
+        timeline, observation = timelines[obs_id], observations[obs_id]
+        source = next(s for s in sources[obs_id] if s.index == index)
+        weights = self._weights.get(obs_id, sources[obs_id], index, timeline.reference_quaternion)
+        gti = timeline.class_gti[occ]
+        about = source_keywords(source.name, source.ra, source.dec, weights.off_axis_deg)
+        about["OCC_TYPE"] = (occ, "Earth occultation type (NEO, PEO or TEO)")
+        yield from self._write_spectrum(observation, obs_id, index, occ, sums, weights, about,
+                                        timeline.exposure(occ), gti)
+        if "ECL-LCS-S1" in self._params.out_files:
+            edges = lightcurves.bin_edges(gti, self._params.time_bin)
+            for k, band in enumerate(self._bands):
+                curve = lightcurves.finish_light_curve(edges, sums.light_curves[0, k],
+                                                       sums.light_curves[1, k], gti)
+                name = light_curve_name(obs_id, index, instrument.band_name(band), occ)
+                yield self._put("ECL-LCS-S1", observation, name, light_curve_hdus(
+                    curve, gti, {**about, **band_keywords(band, occ)}))
+
+    def _write_spectrum(self, observation, obs_id, index, occ, sums, weights, about,
+                        exposure, gti):
+        if "ECL-SPS-S1" not in self._params.out_files:
+            return
+        stem = spectrum_stem(obs_id, index, occ)
+        spectrum = spectra.finish_spectrum(sums.spectrum[0], sums.spectrum[1],
+                                           self._params.pi_per_channel, exposure)
+        specresp = spectra.source_arf(self._arf, self._irf, weights)
+        yield self._put("ECL-SPS-S1", observation, f"{stem}.rmf", rmf_hdus(self._rmf))
+        yield self._put("ECL-SPS-S1", observation, f"{stem}.arf",
+                        arf_hdus(self._arf, specresp, about))
+        yield self._put("ECL-SPS-S1", observation, f"{stem}.fits",
+                        spectrum_hdus(spectrum, f"{stem}.rmf", f"{stem}.arf", about)
+                        + [gti_hdu(gti, "GTI")])
+
+    def _put(self, product, observation, name, hdus):
+        url = fs.inside(self._working_out, name)  # names built from OBS_ID stay confined
+        write_product(url, hdus, standard_keywords(product, observation.keywords,
+                                                   self._fingerprint))
+        self._written.inc()
+        return url
+
+
+@beam.ptransform_fn
+def SourcesFound(sky):  # noqa: N802 - a PTransform
+    """((obs_id, band, occ), SkyProducts) -> (obs_id, SpexSources): IMAG's detections of every
+    band and occultation type, one per position (brightest first)."""
+    def merge(obs_id, rows):
+        rows = sorted(rows, key=lambda row: -row.snr)
+        return obs_id, spectra.distinct_sources(
+            [(row.ra, row.dec) for row in rows], PEAK_MERGE_DEG,
+            names=[getattr(row, "name", "") for row in rows])
+
+    return (sky
+            | "Detections" >> beam.FlatMap(lambda kv: [(kv[0][0], row) for row in kv[1].sources])
+            | "ByObservation" >> beam.GroupByKey()
+            | "Distinct" >> beam.MapTuple(merge))
+
+
+def sources_listed(observations, positions):
+    """(obs_id, Observation) -> (obs_id, SpexSources) of the [spex] sources list."""
+    listed = spectra.distinct_sources(positions, 0.0)
+    return observations | "Listed" >> beam.Map(lambda kv: (kv[0], listed))
+
+
+def sources_of_mosaic(observations, found):
+    """(obs_id, Observation) -> (obs_id, SpexSources): every source found on the mosaic (in any
+    band), for every observation; those outside an observation's field are skipped later."""
+    def merge(rows):
+        rows = sorted(rows, key=lambda row: -row.snr)
+        return spectra.distinct_sources([(row.ra, row.dec) for row in rows], PEAK_MERGE_DEG)
+
+    merged = beam.pvalue.AsSingleton(
+        found
+        | "MosaicRows" >> beam.FlatMap(lambda kv: kv[1])
+        | "AllRows" >> beam.combiners.ToList()
+        | "Merge" >> beam.Map(merge))
+    return observations | "FromMosaic" >> beam.Map(lambda kv, sources: (kv[0], sources), merged)
+
+
+@dataclasses.dataclass(eq=False)
+class Spex(DataclassTransform):
+    """(obs_id, calibrated events) -> the URLs of ECL-SPS-S1 and ECL-LCS-S1 files."""
+
+    spex_params: object
+    bube_params: object  # bands (energy_channels) and occultation types (ear_occ_bub)
+    caldb_dir: str
+    timelines: beam.PCollection
+    sky: beam.PCollection | None  # IMAG results: the sources found (sources_from 'imag')
+    observations: beam.PCollection
+    failed: object  # side input: failed_obs_ids(failures)
+    working_out: str
+    fingerprint: str
+    failure_log: object = None
+    mosaic_sources: beam.PCollection | None = None  # Mosa's: ((band, occ), [SourceRow])
+
+    def expand(self, calibrated):
+        params, bands = self.spex_params, self.bube_params.energy_channels
+        if params.sources_from == "list":
+            sources = sources_listed(self.observations, params.sources)
+        elif params.sources_from == "mosaic":
+            sources = sources_of_mosaic(self.observations, self.mosaic_sources)
+        else:
+            sources = self.sky | "SourcesFound" >> SourcesFound()
+        sources = beam.pvalue.AsDict(sources)
+        timelines = beam.pvalue.AsDict(self.timelines)
+        sums = (calibrated
+                | "Weight" >> beam.ParDo(with_failure_log(WeightEvents(
+                    self.caldb_dir, params, bands, self.bube_params.ear_occ_bub),
+                    self.failure_log), timelines, sources)
+                | "Sum" >> beam.CombinePerKey(SumCombineFn()))
+        return sums | "Write" >> beam.ParDo(
+            with_failure_log(WriteSourceProducts(self.caldb_dir, params, bands, self.working_out,
+                                                 self.fingerprint), self.failure_log),
+            timelines, sources, beam.pvalue.AsDict(self.observations), self.failed)
