@@ -6,8 +6,9 @@ Same parameter file, same input triplet(s), same kernels as the pipeline, one pr
   read the small tables and headers of the triplet (ATTITUDE, ORBIT, GTI), the good time
   (kernels.gti) and the imaging timeline with its occultation-class GTIs (kernels.timeline);
   then the EVENTS rows chunk by chunk ([cali] chunk_size; io.events.read_rows), each checked
-  (kernels.consistency.check_event_chunk), calibrated (kernels.calibrate) and binned per
-  (band, occ) (kernels.intervals.mask_times + kernels.binning), summed into 80 x 80 images;
+  (kernels.consistency.check_event_chunk), calibrated (kernels.calibrate) and binned for every
+  (band, occ) at once, forced triggers excluded (kernels.intervals.mask_times,
+  kernels.binning.keyed_histograms), summed into 80 x 80 images;
   then per (band, occ) the background (kernels.background), the balanced correlation
   (kernels.imaging) and the source detection with iterative cleaning (kernels.cleaning,
   kernels.detection), as transforms/imag.py does.
@@ -152,6 +153,7 @@ def run_observation(obs_dir, params, caldb, out_dir, write, watch):
                                      keywords_of["ECL-EVT-CAL"])
     bands = [(int(lo), int(hi)) for lo, hi in bube.energy_channels]
     images = {(band, occ): binning.empty_image() for band in bands for occ in bube.ear_occ_bub}
+    keyed = binning.keyed_binning(bands)
     tstart, tstop = float(observation.keywords["TSTART"]), float(observation.keywords["TSTOP"])
     previous_time, n_read, n_cal = None, 0, 0
     for first, n_rows in event_io.chunk_ranges(observation.n_events, params.cali.chunk_size):
@@ -169,12 +171,14 @@ def run_observation(obs_dir, params, caldb, out_dir, write, watch):
         if evt_stream is not None:
             evt_stream.write(calibrated)
             watch.lap("write ECL-EVT-CAL rows")
-        for occ in bube.ear_occ_bub:
-            in_class = intervals.mask_times(calibrated["TIME"], timeline.class_gti[occ])
-            for band in bands:
-                selected = in_class & binning.band_mask(calibrated["PI"], band)
-                images[band, occ] = binning.add(images[band, occ], binning.detector_histogram(
-                    calibrated["IDET"][selected], calibrated["JDET"][selected]))
+        photon = (calibrated["FLAG"] & instrument.FLAG_FORCED_TRIGGER) == 0
+        classes = [photon & intervals.mask_times(calibrated["TIME"], timeline.class_gti[occ])
+                   for occ in bube.ear_occ_bub]
+        binned = binning.keyed_histograms(keyed, calibrated["IDET"], calibrated["JDET"],
+                                          calibrated["PI"], classes)
+        for occ, by_band in zip(bube.ear_occ_bub, binned):
+            for band, image in zip(bands, by_band):
+                images[band, occ] = binning.add(images[band, occ], image)
         watch.lap("bin per band x occ")
     if evt_stream is not None:
         evt_stream.close(good["ALL"])

@@ -1,7 +1,8 @@
 """Whole-chain benchmark: `ecpi_run` (DirectRunner) against a bare numpy script, same input.
 
     python benchmarks/bench_chain.py --events 1e7 [--events 3e7] [--products all,images]
-        [--modes numpy,beam,beam-mp] [--chunk-size 1000000] [--repeat 3] [--cache DIR]
+        [--modes minimal,numpy,beam,beam-mp] [--bands demo|five] [--chunk-size 1000000]
+        [--repeat 3] [--cache DIR]
     python benchmarks/bench_chain.py --events 1e7 --profile beam   # cProfile of one ecpi_run
     python benchmarks/bench_chain.py --events 1e7 --phases         # imports / graph / run split
     python benchmarks/bench_chain.py --report runs.json            # the table from --json files
@@ -11,17 +12,23 @@ per size into the cache folder (default benchmarks/output/cache, git-ignored) an
 each product set a parameter file is written:
   all     every product: ECL-GTI-CAL, ECL-EVT-CAL, ECL-DET-IMA, ECL-DET-UBC, ECL-GTI-UBC,
           ECL-SKY-IMA, ECL-SOP-IMA;
-  images  the sky images and source lists only (ECL-SKY-IMA, ECL-SOP-IMA).
-Bands and occultation classes are the demo's (six bands, PEO, background 'shape').
+  images  the sky images and source lists only (ECL-SKY-IMA, ECL-SOP-IMA);
+  det-sky ECL-DET-IMA, ECL-SKY-IMA, ECL-SOP-IMA.
+Bands: the demo's six (--bands demo) or the five default ones (--bands five); PEO, background
+'shape'. Modes alternate within each repetition, so that a change of load hits all of them;
+the ratio column is against the first mode given.
 
 Each measurement is one fresh process, timed from outside (whole-process wall time, imports
 included):
+  minimal  python benchmarks/bare_numpy_minimal.py OBS CALDB  (no project code at all)
   numpy    python benchmarks/bare_numpy_chain.py params.ini  (same kernels, no Beam)
   beam     ecpi_run params.ini                                (DirectRunner defaults)
   beam-mp  ecpi_run params.ini --direct_num_workers 2 --direct_running_mode multi_processing
+  beam-base  ecpi_run params.ini importing the package of --baseline-checkout (before/after)
 Memory: `peak RSS` is the largest single process (ru_maxrss from wait4, which covers the
-process and every descendant it waited for); `peak tree` is the largest sum of RSS over the
-process and all its descendants, sampled every 50 ms (what matters for multi_processing).
+process and every descendant it waited for; it cannot be below this benchmark's own footprint,
+inherited through fork, recorded as parent_rss_mb); `peak tree` is the largest sum of RSS over
+the process and all its descendants, sampled every 50 ms (what matters for multi_processing).
 Prints one markdown table, with medians over --repeat runs, and writes the raw runs as JSON
 (--json). Measured processes get their own bytecode cache and a warm-up run (see child_env;
 --cold-imports measures the environment as it is).
@@ -32,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,16 +52,20 @@ sys.path.insert(0, ROOT)  # run as a script from a checkout: the package is the 
 
 DEFAULT_CACHE = os.path.join(HERE, "output", "cache")
 EVENTS_PER_SECOND_ESTIMATE = 4000.0  # the default scenario's count rate, to size the duration
-from ecpi_beam.demo import DEMO_BANDS as BANDS  # noqa: E402
+from ecpi_beam.demo import DEMO_BANDS  # noqa: E402
+from ecpi_beam.instrument import DEFAULT_BANDS  # noqa: E402
 from ecpi_beam.params import params_text  # noqa: E402
+BAND_SETS = {"demo": DEMO_BANDS, "five": DEFAULT_BANDS}  # demo: the five and 13-1260
 PRODUCT_SETS = {
     "all": {"cali": ["ECL-GTI-CAL", "ECL-EVT-CAL"],
             "bube": ["ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC"],
             "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
     "images": {"cali": [], "bube": [], "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
+    "det-sky": {"cali": [], "bube": ["ECL-DET-IMA"], "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
 }
 WARM_UP_EVENTS = 100_000
-MODES = ("numpy", "beam", "beam-mp")
+MODES = ("minimal", "numpy", "beam", "beam-base", "beam-mp")
+BASELINE = {}  # "checkout": the folder whose ecpi_beam the beam-base mode imports
 MP_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 
 
@@ -81,19 +93,21 @@ def simulate_input(n_events: int, cache: str) -> str:
     return directory
 
 
-def write_params(cache: str, n_events: int, products: str, chunk_size: int) -> str:
-    """cache/runs/<n>-<products>-<chunk>/params.ini, its working_out next to it."""
+def write_params(cache: str, n_events: int, products: str, chunk_size: int,
+                 bands: str = "demo") -> str:
+    """cache/runs/<n>-<products>-<chunk>[-<bands>]/params.ini, its working_out next to it."""
     from ecpi_beam.caldb import default_caldb_dir
 
     obs_dir = os.path.join(cache, f"input-{n_events}", "obs")
-    run_dir = os.path.join(cache, "runs", f"{n_events}-{products}-{chunk_size}")
+    suffix = "" if bands == "demo" else f"-{bands}"
+    run_dir = os.path.join(cache, "runs", f"{n_events}-{products}-{chunk_size}{suffix}")
     working_out = os.path.join(run_dir, "output")
     os.makedirs(working_out, exist_ok=True)
     chosen = PRODUCT_SETS[products]
     path = os.path.join(run_dir, "params.ini")
     with open(path, "w", encoding="utf-8") as stream:
         stream.write(params_text(
-            obs_dir, working_out, default_caldb_dir(), energy_channels=BANDS,
+            obs_dir, working_out, default_caldb_dir(), energy_channels=BAND_SETS[bands],
             cali_out=chosen["cali"], bube_out=chosen["bube"], imag_out=chosen["imag"],
             extra={"cali": {"chunk_size": chunk_size}}))
     return path
@@ -131,13 +145,33 @@ def warm_up(cache: str, modes, env) -> None:
                   f"{done.stderr[-2000:]}", file=sys.stderr)
 
 
+def minimal_command(params: str) -> list[str]:
+    """bare_numpy_minimal.py on the first observation, CALDB, chunk size and bands of `params`."""
+    from ecpi_beam.io import fs
+    from ecpi_beam.params import load_params
+    from ecpi_beam.workspace import resolve_caldb_dir
+
+    loaded = load_params(params)
+    obs_dir = fs.find_observation_dirs(loaded.general.working_in)[0]
+    bands = ",".join(f"{lo}-{hi}" for lo, hi in loaded.bube.energy_channels)
+    return [sys.executable, os.path.join(HERE, "bare_numpy_minimal.py"), obs_dir,
+            resolve_caldb_dir(loaded.general.caldb_dir), "--chunk-size",
+            str(loaded.cali.chunk_size), "--bands", bands]
+
+
 def command_for(mode: str, params: str) -> list[str]:
+    if mode == "minimal":
+        return minimal_command(params)
     if mode == "numpy":
         return [sys.executable, os.path.join(HERE, "bare_numpy_chain.py"), params]
     if mode == "beam":
         return [*ecpi_run_command(), params]
     if mode == "beam-mp":
         return [*ecpi_run_command(), params, *MP_ARGS]
+    if mode == "beam-base":  # the same ecpi_run, importing another checkout's package
+        if "checkout" not in BASELINE:
+            raise SystemExit("mode beam-base needs --baseline-checkout")
+        return ["env", f"PYTHONPATH={BASELINE['checkout']}", *ecpi_run_command(), params]
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
@@ -191,8 +225,12 @@ def measure(command: list[str], env=None) -> dict:
     sampler.join()
     for reader in readers:
         reader.join()
+    # ru_maxrss starts from this process's own footprint (inherited through fork): noted, so
+    # that a child smaller than its parent is read from the sampled peak tree instead
+    parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {"command": command, "returncode": process.returncode, "seconds": seconds,
             "peak_rss_mb": usage.ru_maxrss / 1024.0, "peak_tree_mb": peak_tree[0] / 2**20,
+            "parent_rss_mb": parent_mb,
             "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
             "load": os.getloadavg()[0], "stdout": output.get("stdout", ""),
             "stderr": output.get("stderr", "")}
@@ -243,23 +281,110 @@ def phases_child(params_path: str, beam_args: list[str]) -> None:
 # ==============================================================================================
 # Profile
 # ==============================================================================================
+PROFILE_CHILD = """
+import cProfile, runpy, sys, time
+stats, target = sys.argv[1], sys.argv[2:]
+profiler = cProfile.Profile(time.process_time)  # CPU seconds: less disturbed by the load
+sys.argv = target
+profiler.enable()
+try:
+    if target[0] == "-m":
+        sys.argv = target[1:]
+        runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(target[0], run_name="__main__")
+except SystemExit:
+    pass
+profiler.disable()
+profiler.dump_stats(stats)
+"""
+# Where the CPU goes in one ecpi_run: (label, functions whose cumulative time is that stage,
+# as "module:Class.method" or a bare function name). The stages do not overlap; the Beam
+# runner's row is what DirectRunner.run_pipeline spends outside them.
+PROFILE_STAGES = (
+    ("imports (all modules, whenever imported)", ("_find_and_load",)),
+    ("graph construction", ("ecpi_beam.pipelines.observation:build_observation_pipeline",)),
+    ("DPCO: triplet inspection", ("ecpi_beam.transforms.read:InspectObservation.process",)),
+    ("event path: read chunks + DPCO chunk checks",
+     ("ecpi_beam.transforms.read:ReadEventChunk.process",)),
+    ("event path: calibrate (good time incl.)",
+     ("ecpi_beam.transforms.cali:CalibrateChunk.process",)),
+    ("event path: occultation classes + binning",
+     ("ecpi_beam.transforms.bube:BinDetectorImages.process",)),
+    ("imaging timeline (attitude, orbit, occultation)",
+     ("ecpi_beam.transforms.bube:MakeTimeline.process",)),
+    ("BUBE background (setup + fits)", ("ecpi_beam.transforms.bube:CorrectBackground.setup",
+                                        "ecpi_beam.transforms.bube:CorrectBackground.process")),
+    ("IMAG setup (sky analyser, plan)", ("ecpi_beam.transforms.imag:MakeSkyImages.setup",)),
+    ("IMAG: sky images, cleaning, detection, fits",
+     ("ecpi_beam.transforms.imag:MakeSkyImages.process",)),
+    ("product writers", ("ecpi_beam.transforms.write:WriteProductFile.process",)),
+)
+
+
+def _code_key(spec: str):
+    """The pstats key (file, first line, name) of 'module:Class.method', or None."""
+    import importlib
+    import inspect
+
+    module, _, path = spec.partition(":")
+    try:
+        target = importlib.import_module(module)
+        for part in path.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError):
+        return None
+    code = inspect.unwrap(target).__code__
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+def profile_summary(stats_path: str) -> list[tuple[str, float]]:
+    """(stage, CPU seconds) of a profile by PROFILE_STAGES, then the Beam runner's own time and
+    the total."""
+    import pstats
+
+    stats = pstats.Stats(stats_path).stats  # (file, line, name) -> (cc, nc, tt, ct, callers)
+
+    def cumulative(spec):
+        if ":" in spec:
+            key = _code_key(spec)
+            return stats[key][3] if key in stats else 0.0
+        return max((value[3] for key, value in stats.items() if key[2] == spec), default=0.0)
+
+    rows = [(label, sum(cumulative(spec) for spec in specs)) for label, specs in PROFILE_STAGES]
+    run = max((value[3] for key, value in stats.items()
+               if key[2] == "run_pipeline" and key[0].endswith("direct_runner.py")), default=0.0)
+    inside_run = sum(seconds for label, seconds in rows[2:])
+    rows.append(("Beam runner itself (translation, bundles, coders, threads) and the rest",
+                 max(run - inside_run, 0.0)))
+    rows.append(("total CPU of the profiled process",
+                 max(value[3] for value in stats.values())))
+    return rows
+
+
 def profile(mode: str, params: str, out_dir: str, env=None, top: int = 45) -> str:
-    """cProfile of one run of `mode` (in-process for the main process only); prints the top."""
+    """cProfile (CPU time) of one run of `mode` (the main process only); prints the top and, for
+    ecpi_run, the CPU per stage (PROFILE_STAGES)."""
     os.makedirs(out_dir, exist_ok=True)
     stats = os.path.join(out_dir, f"{mode}-{os.path.basename(os.path.dirname(params))}.prof")
     if mode == "numpy":
         target = [os.path.join(HERE, "bare_numpy_chain.py"), params]
     else:
         target = ["-m", "ecpi_beam.run", params, *(MP_ARGS if mode == "beam-mp" else [])]
-    command = [sys.executable, "-m", "cProfile", "-o", stats, *target]
     started = time.perf_counter()
-    subprocess.run(command, check=True, env=env)
+    subprocess.run([sys.executable, "-c", PROFILE_CHILD, stats, *target], check=True, env=env)
     print(f"profiled run: {time.perf_counter() - started:.1f} s -> {stats}")
     import pstats
 
     for sort in ("cumulative", "tottime"):
         print(f"\n=== top {top} by {sort} ===")
         pstats.Stats(stats).sort_stats(sort).print_stats(top)
+    if mode != "numpy":
+        rows = profile_summary(stats)
+        total = rows[-1][1]
+        print("\n| stage | CPU s (profiled) | share |\n|---|---|---|")
+        for label, seconds in rows:
+            print(f"| {label} | {seconds:.2f} | {100 * seconds / total:.0f} % |")
     return stats
 
 
@@ -283,21 +408,30 @@ def _reported(runs, what, default=None):
 
 TABLE_HEADER = (
     "| events read | products | chunk | mode | wall s (median) | wall s (runs) | events/s | "
-    "x numpy | CPU s (user+sys) | peak RSS MB | peak tree MB | sources | load (1 min) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    "x first mode | CPU s (user+sys) | CPU x first mode | peak RSS MB | peak tree MB | sources | "
+    "load (1 min) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def table_row(runs, numpy_seconds=None) -> str:
-    """One markdown row for the runs of one (events, products, chunk, mode)."""
+def _cpu(runs):
+    return statistics.median(run["user_s"] + run["sys_s"] for run in runs)
+
+
+def table_row(runs, reference_runs=None) -> str:
+    """One markdown row for the runs of one (events, products, chunk, mode); ratios against
+    the medians of reference_runs (wall and CPU)."""
     first = runs[0]
+    reference_seconds = _median(reference_runs, "seconds") if reference_runs else None
     seconds = _median(runs, "seconds")
-    ratio = f"{seconds / numpy_seconds:.2f}" if numpy_seconds else "-"
+    ratio = f"{seconds / reference_seconds:.2f}" if reference_seconds else "-"
     events = _reported(runs, "events read", first["events"])
     sources = _reported(runs, "sources", "?")
-    cpu = statistics.median(run["user_s"] + run["sys_s"] for run in runs)
+    cpu = _cpu(runs)
+    cpu_ratio = f"{cpu / _cpu(reference_runs):.2f}" if reference_runs else "-"
     return (f"| {events:.3g} | {first['products']} | {first['chunk_size']:.0e} | {first['mode']} | "
             f"{seconds:.1f} | {_joined(runs, 'seconds')} | {events / seconds:.3g} | {ratio} | "
-            f"{cpu:.1f} | {_median(runs, 'peak_rss_mb'):.0f} | {_median(runs, 'peak_tree_mb'):.0f} | "
+            f"{cpu:.1f} | {cpu_ratio} | {_median(runs, 'peak_rss_mb'):.0f} | "
+            f"{_median(runs, 'peak_tree_mb'):.0f} | "
             f"{sources} | {_joined(runs, 'load')} |")
 
 
@@ -312,10 +446,10 @@ def report(json_files) -> None:
     print(TABLE_HEADER)
     for key in sorted(groups):
         by_mode = groups[key]
-        numpy_seconds = _median(by_mode["numpy"], "seconds") if "numpy" in by_mode else None
+        first = next(mode for mode in MODES if mode in by_mode)
         for mode in MODES:
             if mode in by_mode:
-                print(table_row(by_mode[mode], numpy_seconds))
+                print(table_row(by_mode[mode], by_mode[first]))
 
 
 def main(argv=None) -> int:
@@ -323,9 +457,14 @@ def main(argv=None) -> int:
     parser.add_argument("--events", action="append", type=float,
                         help="events to simulate, repeatable (default 1e7)")
     parser.add_argument("--products", default="all,images", help="product sets: all,images")
-    parser.add_argument("--modes", default=",".join(MODES), help="numpy,beam,beam-mp")
+    parser.add_argument("--modes", default="numpy,beam,beam-mp",
+                        help=f"some of {','.join(MODES)} (the first is the reference)")
+    parser.add_argument("--baseline-checkout", help="for mode beam-base: a checkout (e.g. of "
+                        "the main branch) whose package ecpi_run imports instead of this one")
     parser.add_argument("--chunk-size", default="1000000",
                         help="[cali] chunk_size values, comma separated (1000000)")
+    parser.add_argument("--bands", default="demo", choices=sorted(BAND_SETS),
+                        help="demo: the demo's six bands; five: the five default bands")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="input and output folder "
                         "(default benchmarks/output/cache)")
@@ -340,6 +479,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cold-imports", action="store_true",
                         help="no bytecode cache of our own, no warm-up run (see child_env)")
     args, beam_args = parser.parse_known_args(argv)
+    if args.baseline_checkout:
+        BASELINE["checkout"] = os.path.abspath(args.baseline_checkout)
     if args.report:
         report(args.report)
         return 0
@@ -364,7 +505,8 @@ def main(argv=None) -> int:
         for n_events in sizes:
             for product_set in products:
                 for chunk_size in chunk_sizes:
-                    params = write_params(args.cache, n_events, product_set, chunk_size)
+                    params = write_params(args.cache, n_events, product_set, chunk_size,
+                                          args.bands)
                     runs = []
                     for _ in range(args.repeat):
                         _clean_outputs(params)
@@ -387,7 +529,8 @@ def main(argv=None) -> int:
         for n_events in sizes:
             for product_set in products:
                 for chunk_size in chunk_sizes:
-                    params = write_params(args.cache, n_events, product_set, chunk_size)
+                    params = write_params(args.cache, n_events, product_set, chunk_size,
+                                          args.bands)
                     profile(args.profile, params, os.path.join(args.cache, "profiles"), env)
         return 0
 
@@ -400,28 +543,31 @@ def main(argv=None) -> int:
     for n_events in sizes:
         for product_set in products:
             for chunk_size in chunk_sizes:
-                params = write_params(args.cache, n_events, product_set, chunk_size)
-                numpy_seconds = None
-                for mode in modes:
-                    runs = []
-                    for _ in range(args.repeat):
+                params = write_params(args.cache, n_events, product_set, chunk_size, args.bands)
+                runs_of = {mode: [] for mode in modes}
+                for _ in range(args.repeat):  # modes alternate, so that load changes hit all
+                    for mode in modes:
                         _clean_outputs(params)
                         run = measure(command_for(mode, params), env)
-                        run.update(events=n_events, products=product_set,
+                        run.update(events=n_events, products=product_set, bands=args.bands,
                                    chunk_size=chunk_size, mode=mode)
-                        runs.append(run)
+                        runs_of[mode].append(run)
                         records.append(run)
                         if run["returncode"] != 0:
                             print(run["stderr"][-3000:], file=sys.stderr)
                             raise SystemExit(f"{' '.join(run['command'])}: exit "
                                              f"{run['returncode']}")
-                    if mode == "numpy":
-                        numpy_seconds = _median(runs, "seconds")
-                    print(table_row(runs, numpy_seconds), flush=True)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump(records, stream, indent=1)
+                for mode in modes:
+                    print(table_row(runs_of[mode], runs_of[modes[0]]), flush=True)
+    write_json(args.json, records)
     return 0
+
+
+def write_json(path, data) -> None:
+    """The raw results, when a --json path was given."""
+    if path:
+        with open(path, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, indent=1)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,13 @@ def sigma_kev(energy_kev):
 
 def energy_to_pi(energy_kev):
     """PI channel of each energy, c covering [2.0 + 0.1 c, 2.1 + 0.1 c); clipped to 0..1499."""
-    pi = np.floor((np.asarray(energy_kev, dtype=float) - PI_E0_KEV) / PI_WIDTH_KEV + 1e-9)
-    return np.clip(pi, 0, N_PI - 1).astype(np.int16)
+    pi = np.array(energy_kev, dtype=float)  # a copy, then in place: events come by millions
+    pi -= PI_E0_KEV
+    pi /= PI_WIDTH_KEV
+    pi += 1e-9
+    np.floor(pi, out=pi)
+    np.clip(pi, 0, N_PI - 1, out=pi)
+    return pi.astype(np.int16)[()]  # [()]: a scalar for a scalar
 
 
 def pi_to_energy(pi):

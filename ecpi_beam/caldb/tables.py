@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.interpolate import RegularGridInterpolator
 
 STATUS_GOOD, STATUS_NOISY, STATUS_DEAD = 0, 1, 2
 
@@ -62,6 +61,9 @@ class Irf:
                                             np.asarray(energy_kev, dtype=float))
         points = np.stack([np.clip(theta, self.theta_deg[0], self.theta_deg[-1]),
                            np.clip(energy, self.energy_kev[0], self.energy_kev[-1])], axis=-1)
+        # imported here: scipy.interpolate costs ~0.2 s of start-up and only this needs it
+        from scipy.interpolate import RegularGridInterpolator
+
         interpolate = RegularGridInterpolator((self.theta_deg, self.energy_kev), self.factor)
         return interpolate(points.reshape(-1, 2)).reshape(theta.shape)
 

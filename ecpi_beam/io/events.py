@@ -293,11 +293,22 @@ def _to_native(raw: np.ndarray, column: ColumnLayout, target: np.dtype | None) -
     return values if target is None else values.astype(target, copy=False)
 
 
+def _is_plain(column: ColumnLayout) -> bool:
+    """Stored as it is read: no logical conversion, no TZERO/TSCAL."""
+    return (not column.tform.upper().endswith("L") and column.tscal == 1.0
+            and column.tzero == 0.0)
+
+
 def _rows_from_bytes(buffer: bytes, layout: TableLayout, dtype: np.dtype | None,
                      n_rows: int) -> np.ndarray:
     raw = np.frombuffer(buffer, dtype=layout.row_dtype(), count=n_rows)
     names = dtype.names if dtype is not None else [c.name for c in layout.columns]
     columns = [layout.column(name) for name in names]
+    if dtype is not None and all(_is_plain(column) for column in columns):
+        out = np.empty(n_rows, dtype=dtype)
+        for name, column in zip(names, columns):
+            out[name] = raw[column.name]  # byte swap and cast in one pass, no temporary
+        return out
     converted = [_to_native(raw[column.name], column,
                             dtype[name] if dtype is not None else None)
                  for name, column in zip(names, columns)]

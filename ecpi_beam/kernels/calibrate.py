@@ -18,10 +18,28 @@ import numpy as np
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb.tables import STATUS_DEAD, STATUS_NOISY
-from ecpi_beam.io.events import CALIBRATED_DTYPE
+from ecpi_beam.io.events import CALIBRATED_DTYPE, EVENT_DTYPE
 from ecpi_beam.kernels import intervals
 
 DROP_REASONS = ("dead_pixel", "noisy_pixel", "outside_gti")
+
+
+_EVENT_BYTES = np.dtype((np.void, EVENT_DTYPE.itemsize))
+_EVENT_HEAD = np.dtype({"names": ["head"], "formats": [_EVENT_BYTES], "offsets": [0],
+                        "itemsize": CALIBRATED_DTYPE.itemsize})
+assert all(CALIBRATED_DTYPE.fields[name] == EVENT_DTYPE.fields[name]
+           for name in EVENT_DTYPE.names), "calibrated rows must start with the event columns"
+_KEEP, _NOISY, _DEAD = 0, 1, 2  # drop codes per pixel, in the order of DROP_REASONS
+
+
+def _pixel_tables(pixcal):
+    """Flat per-pixel lookups (index IDET * 80 + JDET): drop code, gain, offset (6400 values:
+    negligible next to a chunk's lookups)."""
+    status = np.asarray(pixcal.status).ravel()
+    code = np.full(status.shape, _KEEP, dtype=np.uint8)
+    code[status == STATUS_NOISY] = _NOISY
+    code[status == STATUS_DEAD] = _DEAD
+    return code, np.asarray(pixcal.gain).ravel(), np.asarray(pixcal.offset).ravel()
 
 
 def calibrate_events(events, pixcal, good_time=None):
@@ -31,25 +49,31 @@ def calibrate_events(events, pixcal, good_time=None):
     `status` indexed [IDET, JDET]; good_time: optional (n, 2) intervals (the CALI 'ALL' GTI).
     Returns (CALIBRATED_DTYPE array, {reason: count}) with every reason of DROP_REASONS present.
     """
-    idet = events["IDET"].astype(np.intp)
-    jdet = events["JDET"].astype(np.intp)
-    status = np.asarray(pixcal.status)[idet, jdet]
-    dead = status == STATUS_DEAD
-    noisy = status == STATUS_NOISY
-    keep = ~(dead | noisy)
-    drops = {"dead_pixel": int(dead.sum()), "noisy_pixel": int(noisy.sum()), "outside_gti": 0}
+    code_of_pixel, gain, offset = _pixel_tables(pixcal)
+    pixel = events["IDET"].astype(np.intp)
+    pixel *= instrument.N_PIX
+    pixel += events["JDET"]
+    code = code_of_pixel[pixel]
+    n_noisy, n_dead = np.count_nonzero(code == _NOISY), np.count_nonzero(code == _DEAD)
+    keep = code == _KEEP
+    drops = {"dead_pixel": int(n_dead), "noisy_pixel": int(n_noisy), "outside_gti": 0}
     if good_time is not None:
-        inside = intervals.mask_times(events["TIME"], np.asarray(good_time, dtype=float))
-        drops["outside_gti"] = int((keep & ~inside).sum())
-        keep &= inside
+        n_pixels_ok = int(len(code) - n_noisy - n_dead)
+        keep &= intervals.mask_times(events["TIME"], np.asarray(good_time, dtype=float))
+        drops["outside_gti"] = n_pixels_ok - int(np.count_nonzero(keep))
 
-    kept = events[keep]
-    idet, jdet = idet[keep], jdet[keep]
-    gain, offset = np.asarray(pixcal.gain), np.asarray(pixcal.offset)
-    energy = gain[idet, jdet] * kept["PHA"] + offset[idet, jdet]
-    calibrated = np.empty(len(kept), dtype=CALIBRATED_DTYPE)
-    for name in events.dtype.names:
-        calibrated[name] = kept[name]
+    pixel = pixel[keep]
+    calibrated = np.empty(len(pixel), dtype=CALIBRATED_DTYPE)
+    if events.dtype == EVENT_DTYPE:
+        # the event columns lead each calibrated row at the same offsets: one raw-bytes copy
+        # per row instead of one strided (unaligned) copy per column
+        calibrated.view(_EVENT_HEAD)["head"] = events.view(_EVENT_BYTES)[keep]
+    else:
+        for name in events.dtype.names:
+            calibrated[name] = events[name][keep]
+    energy = gain[pixel]  # gain * PHA + offset, in place
+    energy *= calibrated["PHA"]
+    energy += offset[pixel]
     calibrated["ENERGY"] = energy
     calibrated["PI"] = instrument.energy_to_pi(energy)
     return calibrated, drops

@@ -16,8 +16,9 @@ G+ G- cross term that the fractional resampled mask makes non-zero.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import fft
@@ -28,6 +29,7 @@ from ecpi_beam.errors import EcpiError
 FFT_SIZE = 200  # >= 80 + 120 - 1; 200 = 2^3 5^2 is a fast size
 PCODE_MIN_IMAGE = 1e-3  # below this the estimator is undefined: intensity 0, variance inf
 _KERNELS = ("positive", "negative", "positive_sq", "negative_sq", "cross", "aperture")
+_BALANCE_CACHE_SIZE = 8  # sets of pixel weights whose balance terms a plan keeps
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,7 +37,11 @@ class CorrelationPlan:
     """The resampled mask and the FFTs of its correlation kernels, made once per worker."""
 
     resampled_mask: np.ndarray  # (120, 120) open fraction, [z cell, y cell]
-    kernel_fft: dict  # name -> rfft2 of the (FFT_SIZE, FFT_SIZE) zero-padded kernel
+    # name -> rfft2 of the (FFT_SIZE, FFT_SIZE) zero-padded kernel rolled by SHADOW_OFFSET on
+    # both axes, so that an inverse FFT lands on the sky grid without a roll of its output
+    kernel_fft: dict
+    # balance terms of the last few weight sets (they depend on the weights only)
+    balance_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,10 +62,18 @@ def make_correlation_plan(resampled_mask) -> CorrelationPlan:
     negative = aperture - mask
     kernels = {"positive": positive, "negative": negative, "positive_sq": positive**2,
                "negative_sq": negative**2, "cross": positive * negative, "aperture": aperture}
-    kernel_fft = {name: fft.rfft2(kernels[name], s=(FFT_SIZE, FFT_SIZE)) for name in _KERNELS}
+    kernel_fft = {name: fft.rfft2(_rolled_for_sky(kernels[name])) for name in _KERNELS}
     mask = mask.copy()
     mask.setflags(write=False)
     return CorrelationPlan(mask, kernel_fft)
+
+
+def _rolled_for_sky(kernel):
+    """The kernel zero-padded to FFT_SIZE and rolled by SHADOW_OFFSET: correlating with it
+    gives circular[k] = sky[k] directly (sky shift row - 79 = k mod FFT_SIZE)."""
+    padded = np.zeros((FFT_SIZE, FFT_SIZE))
+    padded[:kernel.shape[0], :kernel.shape[1]] = kernel
+    return np.roll(padded, instrument.SHADOW_OFFSET, axis=(0, 1))
 
 
 def _detector_fft(detector_array):
@@ -67,14 +81,17 @@ def _detector_fft(detector_array):
     if array.shape != (instrument.N_PIX, instrument.N_PIX):
         raise EcpiError(f"detector image must be {instrument.N_PIX} x {instrument.N_PIX}, "
                         f"got {array.shape}")
-    return np.conj(fft.rfft2(array, s=(FFT_SIZE, FFT_SIZE)))
+    # rfft2(array, s=(FFT_SIZE, FFT_SIZE)) with the same two passes (rows, then columns), but
+    # the first pass skips the 120 rows of zero padding: the same numbers at half the cost
+    rows = fft.rfft(array, n=FFT_SIZE, axis=1)
+    return np.conj(fft.fft(rows, n=FFT_SIZE, axis=0))
 
 
 def _correlate(detector_fft_conj, kernel_fft) -> np.ndarray:
-    circular = fft.irfft2(detector_fft_conj * kernel_fft, s=(FFT_SIZE, FFT_SIZE))
-    # circular[k] holds sky shift row - 79 = k (mod FFT_SIZE): shift by 79 and keep 199
-    shifted = np.roll(circular, instrument.SHADOW_OFFSET, axis=(0, 1))
-    return shifted[:instrument.N_SKY, :instrument.N_SKY]
+    """(199, 199) view of the circular correlation (the kernel FFT is rolled for the sky)."""
+    circular = fft.irfft2(detector_fft_conj * kernel_fft, s=(FFT_SIZE, FFT_SIZE),
+                          overwrite_x=True)  # the product is a temporary
+    return circular[:instrument.N_SKY, :instrument.N_SKY]
 
 
 def cross_correlate(plan: CorrelationPlan, detector_array, kernel: str = "positive"):
@@ -94,10 +111,40 @@ class BalanceTerms:
     pcode: np.ndarray
     measured: np.ndarray
 
+    @functools.cached_property
+    def unmeasured(self) -> np.ndarray:
+        return ~self.measured
+
+    @functools.cached_property
+    def two_b(self) -> np.ndarray:
+        return 2.0 * self.b
+
+    @functools.cached_property
+    def b_squared(self) -> np.ndarray:
+        return self.b**2
+
+    @functools.cached_property
+    def norm_squared(self) -> np.ndarray:
+        return self.norm**2
+
 
 def balance_terms(plan: CorrelationPlan, weights,
                   pcode_min: float = PCODE_MIN_IMAGE) -> BalanceTerms:
+    """The BalanceTerms of these weights: computed once per plan and set of weights (five
+    correlations), then taken from the plan's cache (read-only arrays)."""
     weights = np.asarray(weights, dtype=float)
+    key = (weights.shape, weights.tobytes(), float(pcode_min))
+    cache = plan.balance_cache
+    terms = cache.get(key)
+    if terms is None:
+        terms = _compute_balance_terms(plan, weights, pcode_min)
+        cache[key] = terms
+        while len(cache) > _BALANCE_CACHE_SIZE:
+            cache.popitem(last=False)
+    return terms
+
+
+def _compute_balance_terms(plan: CorrelationPlan, weights, pcode_min: float) -> BalanceTerms:
     total_weight = weights.sum()
     if total_weight <= 0:
         raise EcpiError("every detector pixel has weight 0: no sky image can be made")
@@ -111,16 +158,21 @@ def balance_terms(plan: CorrelationPlan, weights,
     b = np.where(measured, w_pos / np.where(measured, w_neg, 1.0), 0.0)
     norm = w_pos2 - b * w_cross
     measured &= norm > tiny
-    return BalanceTerms(b, np.where(measured, norm, 1.0), pcode, measured)
+    arrays = (b, np.where(measured, norm, 1.0), pcode, measured)
+    for array in arrays:
+        array.setflags(write=False)  # shared by every image made with these weights
+    return BalanceTerms(*arrays)
 
 
 def balanced_intensity(plan, detector, weights, terms: BalanceTerms | None = None) -> np.ndarray:
     """Only S, for images of noiseless models (PSF, shadowgrams)."""
     bal = balance_terms(plan, weights) if terms is None else terms
     d_fft = _detector_fft(np.asarray(weights, float) * np.asarray(detector, float))
-    s = (_correlate(d_fft, plan.kernel_fft["positive"])
-         - bal.b * _correlate(d_fft, plan.kernel_fft["negative"])) / bal.norm
-    return np.where(bal.measured, s, 0.0)
+    s = _correlate(d_fft, plan.kernel_fft["positive"])
+    s -= bal.b * _correlate(d_fft, plan.kernel_fft["negative"])
+    s /= bal.norm
+    np.copyto(s, 0.0, where=bal.unmeasured)
+    return np.ascontiguousarray(s)
 
 
 def estimator_coefficients(plan: CorrelationPlan, weights, rows, cols,
@@ -158,14 +210,19 @@ def balanced_sky_image(plan: CorrelationPlan, detector, variance, weights,
     d_fft = _detector_fft(weights * np.asarray(detector, dtype=float))
     v_fft = _detector_fft(weights**2 * np.asarray(variance, dtype=float))
     k = plan.kernel_fft
-    intensity = (_correlate(d_fft, k["positive"]) - bal.b * _correlate(d_fft, k["negative"]))
+    intensity = _correlate(d_fft, k["positive"])
+    intensity -= bal.b * _correlate(d_fft, k["negative"])
     intensity /= bal.norm
-    var = (_correlate(v_fft, k["positive_sq"]) - 2.0 * bal.b * _correlate(v_fft, k["cross"])
-           + bal.b**2 * _correlate(v_fft, k["negative_sq"])) / bal.norm**2
+    var = _correlate(v_fft, k["positive_sq"])
+    var -= bal.two_b * _correlate(v_fft, k["cross"])
+    var += bal.b_squared * _correlate(v_fft, k["negative_sq"])
+    var /= bal.norm_squared
     measured = bal.measured & (var > 1e-12 * max(float(var.max()), 1e-300))
-    intensity = np.where(measured, intensity, 0.0)
-    var = np.where(measured, var, np.inf)
-    snr = np.where(measured, intensity / np.sqrt(np.where(measured, var, 1.0)), 0.0)
+    unmeasured = ~measured
+    np.copyto(intensity, 0.0, where=unmeasured)
+    np.copyto(var, np.inf, where=unmeasured)
+    snr = intensity / np.sqrt(var)  # 0 / inf = 0 where not measured
+    intensity, var = np.ascontiguousarray(intensity), np.ascontiguousarray(var)
     return SkyImages(intensity, var, snr, bal.pcode)
 
 

@@ -56,9 +56,26 @@ def mask_times(times, intervals) -> np.ndarray:
     """True for each time inside the intervals (start <= t < stop)."""
     merged = union(intervals)
     t = np.asarray(times, dtype=float)
+    if t.ndim == 1 and len(t) > 1 and bool(np.all(t[1:] >= t[:-1])):
+        return _mask_sorted_times(t, merged)
     index = np.searchsorted(merged[:, 0], t, side="right") - 1
     inside = index >= 0
     inside[inside] = t[inside] < merged[index[inside], 1]
+    return inside
+
+
+def _mask_sorted_times(t, merged) -> np.ndarray:
+    """mask_times for non-decreasing times (event chunks are): the intervals are located in the
+    times, O(n_intervals log n), and their slices set, instead of one search per time."""
+    inside = np.zeros(len(t), dtype=bool)
+    # only the intervals that reach into [t[0], t[-1]] can hold a time
+    first = np.searchsorted(merged[:, 1], t[0], side="right")
+    last = np.searchsorted(merged[:, 0], t[-1], side="right")
+    nearby = merged[first:last]
+    starts = np.searchsorted(t, nearby[:, 0], side="left")  # first time >= start
+    stops = np.searchsorted(t, nearby[:, 1], side="left")  # first time >= stop
+    for start, stop in zip(starts.tolist(), stops.tolist()):
+        inside[start:stop] = True
     return inside
 
 

@@ -12,8 +12,6 @@ from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
 from ecpi_beam.transforms.failures import FailureLog
 from ecpi_beam.transforms.imag import Imag
-from ecpi_beam.transforms.mosa import Mosa
-from ecpi_beam.transforms.spex import Spex
 from ecpi_beam.transforms.read import ReadObservation
 from ecpi_beam.transforms.write import (WriteAlerts, WriteFailures, WriteImageProducts,
                                         WriteTimelineProducts, failed_obs_ids)
@@ -68,12 +66,18 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             if "ECL-SOP-IMA" in params.imag.out_files:  # a VOEvent per NEW source beside it
                 written.append(sky | "WriteAlerts" >> WriteAlerts("ECL-ALERT", **write))
             if wants_mosa:  # MOSA: one mosaic of every observation's sky images
+                # imported when asked: astropy.coordinates and healpix cost start-up time
+                from ecpi_beam.transforms.mosa import Mosa
+
                 mosa = sky | "Mosa" >> Mosa(params.mosa, general.working_out, fingerprint,
                                             observations, failure_log, spex_from == "mosaic")
                 if mosa.written is not None:
                     written.append(mosa.written)
                 outputs["mosaic_sources"] = mosa.sources
         if wants_spex:
+            # imported when asked: through the CALDB generator it pulls in scipy.signal/stats
+            from ecpi_beam.transforms.spex import Spex
+
             written.append(calibrated | "Spex" >> Spex(
                 params.spex, params.bube, caldb_dir, timelines, outputs.get("sky"), observations,
                 failed, general.working_out, fingerprint, failure_log,

@@ -48,13 +48,15 @@ def observation_timeline(observation, bube_params) -> ImagingTimeline:
 
 
 class BinDetectorImages(beam.DoFn):
-    """One partial detector image per (band, occ) of each calibrated chunk."""
+    """One partial detector image per (band, occ) of each calibrated chunk, all keys binned in
+    one pass (binning.keyed_histograms)."""
 
     def __init__(self, bands, occ_types):
         self._bands = tuple((int(lo), int(hi)) for lo, hi in bands)
         self._occ_types = tuple(occ_types)
         self._binned = Metrics.counter(NAMESPACE, "events_binned")
         self._forced = Metrics.counter(NAMESPACE, "forced_triggers_not_imaged")
+        self._keyed = binning.keyed_binning(self._bands)  # a few small arrays
 
     @isolating("bube")
     def process(self, element, timelines):
@@ -63,12 +65,13 @@ class BinDetectorImages(beam.DoFn):
         # forced triggers are electronic test events, not photons: kept in ECL-EVT-CAL, not imaged
         photon = (events["FLAG"] & instrument.FLAG_FORCED_TRIGGER) == 0
         self._forced.inc(int(len(events) - photon.sum()))
-        for occ in self._occ_types:
-            in_class = photon & intervals.mask_times(events["TIME"], timeline.class_gti[occ])
-            for band in self._bands:
-                selected = in_class & binning.band_mask(events["PI"], band)
-                self._binned.inc(int(selected.sum()))
-                image = binning.detector_histogram(events["IDET"][selected], events["JDET"][selected])
+        classes = [photon & intervals.mask_times(events["TIME"], timeline.class_gti[occ])
+                   for occ in self._occ_types]
+        images = binning.keyed_histograms(self._keyed, events["IDET"], events["JDET"],
+                                          events["PI"], classes)
+        self._binned.inc(int(images.sum()))
+        for occ, by_band in zip(self._occ_types, images):
+            for band, image in zip(self._bands, by_band):
                 yield (str(obs_id), instrument.band_name(band), occ), image
 
 
