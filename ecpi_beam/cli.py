@@ -42,3 +42,8 @@ def ecpi_simulate(argv=None) -> int:
 
 def ecpi_demo(argv=None) -> int:
     return _dispatch("ecpi_beam.demo", argv)
+
+
+def ecpi_engine(argv=None) -> int:
+    """`ecpi_engine start|stop flink|spark`, `ecpi_engine status` (docs/runners.md)."""
+    return _dispatch("ecpi_beam.engines", argv)
