@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from ecpi_beam.campaign import run_campaign
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
 from ecpi_beam.kernels.calibrate import DROP_REASONS
@@ -27,10 +28,22 @@ log = logging.getLogger("ecpi_beam")
 
 
 def parse_args(argv):
+    """(parameter file, Beam options)."""
+    return parse_command(argv)[:2]
+
+
+def parse_command(argv):
+    """(parameter file, Beam options, our other options: force, campaign_batch)."""
     parser = argparse.ArgumentParser(
         prog="ecpi_run", description="Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG) on Beam.",
         epilog="Other options (--runner, --direct_num_workers, ...) go to Beam's PipelineOptions.")
     parser.add_argument("--params", dest="params_option", help="the parameter file (.ini)")
+    parser.add_argument("--force", action="store_true",
+                        help="redo every observation, even those whose products are complete "
+                             "with the same parameters and CALDB (campaign resume)")
+    parser.add_argument("--campaign_batch", type=int, default=None, metavar="N",
+                        help="observations per pipeline run (default: 4 on the DirectRunner, "
+                             "all at once on other runners); 0 = all at once")
     argv = list(argv)
     # The positional form is `ecpi_run params.ini [beam options]`: only the first argument, so
     # that the value of a Beam option (`--runner DirectRunner`) is never taken for it.
@@ -41,7 +54,7 @@ def parse_args(argv):
         raise EcpiError("no parameter file: give it as `ecpi_run params.ini` or --params params.ini")
     if not any(arg.startswith("--runner") for arg in beam_args):
         beam_args = ["--runner", "DirectRunner", *beam_args]
-    return path, beam_args
+    return path, beam_args, args
 
 
 def configure_logging(level_name: str):
@@ -79,21 +92,26 @@ def run(params, beam_args, caldb_dir, observation_dirs):
 
 def main(argv) -> int:
     started = time.time()
-    path, beam_args = parse_args(argv)
+    path, beam_args, args = parse_command(argv)
     params = load_params(path)
     configure_logging(params.general.logger_level)
     check_capabilities(params)
     caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
     observation_dirs = fs.find_observation_dirs(params.general.working_in)
     preflight_observations(observation_dirs)
-    totals, failures = run(params, beam_args, caldb_dir, observation_dirs)
+    entries, totals, failures = run_campaign(
+        params, beam_args, caldb_dir, observation_dirs,
+        lambda dirs: run(params, beam_args, caldb_dir, dirs),
+        force=args.force, batch=args.campaign_batch)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
     failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}
     done = len(observation_dirs) - len(failed)
+    skipped = sum(entry.status == "skipped" for entry in entries)
     dropped = ", ".join(f"{reason} {int(totals.get(f'ecpi.cali.dropped_{reason}', 0))}"
                         for reason in DROP_REASONS)
-    print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed in "
+    print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed"
+          + (f" ({skipped} already done, skipped)" if skipped else "") + " in "
           f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "
           f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
           f"products {int(totals.get('ecpi.write.products_written', 0))}; "
