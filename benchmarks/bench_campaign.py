@@ -66,7 +66,7 @@ def kind_of(command: str) -> str:
                          ("StandaloneSession", "flink jobmanager"),
                          ("TaskManagerRunner", "flink taskmanager"),
                          ("deploy.master", "spark master"), ("deploy.worker", "spark worker"),
-                         ("job-server", "job server"), ("ecpi_run", "ecpi_run (driver)")):
+                         ("job-server", "job server"), ("ecpi_beam.run", "ecpi_run (driver)")):
         if marker in command:
             return kind
     return "other"
@@ -76,7 +76,7 @@ def simulate(root: Path, home: Path, count: int, duration: float) -> str:
     for index in range(count):
         obs_id = f"{200 + index:010d}"
         directory = root / "input" / f"obs_{obs_id}"
-        if not directory.exists():
+        if not list(directory.glob("ECL-EVT-SEC*")):
             simulate_observation(directory, home, obs_id=obs_id, duration=duration,
                                  seed=1000 + index)
     return str(root / "input" / "obs_*")

@@ -41,7 +41,7 @@ from ecpi_beam.workspace import config_dir
 
 ENGINES = ("flink", "spark")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-STARTUP_TIMEOUT_S = 120.0
+STARTUP_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
 FLINK_HOME_ENV, SPARK_HOME_ENV = "ECPI_FLINK_HOME", "ECPI_SPARK_HOME"
 JOB_SERVER_DIR_ENV, STATE_ENV = "ECPI_JOB_SERVER_DIR", "ECPI_ENGINE_STATE"
