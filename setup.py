@@ -18,7 +18,8 @@ setup(
         "requests>=2.28",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist", "stingray", "moto[server]>=5", "s3fs>=2024.2", "flask"],
+        "test": ["pytest>=7", "pytest-xdist", "stingray", "moto[server]>=5", "s3fs>=2024.2", "flask",
+                 "voevent-parse>=1.0"],
         "dask": ["apache-beam[dask]", "dask", "distributed"],
         "s3": ["s3fs>=2024.2"],
     },

@@ -27,6 +27,7 @@ from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
 from ecpi_beam.io.events import read_primary_header, table_layout
 from ecpi_beam.io.products import STAMP_SEPARATOR, product_url
+from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
 from ecpi_beam.transforms.dpco import discover_triplet
 from ecpi_beam.transforms.failures import FAILURES_FILE, write_failure_records
 
@@ -73,12 +74,14 @@ class Entry:
     error: str | None = None
 
 
-def _identify(obs_dir: str) -> tuple[str | None, int]:
+def _identify(obs_dir: str, obs_id: str | None = None) -> tuple[str | None, int]:
     """(OBS_ID, number of events) from the event file's headers; (None, 0) if unreadable
     (the pipeline then says why, as a failure of that observation)."""
     try:
         evt = discover_triplet(obs_dir).evt
-        return str(read_primary_header(evt)["OBS_ID"]).strip(), table_layout(evt).n_rows
+        if obs_id is None:
+            obs_id = str(read_primary_header(evt)["OBS_ID"]).strip()
+        return obs_id, table_layout(evt).n_rows
     except Exception:  # noqa: BLE001 - any fault here is the pipeline's to report
         return None, 0
 
@@ -91,21 +94,45 @@ def _stamp_of(url: str) -> str | None:
     return f"{header.get('PARHASH')}{STAMP_SEPARATOR}{header.get('CALDBHSH')}"
 
 
+def _made(working_out: str, obs_id: str | None, products) -> list[str]:
+    """The products of `obs_id` in working_out (none for an OBS_ID that cannot name a file:
+    the pipeline reports it)."""
+    if not obs_id or not OBS_ID_PATTERN.fullmatch(obs_id):
+        return []
+    made = []
+    for product in products:
+        try:
+            if fs.exists(product_url(working_out, product, obs_id)):
+                made.append(product)
+        except EcpiError:  # e.g. a link leading out of working_out: the pipeline refuses it
+            continue
+    return made
+
+
 def is_complete(working_out: str, obs_id: str, products, stamp: str) -> bool:
     """Every product of `obs_id` is in place and carries `stamp`."""
-    return bool(products) and all(
+    products = list(products)
+    return bool(products) and _made(working_out, obs_id, products) == products and all(
         _stamp_of(product_url(working_out, product, obs_id)) == stamp for product in products)
 
 
-def plan(params, observation_dirs, stamp: str, force: bool) -> list[Entry]:
-    """One entry per observation directory: 'skipped' when complete (unless `force`)."""
+def plan(params, observation_dirs, stamp: str, force: bool, ids=None,
+         set_aside=()) -> list[Entry]:
+    """One entry per observation directory: 'skipped' when complete (unless `force`),
+    'failed' when set aside before the run (`set_aside`: failure records naming obs_dir).
+
+    `ids` (obs_dir -> OBS_ID, as safeguards.observation_ids reads them) saves a header read.
+    """
     entries = []
     products = list(params.wanted_products)
+    errors = {record.get("obs_dir"): record.get("error") for record in set_aside}
     for obs_dir in observation_dirs:
-        obs_id, events = _identify(obs_dir)
+        obs_id, events = _identify(obs_dir, (ids or {}).get(obs_dir))
         entry = Entry(obs_dir=obs_dir, obs_id=obs_id, events=events)
-        if not force and obs_id and is_complete(params.general.working_out, obs_id, products,
-                                                stamp):
+        if obs_dir in errors:
+            entry.status, entry.error = "failed", errors[obs_dir]
+        elif not force and obs_id and is_complete(params.general.working_out, obs_id,
+                                                  products, stamp):
             entry.status, entry.products = "skipped", products
         entries.append(entry)
     return entries
@@ -137,8 +164,7 @@ def _record_wave(entries, wave, failures, working_out, products, elapsed):
             entry.status, entry.error = "failed", failure.get("error")
         else:
             entry.status = "done"
-            entry.products = [p for p in products
-                              if fs.exists(product_url(working_out, p, entry.obs_id))]
+            entry.products = _made(working_out, entry.obs_id, products)
 
 
 def progress_line(entries, events_per_s: float, elapsed: float) -> str:
@@ -168,17 +194,16 @@ def write_summary(working_out: str, entries, started: float, stamp: str, totals:
 
 def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *,
                  force: bool = False, batch: int | None = None, stamp: str | None = None,
-                 progress=sys.stderr):
-    """Plan, then `run_pipeline(dirs)` -> (metric totals, failure records) wave by wave.
-
-    Returns (entries, summed metric totals, every failure record).
+                 ids=None, set_aside=(), progress=sys.stderr):
+    """Plan (see `plan`), then `run_pipeline(dirs)` -> (metric totals, failure records) wave
+    by wave. Returns (entries, summed metric totals, the failure records of the waves).
     """
     started = time.time()
     working_out = params.general.working_out
     stamp = stamp or products_stamp(params, caldb_dir)
-    entries = plan(params, observation_dirs, stamp, force)
+    entries = plan(params, observation_dirs, stamp, force, ids, set_aside)
     todo = [entry for entry in entries if entry.status == "pending"]
-    skipped = len(entries) - len(todo)
+    skipped = sum(entry.status == "skipped" for entry in entries)
     if len(entries) < 2:  # one observation: ecpi_run's summary line says it all
         progress = None
     if skipped and progress:

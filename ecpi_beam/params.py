@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -79,6 +80,24 @@ class ImagParams:
         return self.snr_ths if self.snr_ths > 0 else DETECTION_SNR_DEFAULT
 
 
+@dataclass(frozen=True)
+class StreamParams:
+    """[stream]: the streaming search (docs/streaming.md; `ecpi_run --streaming` only)."""
+
+    window_lengths: tuple[int, ...] = (20, 80, 320, 1280)  # s, sliding event-time windows
+    window_periods: tuple[int, ...] = (10, 40, 160, 640)  # s, one per length
+    snr_ths: float = 7.0  # a NEW source is alerted above this SNR
+    allowed_lateness: float = 120.0  # s of event time a slice may land after the watermark
+    energy_channels: tuple[tuple[int, int], ...] = ((13, 1260),)  # PI bands searched
+    match_radius: float = 60.0  # arcmin: one transient, several windows -> one alert
+    poll_interval: float = 1.0  # s between two listings of working_in
+
+    @property
+    def tile_seconds(self) -> int:
+        """Event-time step of the partial images: divides every window length and period."""
+        return math.gcd(*self.window_lengths, *self.window_periods)
+
+
 # Parameters that only say where data lives or how the work is split: they never change a
 # product's content, so they stay out of the fingerprint (PARHASH).
 _NOT_IN_FINGERPRINT = {("general", "logger_level"), ("general", "working_in"),
@@ -92,6 +111,7 @@ class Params:
     cali: CaliParams
     bube: BubeParams
     imag: ImagParams
+    stream: StreamParams = StreamParams()
     source: str = dataclasses.field(default="", compare=False)  # the file it came from
 
     def as_dict(self) -> dict:
@@ -102,7 +122,8 @@ class Params:
         """Short sha256 of every parameter that can change a product (header PARHASH)."""
         canonical = {section: {key: value for key, value in values.items()
                                if (section, key) not in _NOT_IN_FINGERPRINT}
-                     for section, values in self.as_dict().items()}
+                     for section, values in self.as_dict().items()
+                     if section != "stream"}  # batch products do not depend on [stream]
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -122,6 +143,8 @@ SECTIONS = {
     "bube": ("energy_channels", "ear_occ_bub", "bkg_cor_mod", "out_files", "peof_min",
              "peof_max"),
     "imag": ("snr_ths", "win_dim", "irf_corr", "out_files", "pcode_min"),
+    "stream": ("window_lengths", "window_periods", "snr_ths", "allowed_lateness",
+               "energy_channels", "match_radius", "poll_interval"),
 }
 MANDATORY = {("general", "working_in"), ("general", "working_out"), ("dpco", "out_files"),
              ("cali", "out_files"), ("bube", "out_files"), ("imag", "out_files")}
@@ -177,10 +200,12 @@ def parse_params(text: str, source: str = "<parameters>", check_paths: bool = Tr
         imag=ImagParams(
             out_files=reader.products("imag", IMAG_PRODUCTS),
             snr_ths=reader.snr_threshold(),
-            win_dim=reader.number("imag", "win_dim", 5.0, 1.0),
+            # at most the sky image half size (ICD 1): a larger fit window holds no more sky
+            win_dim=reader.number("imag", "win_dim", 5.0, 1.0, float(instrument.SKY_CENTRE)),
             irf_corr=reader.choice("imag", "irf_corr", IRF_CORRECTIONS, "cos_theta"),
             pcode_min=reader.number("imag", "pcode_min", 0.1, 0.0, 1.0, low_open=True),
         ),
+        stream=reader.stream(),
         source=source,
     )
     return params
@@ -352,6 +377,44 @@ class _SectionReader:
                       f">= {DETECTION_SNR_DEFAULT:g}")
         return float(value)
 
+    def seconds_list(self, section, key, default) -> tuple[int, ...]:
+        value = self.raw(section, key)
+        if not value:
+            return default
+        items = self.literal(section, key, str(list(default)))
+        if not isinstance(items, (list, tuple)) or not items or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in items):
+            self.fail(section, key, value, f"expected a Python list of positive integer "
+                      f"seconds like {list(default)}")
+        return tuple(items)
+
+    def stream(self) -> StreamParams:
+        lengths = self.seconds_list("stream", "window_lengths", StreamParams.window_lengths)
+        periods = self.seconds_list("stream", "window_periods",
+                                    tuple(max(1, n // 2) for n in lengths)
+                                    if self.raw("stream", "window_lengths")
+                                    else StreamParams.window_periods)
+        if len(periods) != len(lengths):
+            self.fail("stream", "window_periods", self.raw("stream", "window_periods"),
+                      f"expected one period per window length ({len(lengths)})")
+        for length, period in zip(lengths, periods):
+            if period > length:
+                self.fail("stream", "window_periods", self.raw("stream", "window_periods"),
+                          f"period {period} s is longer than its window ({length} s): "
+                          "time would go unsearched")
+        channels = (self.bands("stream", "energy_channels")
+                    if self.raw("stream", "energy_channels") else StreamParams.energy_channels)
+        return StreamParams(
+            window_lengths=lengths, window_periods=periods,
+            snr_ths=self.number("stream", "snr_ths", StreamParams.snr_ths, 3.0),
+            allowed_lateness=self.number("stream", "allowed_lateness",
+                                         StreamParams.allowed_lateness, 0.0),
+            energy_channels=channels,
+            match_radius=self.number("stream", "match_radius", StreamParams.match_radius, 0.0,
+                                     low_open=True),
+            poll_interval=self.number("stream", "poll_interval", StreamParams.poll_interval,
+                                      0.0, low_open=True))
+
     def locations(self, section, key) -> tuple[str, ...]:
         """working_in: one directory, a glob, or several (comma-separated or a Python list)."""
         value = self.raw(section, key)
@@ -410,6 +473,6 @@ def params_text(working_in, working_out, caldb_dir=CALDB_LOCAL, *, logger_level=
                  "out_files": listing(imag_out)},
     }
     for section, values in (extra or {}).items():
-        sections[section].update(values)
+        sections.setdefault(section, {}).update(values)
     return "\n".join(f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
                      for name, values in sections.items())

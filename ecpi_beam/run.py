@@ -19,6 +19,7 @@ from ecpi_beam.io import fs
 from ecpi_beam.kernels.calibrate import DROP_REASONS
 from ecpi_beam.params import load_params
 from ecpi_beam.pipelines.observation import build_observation_pipeline
+from ecpi_beam.pipelines import safeguards
 from ecpi_beam.pipelines.preflight import check_capabilities, preflight_observations
 from ecpi_beam.transforms.failures import (FAILURES_FILE, collect_failures,
                                            remove_dead_letters)
@@ -38,6 +39,11 @@ def parse_command(argv):
         prog="ecpi_run", description="Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG) on Beam.",
         epilog="Other options (--runner, --direct_num_workers, ...) go to Beam's PipelineOptions.")
     parser.add_argument("--params", dest="params_option", help="the parameter file (.ini)")
+    parser.add_argument("--streaming", action="store_true",
+                        help="watch working_in for slices and alert on new transients "
+                             "(docs/streaming.md)")
+    parser.add_argument("--stream_idle_timeout", type=float, default=None, metavar="S",
+                        help="with --streaming: stop after S seconds without a new slice")
     parser.add_argument("--force", action="store_true",
                         help="redo every observation, even those whose products are complete "
                              "with the same parameters and CALDB (campaign resume)")
@@ -54,6 +60,12 @@ def parse_command(argv):
         raise EcpiError("no parameter file: give it as `ecpi_run params.ini` or --params params.ini")
     if not any(arg.startswith("--runner") for arg in beam_args):
         beam_args = ["--runner", "DirectRunner", *beam_args]
+    if args.streaming:
+        beam_args = [*beam_args, "--streaming", "--stream_idle_timeout",
+                     str(args.stream_idle_timeout if args.stream_idle_timeout is not None
+                         else float("inf"))]
+    elif args.stream_idle_timeout is not None:
+        raise EcpiError("--stream_idle_timeout: only with --streaming")
     return path, beam_args, args
 
 
@@ -78,7 +90,7 @@ def metric_totals(result):
 
 def run(params, beam_args, caldb_dir, observation_dirs):
     """Build and run the pipeline; returns (metric totals, failure records)."""
-    stale = fs.join(params.general.working_out, FAILURES_FILE)
+    stale = fs.inside(params.general.working_out, FAILURES_FILE)
     if fs.exists(stale):
         fs.remove(stale)
     remove_dead_letters(params.general.working_out)
@@ -95,16 +107,41 @@ def main(argv) -> int:
     path, beam_args, args = parse_command(argv)
     params = load_params(path)
     configure_logging(params.general.logger_level)
+    # writable, one run at a time, leftovers of earlier runs removed (docs/reliability.md)
+    with safeguards.guarded_working_out(params.general.working_out):
+        return run_in_working_out(params, beam_args, started, args)
+
+
+def run_in_working_out(params, beam_args, started, args) -> int:
     check_capabilities(params)
     caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
+    safeguards.check_caldb(caldb_dir)
+    if "--streaming" in beam_args:
+        from ecpi_beam.pipelines.stream import run_streaming_command
+
+        return run_streaming_command(params, beam_args, caldb_dir, started)
     observation_dirs = fs.find_observation_dirs(params.general.working_in)
     preflight_observations(observation_dirs)
-    entries, totals, failures = run_campaign(
-        params, beam_args, caldb_dir, observation_dirs,
-        lambda dirs: run(params, beam_args, caldb_dir, dirs),
-        force=args.force, batch=args.campaign_batch)
+    ids = safeguards.observation_ids(observation_dirs)
+    _, early_failures = safeguards.set_aside_duplicates(ids)  # run_campaign sets them aside
+
+    def run_wave(dirs):
+        try:
+            return run(params, beam_args, caldb_dir, dirs)
+        except Exception as error:  # a fault of the machine is one line; a bug keeps its traceback
+            fault = safeguards.one_line_fault(error)
+            if fault is None:
+                raise
+            raise fault from None
+
+    entries, totals, _ = run_campaign(params, beam_args, caldb_dir, observation_dirs, run_wave,
+                                      force=args.force, batch=args.campaign_batch, ids=ids,
+                                      set_aside=early_failures)
+    failures, not_made = safeguards.finish_run(params, ids, early_failures)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
+    for line in not_made:
+        print(f"warning: {line}", file=sys.stderr)
     failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}
     done = len(observation_dirs) - len(failed)
     skipped = sum(entry.status == "skipped" for entry in entries)
@@ -116,6 +153,7 @@ def main(argv) -> int:
           f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
           f"products {int(totals.get('ecpi.write.products_written', 0))}; "
           f"sources {int(totals.get('ecpi.imag.sources_found', 0))}; "
+          + (f"requested products not made {len(not_made)}; " if not_made else "") +
           f"products in {params.general.working_out}")
     return 2 if failures else 0
 

@@ -196,6 +196,26 @@ def detector_counts(det_ima_path) -> dict[str, np.ndarray]:
         return {hdu.name: np.array(hdu.data) for hdu in hdul if hdu.name.startswith("COUNTS_")}
 
 
+def assert_same_hdu_data(path, reference):
+    """The two FITS files hold the same HDUs (by name) with equal data, column by column."""
+    def hdu_data(where):
+        with fits.open(where) as hdul:
+            return [(hdu.name, None if hdu.data is None else np.array(hdu.data)) for hdu in hdul]
+
+    ours, theirs = hdu_data(path), hdu_data(reference)
+    name = Path(path).name
+    assert [n for n, _ in ours] == [n for n, _ in theirs], name
+    for (hdu_name, a), (_, b) in zip(ours, theirs):
+        if a is None:
+            assert b is None, f"{name} {hdu_name}"
+        elif a.dtype.names:
+            for column in a.dtype.names:
+                np.testing.assert_array_equal(a[column], b[column],
+                                              err_msg=f"{name} {hdu_name} {column}")
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} {hdu_name}")
+
+
 def leftover_temporaries(directory: Path) -> list[str]:
     """Files the atomic writer may leave behind: '.<name>.<random>.part'."""
     return sorted(p.name for p in Path(directory).rglob("*") if p.name.endswith(".part")

@@ -51,6 +51,7 @@ def test_generator_reproduces_the_shipped_set(tmp_path, caldb):
                           ("rmf", "matrix"), ("arf", "specresp"), ("irf", "factor")]:
         np.testing.assert_allclose(getattr(getattr(regenerated, reader)(), field),
                                    getattr(getattr(caldb, reader)(), field), rtol=1e-6, atol=1e-9)
+    assert regenerated.entry("ECL-SRC-CAT").sha256 == caldb.entry("ECL-SRC-CAT").sha256
 
 
 def test_mask_is_forty_percent_open_self_supporting_and_low_sidelobe(caldb):

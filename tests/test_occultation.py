@@ -1,6 +1,5 @@
 """Earth occultation fraction, classes and class good time (ICD section 1), and the interval
 algebra (kernels/intervals.py) they rest on."""
-import time
 
 import numpy as np
 import pytest
@@ -81,13 +80,15 @@ def test_fraction_zero_with_earth_behind_and_one_at_very_low_altitude():
     assert filling[0] == pytest.approx(1.0)
 
 
-def test_fraction_is_fast_for_an_orbit_of_samples():
+def test_fraction_for_an_orbit_of_samples_matches_chunked_evaluation():
+    # the cost is measured in benchmarks/, not here: a timed test is a flaky test
     qparam, position = random_geometry(5400, seed=4)
-    occultation.occultation_fraction(qparam[:10], position[:10])
-    start = time.perf_counter()
     fraction = occultation.occultation_fraction(qparam, position)
-    assert time.perf_counter() - start < 1.0
+    chunked = np.concatenate([occultation.occultation_fraction(qparam[i:i + 1000],
+                                                               position[i:i + 1000])
+                              for i in range(0, 5400, 1000)])
     assert fraction.shape == (5400,) and np.all((fraction >= 0) & (fraction <= 1))
+    np.testing.assert_allclose(fraction, chunked, atol=1e-12)
 
 
 def test_classes_follow_the_icd_thresholds():

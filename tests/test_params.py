@@ -218,7 +218,7 @@ BAD_FILES = [
     ({"[imag] snr_ths": "snr_ths = 5"}, ["[imag] snr_ths = 5", ">= 7"]),
     ({"[imag] snr_ths": "snr_ths = -1"}, ["[imag] snr_ths = -1", ">= 7"]),
     ({"[imag] snr_ths": "snr_ths = high"}, ["[imag] snr_ths = high", "a number"]),
-    ({"[imag] win_dim": "win_dim = 0.5"}, ["[imag] win_dim = 0.5", "a number >= 1.0"]),
+    ({"[imag] win_dim": "win_dim = 0.5"}, ["[imag] win_dim = 0.5", "a number in [1.0, 99.0]"]),
     ({"[imag] irf_corr": "irf_corr = cos"},
      ["[imag] irf_corr = cos", "no_correction, cos_theta, irf"]),
     ({"[imag] pcode_min": "pcode_min = 0"}, ["[imag] pcode_min = 0", "(0.0, 1.0]"]),

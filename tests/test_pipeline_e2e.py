@@ -19,8 +19,8 @@ from astropy.wcs import validate as wcs_validate
 from ecpi_beam import instrument
 
 from pipeline_fixtures import (
-    ALL_PRODUCTS, DEFAULT_BANDS, angular_offset_arcmin, describe, detector_counts,
-    leftover_temporaries, nearest_source, run_ecpi, simulate_broken_campaign,
+    ALL_PRODUCTS, DEFAULT_BANDS, angular_offset_arcmin, assert_same_hdu_data, describe,
+    detector_counts, leftover_temporaries, nearest_source, run_ecpi, simulate_broken_campaign,
     sources_table, stderr_lines, write_params)
 
 ICD_KEYWORDS = ("TELESCOP", "INSTRUME", "OBS_ID", "TSTART", "TSTOP", "MJDREFI", "MJDREFF",
@@ -300,11 +300,6 @@ def test_bad_input_in_process(case, tmp_path, pipeline_workspace, small_observat
 # ============================================================================================
 # Re-running, and campaigns
 # ============================================================================================
-def _hdu_data(path):
-    with fits.open(path) as hdul:
-        return [(hdu.name, None if hdu.data is None else np.array(hdu.data)) for hdu in hdul]
-
-
 def test_rerun_overwrites_products_cleanly(tmp_path, pipeline_workspace, small_observation,
                                            reference_run, fitsverify):
     """Products of a previous run (one of them damaged) and a stale failures.jsonl are in
@@ -333,17 +328,7 @@ def test_rerun_overwrites_products_cleanly(tmp_path, pipeline_workspace, small_o
             continue
         assert path.stat().st_mtime_ns != before[path.name], f"{path.name} not rewritten"
         fitsverify(path)
-        ours, theirs = _hdu_data(path), _hdu_data(reference_run.product(name, obs_id))
-        assert [n for n, _ in ours] == [n for n, _ in theirs]
-        for (hdu_name, a), (_, b) in zip(ours, theirs):
-            if a is None:
-                assert b is None
-            elif a.dtype.names:
-                for column in a.dtype.names:
-                    np.testing.assert_array_equal(a[column], b[column],
-                                                  err_msg=f"{name} {hdu_name} {column}")
-            else:
-                np.testing.assert_array_equal(a, b, err_msg=f"{name} {hdu_name}")
+        assert_same_hdu_data(path, reference_run.product(name, obs_id))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ tables, the `write_*` functions write any table (also a test's own) as a valid F
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 
 import numpy as np
@@ -20,7 +21,8 @@ from scipy.special import erf
 
 from ecpi_beam import instrument as ins
 from ecpi_beam.caldb.manifest import entry_for_file, write_manifest
-from ecpi_beam.caldb.tables import STATUS_DEAD, STATUS_NOISY, Arf, Irf, PixelCalibration, Rmf
+from ecpi_beam.caldb.tables import STATUS_DEAD, STATUS_NOISY, Arf, Irf, KnownSources, \
+    PixelCalibration, Rmf
 
 VERSION = "1.0"
 VALID_FROM = "2024-06-22"  # SVOM launch; also the fixed DATE of every file (reproducibility)
@@ -52,6 +54,10 @@ IRF_THETA_DEG = np.arange(0.0, 61.0, 1.0)  # the field corners reach 54 deg off 
 IRF_ENERGY_KEV = np.arange(1.0, 201.0, 1.0)
 MASK_THICKNESS_CM = 0.06  # tantalum
 TA_DENSITY, TA_K_EDGE_KEV, TA_MU_100KEV = 16.65, 67.42, 4.3
+
+# --- known sources: the brightest of the Swift-BAT 105-month survey (Oh et al. 2018) ------------
+KNOWN_SOURCES_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sources",
+                                 "swift_bat105m_bright.csv")
 
 
 # ================================================================================================
@@ -230,6 +236,19 @@ def irf_model(theta_deg=IRF_THETA_DEG, energy_kev=IRF_ENERGY_KEV) -> Irf:
 
 
 # ================================================================================================
+# ECL-SRC-CAT
+# ================================================================================================
+def known_sources_model(path: str = KNOWN_SOURCES_CSV) -> KnownSources:
+    """The shipped selection of the BAT 105-month catalogue (docs/caldb.md), in its order."""
+    with open(path, newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(line for line in stream if not line.startswith("#")))
+    column = lambda key, dtype=str: np.array([row[key] for row in rows], dtype=dtype)  # noqa: E731
+    return KnownSources(name=column("NAME"), ra_deg=column("RA", float),
+                        dec_deg=column("DEC", float), flux=column("FLUX", float),
+                        survey_name=column("BAT_NAME"), source_type=column("TYPE"))
+
+
+# ================================================================================================
 # FITS writers
 # ================================================================================================
 def _calibration_keywords(product: str, description: str, boundary: str = "") -> list:
@@ -369,6 +388,31 @@ def write_irf(path, irf: Irf, description="Off-axis effective-area factor") -> N
     fits.HDUList([_primary("ECL-RSP-IRF", description), table]).writeto(path, overwrite=True)
 
 
+def write_known_sources(path, known: KnownSources,
+                        description="Known hard X-ray sources, Swift-BAT 105-month") -> None:
+    """Table KNOWN_SOURCES: NAME, RA, DEC (ICRS deg) and, when known, FLUX, BAT_NAME, TYPE."""
+    def text_column(name, values):
+        values = np.asarray(values, dtype=str)
+        return fits.Column(name, f"{max(1, max((len(v) for v in values), default=1))}A",
+                           array=values)
+
+    columns = [text_column("NAME", known.name),
+               fits.Column("RA", "D", unit="deg", array=np.asarray(known.ra_deg, float)),
+               fits.Column("DEC", "D", unit="deg", array=np.asarray(known.dec_deg, float))]
+    if known.flux is not None:
+        columns.append(fits.Column("FLUX", "E", unit="1e-12 erg/(s cm2)",
+                                   array=np.asarray(known.flux, float)))
+    if known.survey_name is not None:
+        columns.append(text_column("BAT_NAME", known.survey_name))
+    if known.source_type is not None:
+        columns.append(text_column("TYPE", known.source_type))
+    notes = [("RADESYS", "ICRS", "frame of RA and DEC"),
+             ("COMMENT", "Oh et al. 2018, ApJS 235, 4 (Swift-BAT 105-month survey); FLUX in "
+                         "14-195 keV; positions of the counterparts", "")]
+    table = _extension(columns, "KNOWN_SOURCES", "ECL-SRC-CAT", description, notes)
+    fits.HDUList([_primary("ECL-SRC-CAT", description), table]).writeto(path, overwrite=True)
+
+
 # ================================================================================================
 # The set
 # ================================================================================================
@@ -383,6 +427,8 @@ PRODUCT_FILES = {
                     "on-axis effective area: 1024 cm2 x 0.4 x CdTe 1 mm x window x threshold"),
     "ECL-RSP-IRF": ("ECL-RSP-IRF_v1.0.fits", write_irf,
                     "off-axis factor: cos(theta) x CdTe path x mask wall shading"),
+    "ECL-SRC-CAT": ("ECL-SRC-CAT_v1.0.fits", write_known_sources,
+                    "known sources: Swift-BAT 105-month, FLUX >= 3e-11 erg/cm2/s, 14-195 keV"),
 }
 
 
@@ -404,7 +450,8 @@ def write_caldb(outdir, tables: dict, version: str = VERSION, valid_from: str = 
 
 def default_tables() -> dict:
     return {"ECL-MSK-PAT": mask_model(), "ECL-PIX-CAL": pixel_calibration_model(),
-            "ECL-RSP-RMF": rmf_model(), "ECL-RSP-ARF": arf_model(), "ECL-RSP-IRF": irf_model()}
+            "ECL-RSP-RMF": rmf_model(), "ECL-RSP-ARF": arf_model(), "ECL-RSP-IRF": irf_model(),
+            "ECL-SRC-CAT": known_sources_model()}
 
 
 def main(argv: list[str]) -> int:

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -32,6 +33,8 @@ DEFAULT_SERVER = "https://fsc.svom.org/caldb-api"
 TOKEN_PATH = "realms/svom/protocol/openid-connect/token"
 FILES_PATH = "caldb/eclairs"
 CREDENTIAL_VARIABLES = ("KC_USERNAME", "KC_PASSWORD", "KC_CLIENT_ID")
+SECRET_VARIABLES = ("KC_PASSWORD",)  # never shown; the access token is redacted as well
+REDACTED = "[redacted]"
 RETRY_DELAYS_S = (1.0, 2.0, 4.0)  # backoff after each failed attempt (5xx, connection error)
 TIMEOUT_S = (10.0, 120.0)  # connect, read
 
@@ -59,6 +62,16 @@ class ShippedSet:
             raise EcpiError(f"{self.describe(name)}: cannot read ({err.strerror})") from None
 
 
+def redact(text: str, secrets) -> str:
+    """`text` with every secret (as given, and URL- or form-encoded, as a server echoing a
+    request would show it) replaced by [redacted]."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        for form in {secret, urllib.parse.quote(secret, safe=""),
+                     urllib.parse.quote_plus(secret)}:
+            text = text.replace(form, REDACTED)
+    return text
+
+
 def read_credentials(environ=os.environ) -> dict[str, str]:
     missing = [name for name in CREDENTIAL_VARIABLES if not environ.get(name)]
     if missing:
@@ -83,15 +96,29 @@ class CaldbServer:
     def describe(self, name: str) -> str:
         return f"{self.base_url}/{FILES_PATH}/{name}"
 
+    def _secrets(self):
+        return [self._credentials.get(name, "") for name in SECRET_VARIABLES] + [self._token]
+
     def _request(self, method: str, url: str, **kwargs) -> requests.Response:
-        """One request, retried with backoff on connection errors and 5xx answers."""
+        """One request, retried with backoff on connection errors and 5xx answers.
+
+        Redirects are never followed: every request carries the password or the token, and a
+        307/308 would re-send them to wherever the server points (another origin included).
+        """
         reason = ""
         for delay in (*RETRY_DELAYS_S, None):
             try:
-                response = self._session.request(method, url, timeout=TIMEOUT_S, **kwargs)
+                response = self._session.request(method, url, timeout=TIMEOUT_S,
+                                                 allow_redirects=False, **kwargs)
             except requests.RequestException as err:
                 reason = type(err).__name__
             else:
+                if response.is_redirect or 300 <= response.status_code < 400:
+                    target = response.headers.get("Location", "nowhere")
+                    raise EcpiError(redact(
+                        f"{url} answered HTTP {response.status_code}, a redirect to {target}: "
+                        "credentials are never sent after a redirect; give the final address "
+                        f"with --server or {SERVER_ENV}", self._secrets()))
                 if response.status_code < 500:
                     return response
                 reason = f"HTTP {response.status_code}"
@@ -102,6 +129,12 @@ class CaldbServer:
                         f"{SERVER_ENV}")
 
     def token(self) -> str:
+        try:
+            return self._request_token()
+        except EcpiError as err:  # a server may echo the form (the password) in its answer
+            raise EcpiError(redact(str(err), self._secrets())) from None
+
+    def _request_token(self) -> str:
         if self._token is None:
             url = f"{self.base_url}/{TOKEN_PATH}"
             form = {"grant_type": "password", "client_id": self._credentials["KC_CLIENT_ID"],
@@ -122,6 +155,12 @@ class CaldbServer:
         return self._token
 
     def fetch(self, name: str) -> bytes:
+        try:
+            return self._fetch(name)
+        except EcpiError as err:
+            raise EcpiError(redact(str(err), self._secrets())) from None
+
+    def _fetch(self, name: str) -> bytes:
         url = self.describe(name)
         response = self._request("GET", url, headers={"Authorization": f"Bearer {self.token()}"})
         if response.status_code in (401, 403):
@@ -213,7 +252,11 @@ def main(argv: list[str]) -> int:
     else:
         source = CaldbServer(caldb_server(args.server, home), read_credentials())
     target = local_caldb_dir(home)
-    changed, entries = install(source, target, force=args.force)
+    try:
+        changed, entries = install(source, target, force=args.force)
+    except EcpiError as err:  # the last guard: no message of ours shows the password
+        raise EcpiError(redact(str(err), [os.environ.get(v, "") for v in SECRET_VARIABLES])) \
+            from None
     state = "installed in" if changed else "already up to date in"
     print(f"CALDB ({len(entries)} files from {source.describe(MANIFEST_NAME)}) {state} {target}")
     for entry in entries.values():

@@ -18,7 +18,7 @@ from astropy.io import fits
 from ecpi_beam import instrument as ins
 from ecpi_beam.caldb.manifest import MANIFEST_NAME, REQUIRED_PRODUCTS, ManifestEntry, \
     parse_manifest, sha256_bytes
-from ecpi_beam.caldb.tables import Arf, Irf, PixelCalibration, Rmf, frozen_array
+from ecpi_beam.caldb.tables import Arf, Irf, KnownSources, PixelCalibration, Rmf, frozen_array
 from ecpi_beam.errors import EcpiError
 
 _DEFAULT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "default")
@@ -124,6 +124,11 @@ class Caldb:
     def irf(self) -> Irf:
         return self._cached("ECL-RSP-IRF", _parse_irf)
 
+    def known_sources(self) -> KnownSources:
+        """ECL-SRC-CAT, the known hard X-ray sources (optional product: a set without it fails
+        here, naming the manifest)."""
+        return self._cached("ECL-SRC-CAT", _parse_known_sources)
+
 
 def _local_manifest_stamp(location: str):
     """Identity of a local manifest, so a set reinstalled in place is read afresh."""
@@ -209,3 +214,18 @@ def _parse_irf(hdus) -> Irf:
     return Irf(theta_deg=frozen_array(table["THETA"][0], float),
                energy_kev=frozen_array(table["ENERGY"][0], float),
                factor=frozen_array(table["FACTOR"][0], float))
+
+
+def _parse_known_sources(hdus) -> KnownSources:
+    table = hdus["KNOWN_SOURCES"].data
+    names = table.columns.names
+
+    def optional(column, dtype):
+        return frozen_array(np.char.strip(table[column]) if dtype is str else table[column],
+                            dtype) if column in names else None
+
+    return KnownSources(name=frozen_array(np.char.strip(table["NAME"]), str),
+                        ra_deg=frozen_array(table["RA"], float),
+                        dec_deg=frozen_array(table["DEC"], float),
+                        flux=optional("FLUX", float), survey_name=optional("BAT_NAME", str),
+                        source_type=optional("TYPE", str))

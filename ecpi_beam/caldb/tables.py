@@ -64,3 +64,17 @@ class Irf:
                            np.clip(energy, self.energy_kev[0], self.energy_kev[-1])], axis=-1)
         interpolate = RegularGridInterpolator((self.theta_deg, self.energy_kev), self.factor)
         return interpolate(points.reshape(-1, 2)).reshape(theta.shape)
+
+
+@dataclass(frozen=True)
+class KnownSources:
+    """ECL-SRC-CAT: known bright hard X-ray sources (ICRS degrees); NEW means none of these."""
+    name: np.ndarray        # (n,) str
+    ra_deg: np.ndarray      # (n,)
+    dec_deg: np.ndarray     # (n,)
+    flux: np.ndarray | None = None         # (n,) 1e-12 erg cm-2 s-1 in 14-195 keV (BAT)
+    survey_name: np.ndarray | None = None  # (n,) str, the name in the survey catalogue
+    source_type: np.ndarray | None = None  # (n,) str, e.g. 'LMXB', 'Sy2'
+
+    def __len__(self) -> int:
+        return len(self.name)

@@ -94,12 +94,17 @@ class _RangeSource:
 class _GzipSource:
     """read(start, length) over a .gz file: forward seeks decompress and discard."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, url: str = ""):
         self.gzip = gzip.GzipFile(fileobj=stream, mode="rb")
+        self.url = url
 
     def read(self, start: int, length: int) -> bytes:
-        self.gzip.seek(start)
-        return self.gzip.read(length)
+        try:
+            self.gzip.seek(start)
+            return self.gzip.read(length)
+        except EOFError:  # the stream ends before gzip's end marker: a cut download or copy
+            raise EcpiError(f"{self.url}: truncated gzip file (the compressed data end before "
+                            f"byte {start + length} of the FITS file)") from None
 
     def size(self) -> int | None:
         return None  # unknown without decompressing it all
@@ -110,7 +115,7 @@ def _open_source(url: str):
     try:
         if url.endswith(".gz"):
             with fs.open_file(url, "rb") as stream:
-                yield _GzipSource(stream)
+                yield _GzipSource(stream, url)
         else:
             yield _RangeSource(url)
     except FileNotFoundError:
@@ -141,9 +146,15 @@ def _read_header(source, url: str, start: int) -> tuple[fits.Header, int]:
 
 def _parse_header(raw: bytes, url: str) -> fits.Header:
     try:
-        return fits.Header.fromstring(raw.decode("ascii"))
+        header = fits.Header.fromstring(raw.decode("ascii"))
+        for _ in header.items():  # astropy parses cards lazily: find a bad one here
+            pass
+        return header
     except (UnicodeDecodeError, ValueError) as err:
         raise EcpiError(f"{url}: not a FITS file (bad header: {err})") from None
+    except fits.VerifyError as err:  # e.g. a newline or another control character in a card
+        raise EcpiError(f"{url}: header card not valid FITS "
+                        f"({str(err).split(',')[0]}); expected printable ASCII") from None
 
 
 def _data_bytes(header: fits.Header) -> int:

@@ -259,8 +259,25 @@ def atomic_write(url: str, durable: bool = True):
 
     Yields a local file object. Local: a temporary file in the same directory, then
     os.replace. Remote: the local temporary file is uploaded to a temporary key next to the
-    target, then moved (copy + delete on object stores). On error nothing is left behind.
+    target, then moved (copy + delete on object stores). On error nothing is left behind, and
+    an OSError (full disk, read-only file system, ...) becomes one EcpiError line naming `url`.
     """
+    try:
+        with _atomic_write(url, durable) as stream:
+            yield stream
+    except OSError as err:
+        raise EcpiError(f"{url}: cannot write it ({describe_os_error(err)})") from None
+
+
+def describe_os_error(err: OSError) -> str:
+    """'No space left on device (errno 28)': the cause of an I/O failure, on one line."""
+    if err.strerror:
+        return f"{err.strerror} (errno {err.errno})" if err.errno else err.strerror
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+@contextlib.contextmanager
+def _atomic_write(url: str, durable: bool = True):
     if is_local(url):
         _, target = filesystem(url)
         directory = os.path.dirname(os.path.abspath(target))
@@ -376,3 +393,38 @@ def find_triplet(directory: str) -> dict[str, str]:
                             f"{found}")
         triplet[kind] = join(directory, matches[0])
     return triplet
+
+
+# ============================================================================================
+# Confinement: every file the pipeline writes or deletes lies inside working_out (ICD 5)
+# ============================================================================================
+def _check_segment(name: str, root: str) -> None:
+    """One path segment of a name we build: no separator, no '.'/'..', printable ASCII."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name
+            or not name.isascii() or not name.isprintable()):
+        raise EcpiError(f"{root}: refusing the path segment {name!r}: names built inside "
+                        "working_out are single, printable file names (no '/', '..')")
+
+
+def inside(root: str, *segments: str) -> str:
+    """`root/seg1/seg2...`, checked to lie inside `root`; the only way we build a path to
+    write or delete under working_out.
+
+    Each segment is one file name (no separator, no '..'); locally the result is resolved
+    (symbolic links followed) and must stay under the resolved root, so a link planted in
+    working_out cannot lead a write or a delete elsewhere. On object stores, where keys have
+    no links, the segment check is the whole guard.
+    """
+    url = root
+    for segment in segments:
+        _check_segment(str(segment), root)
+        url = join(url, str(segment))
+    if is_local(root):
+        _, root_path = filesystem(root)
+        _, path = filesystem(url)
+        real_root = os.path.realpath(root_path)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise EcpiError(f"{url}: resolves to {real}, outside working_out {real_root} "
+                            "(a symbolic link?); refusing to write or delete it")
+    return url

@@ -37,8 +37,8 @@ STAMP_SEPARATOR = "+"
 
 
 def product_url(working_out: str, product: str, obs_id: str) -> str:
-    """'<working_out>/<PRODUCT>_<OBS_ID>.fits'."""
-    return fs.join(working_out, f"{product}_{obs_id}.fits")
+    """'<working_out>/<PRODUCT>_<OBS_ID>.fits', confined to working_out (ICD section 5)."""
+    return fs.inside(working_out, f"{product}_{obs_id}.fits")
 
 
 def _with_comment(key: str, value):
@@ -89,7 +89,16 @@ def apply_keywords(header: fits.Header, keywords: dict, overwrite: bool = False)
     """Set {KEY: value or (value, comment)} in a header; by default keep values it has."""
     for key, value in keywords.items():
         if overwrite or key not in header:
-            header[key] = _with_comment(key, value)
+            header[key] = _fitting(_with_comment(key, value))
+
+
+def _fitting(value_comment):
+    """Drop a comment that would not fit the 80-character card (a long FILENAME or OBS_ID):
+    astropy would truncate it with a warning."""
+    value, comment = value_comment
+    if isinstance(value, str) and 10 + max(len(value) + 2, 20) + 3 + len(comment) > 80:
+        return value, ""
+    return value, comment
 
 
 def write_product(url: str, hdus: list, keywords: dict) -> str:

@@ -29,7 +29,15 @@ TELESCOP = "SVOM"
 EVENTS_INSTRUME = "ECLAIRs"
 MAX_TIME_BACKSTEP_S = 100e-6  # ICD: EVENTS rows may step back in TIME by up to 100 us
 QUATERNION_NORM_TOLERANCE = 1e-3
+# Attitude is sampled at about 1 Hz (ICD 2): a longer hole inside the good time would be bridged
+# by a slerp over an unknown motion, so DPCO refuses it (docs/reliability.md).
+MAX_ATTITUDE_GAP_S = 10.0
 MJDREFF_TOLERANCE = 1e-12
+# OBS_ID names products and temporary files (ICD section 5): letters, digits, '-' and '_', at
+# most 40 characters, so that FILENAME = 'ECL-DET-UBC_<OBS_ID>.fits' fits one 80-character
+# card (68 characters of string value, FITS standard 4.2.1.1) with no CONTINUE card.
+OBS_ID_MAX_LENGTH = 40
+OBS_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,%d}" % OBS_ID_MAX_LENGTH)
 
 
 class Triplet(NamedTuple):
@@ -85,6 +93,20 @@ def check_columns(kind, summary):
     return problems
 
 
+def _shown(value, limit=48):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(str(value))} characters)"
+
+
+def check_obs_id(name, value):
+    """OBS_ID must match OBS_ID_PATTERN before it names anything (ICD section 5)."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and OBS_ID_PATTERN.fullmatch(text):
+        return []
+    return [f"{name}: OBS_ID = {_shown(value)}; expected 1 to {OBS_ID_MAX_LENGTH} letters, "
+            "digits, '-' or '_'"]
+
+
 def check_primary_keywords(summaries):
     """ICD keywords present in each primary header, equal across the triplet where they must be.
 
@@ -101,6 +123,13 @@ def check_primary_keywords(summaries):
         if "TIMEUNIT" in summary.primary and summary.primary["TIMEUNIT"] != "s":
             problems.append(f"{summary.name}: TIMEUNIT = {summary.primary['TIMEUNIT']!r}; "
                             "expected 's'")
+    bad_obs_ids = {}  # one line per bad value, naming every file that carries it
+    for summary in summaries.values():
+        value = summary.primary.get("OBS_ID")
+        if "OBS_ID" in summary.primary and check_obs_id(summary.name, value):
+            bad_obs_ids.setdefault(repr(value), (value, []))[1].append(summary.name)
+    for value, names in bad_obs_ids.values():
+        problems += check_obs_id(", ".join(names), value)
     for key in SHARED_KEYWORDS:
         values = {s.name: s.primary[key] for s in summaries.values() if key in s.primary}
         if len(values) < 2:
@@ -112,7 +141,7 @@ def check_primary_keywords(summaries):
         else:
             equal = all(str(v).strip() == str(reference).strip() for v in values.values())
         if not equal:
-            listed = ", ".join(f"{name} {value!r}" for name, value in values.items())
+            listed = ", ".join(f"{name} {_shown(value)}" for name, value in values.items())
             problems.append(f"{key} differs across the triplet: {listed}")
     evt = summaries.get("evt")
     if evt is not None and "TSTART" in evt.primary and "TSTOP" in evt.primary:
@@ -146,6 +175,49 @@ def check_quaternions(name, qparam):
             f"(first at row {bad[0]}: norm {norm[bad[0]]:.6g})"]
 
 
+def check_finite(name, extname, column, values):
+    """A column of a small table (TIME, QPARAM, POSITION...) holds no NaN or infinity."""
+    values = np.asarray(values, dtype=float)
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    rows = np.flatnonzero(bad)
+    if len(rows) == 0:
+        return []
+    return [f"{name} {extname}: {len(rows)} rows with {column} not finite (NaN or infinite; "
+            f"first at row {rows[0]})"]
+
+
+def check_orbit_positions(name, position):
+    """The spacecraft is above the Earth's surface: |POSITION| >= EARTH_RADIUS_KM (zero, a
+    wrong unit or a lost fix would silently give wrong occultation classes)."""
+    radius_km = np.linalg.norm(np.asarray(position, dtype=float).reshape(-1, 3), axis=1) / 1e3
+    rows = np.flatnonzero(np.isfinite(radius_km) & (radius_km < instrument.EARTH_RADIUS_KM))
+    if len(rows) == 0:
+        return []
+    return [f"{name} ORBIT: {len(rows)} rows with POSITION below the Earth's surface "
+            f"(|POSITION| < {instrument.EARTH_RADIUS_KM:g} km; first at row {rows[0]}: "
+            f"{radius_km[rows[0]]:.6g} km); expected metres from the Earth's centre"]
+
+
+def check_attitude_gaps(name, time, good_start, good_stop, limit_s=MAX_ATTITUDE_GAP_S):
+    """No hole longer than limit_s between attitude samples inside the good time."""
+    time = np.asarray(time, dtype=float)
+    finite = np.flatnonzero(np.isfinite(time))
+    if len(finite) < 2:
+        return []
+    before, after = time[finite[:-1]], time[finite[1:]]
+    start = np.asarray(good_start, dtype=float)[None, :]
+    stop = np.asarray(good_stop, dtype=float)[None, :]
+    long_gap = (after - before) > limit_s
+    in_good = ((before[:, None] < stop) & (after[:, None] > start)).any(axis=1)
+    gaps = np.flatnonzero(long_gap & in_good)
+    if len(gaps) == 0:
+        return []
+    first = gaps[0]
+    return [f"{name} ATTITUDE: {len(gaps)} gaps longer than {limit_s:g} s inside the good time "
+            f"(first after row {finite[first]}: {after[first] - before[first]:.6g} s from TIME "
+            f"{float(before[first])!r})"]
+
+
 # ----------------------------------------------------------------------------------------------
 # EVENTS rows, chunk by chunk
 # ----------------------------------------------------------------------------------------------
@@ -169,6 +241,7 @@ EVENT_FINDINGS = {
     "pha_range": f"PHA outside 0..{instrument.N_PHA - 1}",
     "idet_range": f"IDET outside 0..{instrument.N_PIX - 1}",
     "jdet_range": f"JDET outside 0..{instrument.N_PIX - 1}",
+    "time_nan": "TIME not finite",
 }
 
 
@@ -224,6 +297,7 @@ def check_event_chunk(events, first_row, previous_time, tstart, tstop):
                       first_row),
         "idet_range": (events["IDET"] >= instrument.N_PIX, events["IDET"], first_row),
         "jdet_range": (events["JDET"] >= instrument.N_PIX, events["JDET"], first_row),
+        "time_nan": (~np.isfinite(time), time, first_row),
     }
     findings = {}
     for kind, (bad, values, row0) in candidates.items():

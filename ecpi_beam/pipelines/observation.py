@@ -38,7 +38,8 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
 
     if params.cali.out_files:
         written.append(calibrated | "WriteCali" >> WriteCaliProducts(
-            general.working_out, params.cali.out_files, fingerprint, observations, failed))
+            general.working_out, params.cali.out_files, fingerprint, observations, failed,
+            failure_log=failure_log))
 
     wants_imag = bool(params.imag.out_files)
     if params.bube.out_files or wants_imag:

@@ -130,14 +130,14 @@ class EventPart(NamedTuple):
 
 
 def parts_folder(working_out: str, obs_id: str) -> str:
-    return fs.join(fs.join(working_out, PARTS_FOLDER), f"{EVT_CAL}_{obs_id}")
+    return fs.inside(working_out, PARTS_FOLDER, f"{EVT_CAL}_{obs_id}")
 
 
 def write_event_part(working_out: str, obs_id: str, calibrated) -> EventPart:
     """Store a calibrated chunk as big-endian FITS rows under the observation's parts folder."""
     folder = parts_folder(working_out, obs_id)
     fs.makedirs(folder)
-    url = fs.join(folder, f"{uuid.uuid4().hex}.rows")  # unique: retried bundles never collide
+    url = fs.inside(folder, f"{uuid.uuid4().hex}.rows")  # unique: retried bundles never collide
     fs.put_atomic(calibrated.astype(ROW_DTYPE).tobytes(), url, durable=False)  # a temporary part
     if len(calibrated) == 0:
         return EventPart(np.inf, np.inf, 0, url)
@@ -221,8 +221,8 @@ def remove_parts(working_out: str, obs_id: str) -> None:
     folder = parts_folder(working_out, obs_id)
     with contextlib.suppress(FileNotFoundError):
         for name in fs.listdir(folder):
-            fs.remove(fs.join(folder, name))
-    for directory in (folder, fs.join(working_out, PARTS_FOLDER)):
+            fs.remove(fs.inside(folder, name))
+    for directory in (folder, fs.inside(working_out, PARTS_FOLDER)):
         filesystem, path = fs.filesystem(directory)
         with contextlib.suppress(Exception):  # absent, not empty (other observations) or keyless
             filesystem.rmdir(path)
@@ -235,6 +235,7 @@ class WriteEventPart(beam.DoFn):
         self._working_out = working_out
         self._bytes = Metrics.counter(NAMESPACE, "part_bytes_written")
 
+    @isolating("cali")
     def process(self, element):
         obs_id, calibrated = element
         part = write_event_part(self._working_out, obs_id, calibrated)
@@ -252,6 +253,7 @@ class FinalizeEventFile(beam.DoFn):
         self._skipped = Metrics.counter(NAMESPACE, "products_skipped_failed")
         self._written = Metrics.counter(WRITE_NAMESPACE, "products_written")
 
+    @isolating("write")
     def process(self, element, failed_obs_ids):
         obs_id, grouped = element
         if not grouped["observation"] or obs_id in failed_obs_ids:
@@ -271,12 +273,19 @@ class FinalizeEventFile(beam.DoFn):
         yield url
 
 
-def _write_gti_unless_failed(keyed, working_out, fingerprint, failed_obs_ids):
-    obs_id, observation = keyed
-    if obs_id not in failed_obs_ids:
-        url = write_gti_product(working_out, observation, fingerprint)
-        Metrics.counter(WRITE_NAMESPACE, "products_written").inc()
-        yield url
+class WriteGtiProduct(beam.DoFn):
+    """(obs_id, Observation) -> the URL of its ECL-GTI-CAL, unless the observation failed."""
+
+    def __init__(self, working_out: str, fingerprint: str):
+        self._working_out, self._fingerprint = working_out, fingerprint
+
+    @isolating("write")
+    def process(self, keyed, failed_obs_ids):
+        obs_id, observation = keyed
+        if obs_id not in failed_obs_ids:
+            url = write_gti_product(self._working_out, observation, self._fingerprint)
+            Metrics.counter(WRITE_NAMESPACE, "products_written").inc()
+            yield url
 
 
 @dataclasses.dataclass(eq=False)
@@ -291,6 +300,7 @@ class WriteCaliProducts(DataclassTransform):
     fingerprint: str
     observations: beam.PCollection  # (obs_id, Observation)
     failed: object = None  # side input: the set of failed obs_ids (write.failed_obs_ids)
+    failure_log: object = None  # failures.FailureLog: a failed write fails one observation
 
     def __post_init__(self):
         super().__post_init__()
@@ -306,15 +316,17 @@ class WriteCaliProducts(DataclassTransform):
         if GTI_CAL in self.out_files:
             written.append(
                 self.observations
-                | "WriteGtiCal" >> beam.FlatMap(_write_gti_unless_failed, self.working_out,
-                                                self.fingerprint, failed))
+                | "WriteGtiCal" >> beam.ParDo(with_failure_log(WriteGtiProduct(
+                    self.working_out, self.fingerprint), self.failure_log), failed))
         if EVT_CAL in self.out_files:
-            parts = calibrated | "WriteParts" >> beam.ParDo(WriteEventPart(self.working_out))
+            parts = calibrated | "WriteParts" >> beam.ParDo(
+                with_failure_log(WriteEventPart(self.working_out), self.failure_log))
             written.append(
                 {"observation": self.observations, "parts": parts}
                 | "GroupParts" >> beam.CoGroupByKey()
                 | "FinalizeEvtCal" >> beam.ParDo(
-                    FinalizeEventFile(self.working_out, self.fingerprint), failed))
+                    with_failure_log(FinalizeEventFile(self.working_out, self.fingerprint),
+                                     self.failure_log), failed))
         if not written:
             return pipeline | "NoProducts" >> beam.Create([])
         return tuple(written) | "ProductUrls" >> beam.Flatten()

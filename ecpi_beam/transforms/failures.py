@@ -33,12 +33,15 @@ class FailureLog:
         message = " ".join(str(error).split())
         if not isinstance(error, EcpiError):  # a bug or an I/O fault: say which exception
             message = f"{type(error).__name__}: {message}"
-        record = {"obs_id": obs_id, "stage": stage,
-                  "error": f"observation {obs_id}: {stage} failed: {message}"}
-        name = f"{obs_id}.{stage}.{uuid.uuid4().hex}.json"
-        fs.put_atomic(json.dumps(record).encode(),
-                      fs.join(fs.join(self.working_out, FAILURES_FOLDER), name))
+        self.write_record({"obs_id": obs_id, "stage": stage,
+                           "error": f"observation {obs_id}: {stage} failed: {message}"})
         Metrics.counter(NAMESPACE, stage).inc()
+
+    def write_record(self, record: dict) -> None:
+        """One dead-letter record; the obs_id is in the record, never in the file name."""
+        name = f"{record.get('stage', 'failure')}.{uuid.uuid4().hex}.json"
+        fs.put_atomic(json.dumps(record).encode(),
+                      fs.inside(self.working_out, FAILURES_FOLDER, name))
 
 
 def obs_id_of(element) -> str:
@@ -76,14 +79,14 @@ def collect_failures(working_out: str) -> list[dict]:
     """Gather failures.jsonl and the dead-letter records into failures.jsonl (one record per
     observation and stage), remove the folder, and return the records."""
     records = []
-    summary = fs.join(working_out, FAILURES_FILE)
+    summary = fs.inside(working_out, FAILURES_FILE)
     if fs.exists(summary):
         with fs.open_file(summary, "rb") as handle:
             records += [json.loads(line) for line in handle.read().decode().splitlines() if line]
-    folder = fs.join(working_out, FAILURES_FOLDER)
+    folder = fs.inside(working_out, FAILURES_FOLDER)
     if fs.exists(folder):
         for name in fs.listdir(folder):
-            with fs.open_file(fs.join(folder, name), "rb") as handle:
+            with fs.open_file(fs.inside(folder, name), "rb") as handle:
                 records.append(json.loads(handle.read().decode()))
         remove_dead_letters(working_out)
     unique = {}
@@ -104,6 +107,6 @@ def write_failure_records(working_out: str, records) -> None:
 
 
 def remove_dead_letters(working_out: str) -> None:
-    folder = fs.join(working_out, FAILURES_FOLDER)
+    folder = fs.inside(working_out, FAILURES_FOLDER)
     if fs.exists(folder):
         fs.remove(folder, recursive=True)

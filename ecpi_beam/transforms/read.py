@@ -126,10 +126,12 @@ class InspectObservation(beam.DoFn):
     def process(self, obs_dir):
         try:
             observation = inspect_observation(obs_dir)
-        except EcpiError as err:
+        except Exception as err:  # noqa: BLE001 - any fault of one observation stops no other
+            message = str(err) if isinstance(err, EcpiError) else (
+                f"{obs_dir}: DPCO failed: {type(err).__name__}: {' '.join(str(err).split())}")
             self._failed.inc()
-            LOG.error("DPCO %s", err)
-            yield FAILURES, {"obs_dir": obs_dir, "obs_id": None, "error": str(err)}
+            LOG.info("DPCO %s", message)  # reported once, as an error: line, after the run
+            yield FAILURES, {"obs_dir": obs_dir, "obs_id": None, "error": message}
             return
         self._inspected.inc()
         LOG.info("DPCO %s: triplet consistent (OBS_ID %s, %d events)", obs_dir,

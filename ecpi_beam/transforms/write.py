@@ -111,7 +111,7 @@ class WriteFailures(DataclassTransform):
             records = sorted(records, key=lambda record: str(record.get("obs_dir", "")))
             if not records:
                 return
-            url = fs.join(self.working_out, FAILURES_FILE)
+            url = fs.inside(self.working_out, FAILURES_FILE)
             with fs.atomic_write(url) as handle:
                 for record in records:
                     handle.write((json.dumps(record, sort_keys=True) + "\n").encode())

@@ -1,0 +1,379 @@
+"""Streaming transforms: slices -> timed partial images -> sliding windows -> new sources -> alerts.
+
+docs/streaming.md. Every science step is the batch one (no second implementation):
+- `SliceTiles`: a slice set is read, calibrated (kernels.calibrate, kernels.gti), given its
+  occultation classes (kernels.timeline), and binned by transforms.bube.BinDetectorImages, one
+  partial image per (band, occ) and per tile of `tile_seconds` of event time. Each image is
+  emitted with its tile's event time as element timestamp, with its exposure and pointing.
+- `WindowedSearch`: sliding event-time windows of one length and period, summed by
+  transforms.bube.DetectorImageSum (with the exposure and pointing beside it), background-
+  corrected by transforms.bube.CorrectBackground and imaged by transforms.imag.MakeSkyImages
+  (kernels.sky_analysis.SkyAnalyser); sources matching the known-source catalogue
+  (ECL-SRC-CAT) are dropped, the others are `WindowDetection`s.
+- `TransientAlerts`: a stateful DoFn keyed by obs_id (one pointing: its sky) turns detections
+  into VOEvents, exactly once per transient: a detection within `match_radius` of a steady
+  source of an earlier longest window is not new; one within `match_radius` of a transient
+  already alerted is the same transient (an update, sequence > 0, when its SNR is higher).
+  Detections are held in state until an event-time timer at their window's end, so that every
+  earlier window has been seen whatever the order in which panes arrive.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing
+from typing import NamedTuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger, userstate, window
+from apache_beam.utils.timestamp import Duration, Timestamp
+from astropy.time import Time
+
+from ecpi_beam import instrument
+from ecpi_beam.caldb import Caldb
+from ecpi_beam.io import fs, slices
+from ecpi_beam.io.voevent import TransientAlert, alert_file_name, write_voevent
+from ecpi_beam.kernels import catalogue, intervals
+from ecpi_beam.kernels.calibrate import calibrate_events
+from ecpi_beam.kernels.gti import good_time, telemetry_gti
+from ecpi_beam.kernels.timeline import imaging_timeline
+from ecpi_beam.transforms.base import DataclassTransform
+from ecpi_beam.transforms.bube import BinDetectorImages, CorrectBackground, DetectorImageSum
+from ecpi_beam.transforms.failures import isolating, with_failure_log
+from ecpi_beam.transforms.imag import MakeSkyImages
+
+NAMESPACE = "ecpi.stream"
+LOG = logging.getLogger(__name__)
+ALERTS_FOLDER = "alerts"
+
+
+def mission_time_to_utc(time_tt: float) -> str:
+    """Mission TIME (TT s since MJDREF, ICD section 1) -> ISO 8601 UTC."""
+    mjd = instrument.MJDREFI + instrument.MJDREFF + float(time_tt) / 86400.0
+    return Time(mjd, format="mjd", scale="tt").utc.isot + "Z"
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamTimeline:
+    """What CorrectBackground and MakeSkyImages ask of an observation's timeline, for a window."""
+
+    reference_quaternion: np.ndarray
+    exposure_s: float
+
+    def exposure(self, occ_type: str) -> float:
+        return self.exposure_s
+
+
+# ==============================================================================================
+# Slices -> timestamped partial images
+# ==============================================================================================
+class SliceTiles(beam.DoFn):
+    """SliceSet -> TimestampedValue(((obs_id, band, occ), (image, exposure, q * exposure)), t).
+
+    t is the tile's start (or the slice's, when the slice starts inside the tile): window
+    boundaries are multiples of the tile, so the image lands in the windows of its tile.
+    """
+
+    def __init__(self, caldb_dir: str, bube_params, bands, tile_seconds: int):
+        self._caldb_dir = caldb_dir
+        self._bube = bube_params
+        self._bands = tuple(bands)
+        self._tile = float(tile_seconds)
+        self._binner = BinDetectorImages(self._bands, bube_params.ear_occ_bub)
+        self._slices = Metrics.counter(NAMESPACE, "slices")
+        self._events = Metrics.counter(NAMESPACE, "events")
+        self._no_good_time = Metrics.counter(NAMESPACE, "slices_without_good_time")
+
+    def setup(self):
+        self._pixcal = Caldb.open(self._caldb_dir).pixel_calibration()
+
+    @isolating("stream")
+    def process(self, slice_set: slices.SliceSet):
+        data = slices.read_slice(slice_set)
+        data = dataclasses.replace(data, telemetry_gti=telemetry_gti(
+            data.telemetry_gti[:, 0], data.telemetry_gti[:, 1]))
+        good = good_time(data)["ALL"]
+        calibrated, _ = calibrate_events(data.events, self._pixcal, good)
+        self._slices.inc()
+        self._events.inc(len(calibrated))
+        if not len(good):
+            self._no_good_time.inc()
+            return
+        timeline = imaging_timeline(
+            data.attitude.time, data.attitude.qparam, data.orbit.time, data.orbit.position,
+            good, self._bube.ear_occ_bub, self._bube.peof_min, self._bube.peof_max)
+        quaternion = timeline.reference_quaternion
+        first_tile = np.floor(slice_set.tstart / self._tile) * self._tile
+        for tile_start in np.arange(first_tile, slice_set.tstop, self._tile):
+            span = np.array([[max(tile_start, slice_set.tstart),
+                              min(tile_start + self._tile, slice_set.tstop)]])
+            times = calibrated["TIME"]
+            in_tile = calibrated[(times >= span[0, 0]) & (times < span[0, 1])]
+            timestamp = Timestamp(float(span[0, 0]))
+            for key, image in self._binner.process((slice_set.obs_id, in_tile),
+                                                   {slice_set.obs_id: timeline}):
+                exposure = float(intervals.duration(
+                    intervals.intersect(timeline.class_gti[key[2]], span)))
+                if exposure > 0:
+                    yield window.TimestampedValue(
+                        (key, (image, exposure, quaternion * exposure)), timestamp)
+
+
+# ==============================================================================================
+# Windows -> detections
+# ==============================================================================================
+class WindowDetection(NamedTuple):
+    """A source found in one window's sky image, not in the known-source catalogue."""
+
+    obs_id: str
+    band: str
+    occ: str
+    window_start: float  # mission TIME, s
+    window_length: float  # s
+    ra: float
+    dec: float
+    err_rad_arcmin: float
+    snr: float
+
+    @property
+    def window_end(self) -> float:
+        return self.window_start + self.window_length
+
+
+def sum_values(values):
+    return sum(values)
+
+
+def window_sum() -> beam.CombineFn:
+    """(image, exposure, q * exposure) summed: the image by DetectorImageSum."""
+    return beam.combiners.TupleCombineFn(DetectorImageSum(), beam.CombineFn.from_callable(sum_values),
+                                         beam.CombineFn.from_callable(sum_values))
+
+
+class SearchWindow(beam.DoFn):
+    """((obs_id, band, occ), summed window) -> WindowDetections of unknown sources."""
+
+    def __init__(self, caldb_dir: str, bube_params, imag_params, stream_params):
+        self._caldb_dir = caldb_dir
+        modes = {occ: bube_params.correction_for(occ) for occ in bube_params.ear_occ_bub}
+        self._background = CorrectBackground(caldb_dir, modes)
+        self._imaging = MakeSkyImages(
+            caldb_dir, dataclasses.replace(imag_params, snr_ths=stream_params.snr_ths))
+        self._windows = Metrics.counter(NAMESPACE, "windows_imaged")
+        self._known = Metrics.counter(NAMESPACE, "known_sources_seen")
+        self._found = Metrics.counter(NAMESPACE, "unknown_detections")
+
+    def setup(self):
+        self._background.setup()
+        self._imaging.setup()
+        self._catalogue = Caldb.open(self._caldb_dir).known_sources()
+
+    @isolating("stream")
+    def process(self, element, window_param=beam.DoFn.WindowParam):
+        key, (counts, exposure, weighted_quaternion) = element
+        obs_id, band, occ = key
+        quaternion = np.asarray(weighted_quaternion, dtype=float)
+        quaternion = quaternion / np.linalg.norm(quaternion)
+        timelines = {obs_id: StreamTimeline(quaternion, float(exposure))}
+        self._windows.inc()
+        for corrected in self._background.process((key, counts), timelines):
+            for _, sky in self._imaging.process(corrected, timelines):
+                rows = sky.sources
+                if not rows:
+                    continue
+                ra = np.array([row.ra for row in rows])
+                dec = np.array([row.dec for row in rows])
+                radius = np.array([row.err_rad_arcmin for row in rows]) / 60.0
+                known = catalogue.match_known(ra, dec, radius, self._catalogue)
+                for row, match in zip(rows, known):
+                    if match >= 0:
+                        self._known.inc()
+                        continue
+                    self._found.inc()
+                    start = float(window_param.start)
+                    yield WindowDetection(obs_id, band, occ, start,
+                                          float(window_param.end) - start, row.ra, row.dec,
+                                          row.err_rad_arcmin, row.snr)
+
+
+@dataclasses.dataclass(eq=False)
+class WindowedSearch(DataclassTransform):
+    """Timestamped partial images -> WindowDetections in sliding windows of one length."""
+
+    length: int
+    period: int
+    allowed_lateness: float
+    caldb_dir: str
+    params: object  # the whole Params: [bube], [imag], [stream]
+    failure_log: object = None
+
+    def expand(self, tiles):
+        params = self.params
+        return (tiles
+                | "Window" >> beam.WindowInto(
+                    window.SlidingWindows(self.length, self.period),
+                    # one pane when the watermark passes the window's end, then one more per
+                    # late slice (accumulating: a late pane is the whole window again)
+                    trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                    allowed_lateness=Duration(seconds=self.allowed_lateness))
+                | "Sum" >> beam.CombinePerKey(window_sum())
+                | "Search" >> beam.ParDo(with_failure_log(
+                    SearchWindow(self.caldb_dir, params.bube, params.imag, params.stream),
+                    self.failure_log))
+                # detections of every length meet in one global window (DecideAlerts)
+                | "Unwindow" >> beam.WindowInto(window.GlobalWindows()))
+
+
+# ==============================================================================================
+# Detections -> one alert per transient
+# ==============================================================================================
+def alert_of(detection: WindowDetection, event_id: str, band_range) -> TransientAlert:
+    lo, hi = instrument.band_energy_range(band_range)
+    return TransientAlert(
+        event_id=event_id, name=catalogue.iau_name(detection.ra, detection.dec),
+        ra_deg=float(detection.ra), dec_deg=float(detection.dec),
+        error_radius_deg=float(detection.err_rad_arcmin) / 60.0,
+        time_utc=mission_time_to_utc(detection.window_start),
+        window_start=float(detection.window_start), window_length=float(detection.window_length),
+        snr=float(detection.snr), band=detection.band, e_min_kev=float(lo), e_max_kev=float(hi),
+        obs_id=detection.obs_id)
+
+
+def transient_event_id(detection: WindowDetection) -> str:
+    """obs_id, window start (ms), band and IAU-name digits: unique per transient, and the same
+    for the same detection (letters, digits, '-' and '_' only, as VOEvent IDs ask)."""
+    digits = catalogue.iau_name(detection.ra, detection.dec)[len("ECL J"):]
+    position = digits.replace(".", "").replace("+", "p").replace("-", "m")
+    return (f"{detection.obs_id}_{int(round(detection.window_start * 1000))}_"
+            f"{detection.band}_{position}")
+
+
+def _band_range(band: str) -> tuple[int, int]:
+    lo, hi = band.split("-")
+    return int(lo), int(hi)
+
+
+class DecideAlerts(beam.DoFn):
+    """(obs_id, WindowDetection) -> alert URLs, exactly one first alert per transient.
+
+    State per obs_id: detections waiting for their window's end (PENDING), the detections of
+    the longest windows (STEADY: what the background image holds), the transients alerted
+    (ALERTED: event_id, position, best SNR, sequence) and when the timer is set (TIMER_AT).
+    """
+
+    PENDING = userstate.BagStateSpec("pending", PickleCoder())
+    STEADY = userstate.BagStateSpec("steady", PickleCoder())
+    ALERTED = userstate.ReadModifyWriteStateSpec("alerted", PickleCoder())
+    TIMER_AT = userstate.ReadModifyWriteStateSpec("timer_at", PickleCoder())
+    WINDOW_END = userstate.TimerSpec("window_end", userstate.TimeDomain.WATERMARK)
+
+    def __init__(self, working_out: str, longest_window: float, match_radius_arcmin: float):
+        self._alerts_dir = fs.inside(working_out, ALERTS_FOLDER)
+        self._longest = float(longest_window)
+        self._radius_deg = float(match_radius_arcmin) / 60.0
+        self._alerts = Metrics.counter(NAMESPACE, "alerts")
+        self._updates = Metrics.counter(NAMESPACE, "alert_updates")
+        self._steady = Metrics.counter(NAMESPACE, "detections_steady")
+
+    def process(self, element, pending=beam.DoFn.StateParam(PENDING),
+                steady=beam.DoFn.StateParam(STEADY), timer_at=beam.DoFn.StateParam(TIMER_AT),
+                timer=beam.DoFn.TimerParam(WINDOW_END)):
+        _, detection = element
+        pending.add(detection)
+        if detection.window_length >= self._longest:
+            steady.add(detection)
+        current = timer_at.read()
+        if current is None or detection.window_end < current:
+            timer.set(Timestamp(detection.window_end))
+            timer_at.write(detection.window_end)
+
+    @userstate.on_timer(WINDOW_END)
+    def window_end(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                   pending=beam.DoFn.StateParam(PENDING), steady=beam.DoFn.StateParam(STEADY),
+                   alerted=beam.DoFn.StateParam(ALERTED),
+                   timer_at=beam.DoFn.StateParam(TIMER_AT),
+                   timer=beam.DoFn.TimerParam(WINDOW_END)):
+        now = float(fired.micros) / 1e6
+        waiting = list(pending.read())
+        ready = sorted((d for d in waiting if d.window_end <= now + 1e-6),
+                       key=lambda d: (d.window_end, d.window_length, -d.snr))
+        rest = [d for d in waiting if d.window_end > now + 1e-6]
+        background = [d for d in steady.read() if d.window_end >= now - 3 * self._longest]
+        transients = list(alerted.read() or [])
+        for detection in ready:
+            if self._is_steady(detection, background):
+                self._steady.inc()
+                continue
+            yield from self._alert(key, detection, transients)
+        alerted.write(transients)
+        pending.clear()
+        for detection in rest:
+            pending.add(detection)
+        steady.clear()
+        for detection in background:  # bounded: only the last few longest windows
+            steady.add(detection)
+        if rest:
+            next_end = min(d.window_end for d in rest)
+            timer.set(Timestamp(next_end))
+            timer_at.write(next_end)
+        else:
+            timer_at.clear()
+
+    def _is_steady(self, detection, background) -> bool:
+        """In the background image: a longest window that ended before this one began."""
+        earlier = [d for d in background if d.window_end <= detection.window_start + 1e-6]
+        return bool(earlier) and bool(np.any(catalogue.angular_separation_deg(
+            detection.ra, detection.dec, np.array([d.ra for d in earlier]),
+            np.array([d.dec for d in earlier])) <= self._radius_deg))
+
+    def _alert(self, obs_id, detection, transients):
+        for transient in transients:
+            separation = float(catalogue.angular_separation_deg(
+                detection.ra, detection.dec, transient["ra"], transient["dec"]))
+            if separation <= self._radius_deg:
+                if detection.snr <= transient["snr"]:
+                    return  # the same transient, no better seen: nothing to say
+                transient.update(ra=detection.ra, dec=detection.dec, snr=detection.snr,
+                                 sequence=transient["sequence"] + 1)
+                self._updates.inc()
+                yield self._write(detection, transient)
+                return
+        # deterministic: a retried bundle rewrites the same file, never a second alert
+        event_id = transient_event_id(detection)
+        transient = dict(event_id=event_id, ra=detection.ra, dec=detection.dec,
+                         snr=detection.snr, sequence=0)
+        transients.append(transient)
+        self._alerts.inc()
+        yield self._write(detection, transient)
+
+    def _write(self, detection, transient) -> str:
+        alert = alert_of(detection, transient["event_id"], _band_range(detection.band))
+        url = fs.inside(self._alerts_dir, alert_file_name(alert, transient["sequence"]))
+        fs.makedirs(self._alerts_dir)
+        write_voevent(alert, url, transient["sequence"])
+        LOG.warning("STREAM %s: %s %s at RA %.3f Dec %.3f (SNR %.1f, window %.0f s from %.1f)",
+                    detection.obs_id, "alert" if transient["sequence"] == 0 else "update",
+                    alert.name, alert.ra_deg, alert.dec_deg, alert.snr, alert.window_length,
+                    alert.window_start)
+        return url
+
+
+@dataclasses.dataclass(eq=False)
+class TransientAlerts(DataclassTransform):
+    """WindowDetections -> URLs of the VOEvents written under <working_out>/alerts/."""
+
+    working_out: str
+    longest_window: float
+    match_radius_arcmin: float
+
+    def expand(self, detections):
+        return (detections
+                | "ByObservation" >> beam.Map(lambda d: (d.obs_id, d)).with_output_types(
+                    typing.Tuple[str, typing.Any])
+                | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+                | "Decide" >> beam.ParDo(DecideAlerts(self.working_out, self.longest_window,
+                                                      self.match_radius_arcmin)))
