@@ -4,9 +4,9 @@
         [--engines inprocess,multiprocess,pool]
 
 Engines: `inprocess` (DirectRunner, one process, waves of 4 observations: the default),
-`inprocess-onewave` (the same as one pipeline, `--campaign_batch 0`), `multiprocess` (DirectRunner, 2 worker
-processes), `pool` (Beam's portable job service with the EXTERNAL worker pool that
-`ecpi_engine start flink` runs; the Flink cluster is started and stopped by this script),
+`inprocess-onewave` (the same as one pipeline, `--campaign_batch 0`), `multiprocess`
+(DirectRunner, 2 worker processes), `pool` (Beam's portable job service with the EXTERNAL
+worker pool that `ecpi_engine start flink` runs; the cluster is started and stopped here),
 `flink` / `spark` (FlinkRunner / SparkRunner on the local clusters; they need the Beam
 job-server jars in engines/jars). Each run is `ecpi_run` in a subprocess with `--force`; the
 resident memory of every process of its tree (and of the cluster's) is sampled every 0.2 s.

@@ -20,7 +20,7 @@ import pytest
 
 from ecpi_beam import engines
 from pipeline_fixtures import (
-    describe, detector_counts, nearest_source, pipeline_env, run_ecpi, simulate_broken_campaign,
+    describe, detector_counts, nearest_source, run_ecpi, simulate_broken_campaign,
     sources_table, write_params)
 from test_runners import _free_port, _start, _stop, _wait_for_port
 
