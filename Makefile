@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test setup system-deps benchmark clean
+.PHONY: demo test test-quick setup system-deps engines benchmark clean
 
 $(BIN)/ecpi_run: setup.py | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -26,15 +26,28 @@ system-deps:
 	@dpkg -s $(SHERPA_BUILD_DEPS) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SHERPA_BUILD_DEPS) >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq $(SHERPA_BUILD_DEPS) >/dev/null; fi; }
+	@# Java and Maven for the Flink/Spark engines (make engines)
+	@{ command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; fi; }
+
+# The Flink and Spark engines (docs/runners.md): job-server jars (mvn) and the distributions
+# of apache-flink and pyspark, each in its own venv; engines/setup.sh prints its time.
+engines: setup system-deps
+	bash engines/setup.sh $(BIN)/python
 
 demo: setup
 	$(BIN)/ecpi_demo --out $(DEMO_DIR)
 
-test: setup system-deps
+test: setup system-deps engines
 	$(BIN)/python -m pytest -n 2 -q tests
+
+# For development: everything but the cluster tests (marker `engine`).
+test-quick: setup system-deps
+	$(BIN)/python -m pytest -n 2 -q -m "not engine" tests
 
 benchmark: setup
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info .venv-flink .venv-spark engines/jars

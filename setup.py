@@ -9,7 +9,7 @@ setup(
     packages=find_packages(include=["ecpi_beam", "ecpi_beam.*"]),
     package_data={"ecpi_beam": ["caldb/data/*/*", "simu/scenarios/*.toml"]},
     install_requires=[
-        "apache-beam>=2.60",
+        "apache-beam==2.77.0",  # the Flink/Spark job-server jars are fetched at this version
         "numpy>=1.24",
         "scipy>=1.10",
         "astropy>=6.0",
@@ -33,6 +33,7 @@ setup(
             "ecpi_simulate=ecpi_beam.cli:ecpi_simulate",
             "ecpi_demo=ecpi_beam.cli:ecpi_demo",
             "ecpi_quicklook=ecpi_beam.cli:ecpi_quicklook",
+            "ecpi_engine=ecpi_beam.cli:ecpi_engine",
         ]
     },
 )

@@ -47,3 +47,8 @@ def ecpi_demo(argv=None) -> int:
 def ecpi_quicklook(argv=None) -> int:
     """`ecpi_quicklook DIR`: PNGs and DS9 regions from existing products."""
     return _dispatch("ecpi_beam.quicklook", argv)
+
+
+def ecpi_engine(argv=None) -> int:
+    """`ecpi_engine start|stop flink|spark`, `ecpi_engine status` (docs/runners.md)."""
+    return _dispatch("ecpi_beam.engines", argv)

@@ -34,6 +34,12 @@ class EcpiRunOptions(PipelineOptions):
                             help="with --streaming (Beam's: watch working_in for slices and "
                                  "alert on new transients, docs/streaming.md): stop after S "
                                  "seconds without a new slice")
+        parser.add_argument("--force", action="store_true", default=False,
+                            help="redo every observation, even those whose products are "
+                                 "complete with the same parameters and CALDB (campaign resume)")
+        parser.add_argument("--campaign_batch", type=int, default=None, metavar="N",
+                            help="observations per pipeline run (default: 4 on the "
+                                 "DirectRunner, all at once on other runners); 0 = all at once")
 
 
 class CommandLine(NamedTuple):

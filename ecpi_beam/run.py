@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from ecpi_beam.campaign import run_campaign
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
 from ecpi_beam.kernels.calibrate import DROP_REASONS
@@ -29,7 +30,13 @@ log = logging.getLogger("ecpi_beam")
 
 
 def parse_args(argv):
-    """(parameter file, Beam arguments): options.parse_command_line, which rejects unknowns.
+    """(parameter file, Beam arguments)."""
+    return parse_command(argv)[:2]
+
+
+def parse_command(argv):
+    """(parameter file, Beam arguments, EcpiRunOptions): options.parse_command_line, which
+    rejects unknowns.
 
     With --streaming (Beam's flag), the arguments end with `--stream_idle_timeout S` (inf when
     not given), as pipelines/stream.py expects them."""
@@ -41,7 +48,7 @@ def parse_args(argv):
                      str(timeout if timeout is not None else float("inf"))]
     elif timeout is not None:
         raise EcpiError(f"{STREAM_IDLE_TIMEOUT}: only with --streaming")
-    return command_line.params_path, beam_args
+    return command_line.params_path, beam_args, command_line.options
 
 
 def _without_option(args, option: str) -> list:
@@ -93,19 +100,19 @@ def run(params, beam_args, caldb_dir, observation_dirs):
 
 def main(argv) -> int:
     started = time.time()
-    path, beam_args = parse_args(argv)
+    path, beam_args, args = parse_command(argv)
     params = load_params(path)
     configure_logging(params.general.logger_level)
     beam_args = worker_logging_args(params.general.logger_level, beam_args)
     try:
         # writable, one run at a time, leftovers of earlier runs removed (docs/reliability.md)
         with safeguards.guarded_working_out(params.general.working_out):
-            return run_in_working_out(params, beam_args, started)
+            return run_in_working_out(params, beam_args, started, args)
     except EcpiError as err:
         raise with_params_file(err, path) from None
 
 
-def run_in_working_out(params, beam_args, started) -> int:
+def run_in_working_out(params, beam_args, started, args) -> int:
     check_capabilities(params)
     caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
     safeguards.check_caldb(caldb_dir)
@@ -117,14 +124,20 @@ def run_in_working_out(params, beam_args, started) -> int:
     preflight_observations(observation_dirs)
     log.info("%d observation(s) to process, CALDB %s", len(observation_dirs), caldb_dir)
     ids = safeguards.observation_ids(observation_dirs)
-    to_run, early_failures = safeguards.set_aside_duplicates(ids)
-    try:
-        totals, _ = run(params, beam_args, caldb_dir, to_run)
-    except Exception as error:  # a fault of the machine is one line; a bug keeps its traceback
-        fault = safeguards.one_line_fault(error)
-        if fault is None:
-            raise
-        raise fault from None
+    _, early_failures = safeguards.set_aside_duplicates(ids)  # run_campaign sets them aside
+
+    def run_wave(dirs):
+        try:
+            return run(params, beam_args, caldb_dir, dirs)
+        except Exception as error:  # a fault of the machine is one line; a bug keeps its traceback
+            fault = safeguards.one_line_fault(error)
+            if fault is None:
+                raise
+            raise fault from None
+
+    entries, totals, _ = run_campaign(params, beam_args, caldb_dir, observation_dirs, run_wave,
+                                      force=args.force, batch=args.campaign_batch, ids=ids,
+                                      set_aside=early_failures)
     failures, not_made = safeguards.finish_run(params, ids, early_failures)
     log_stage_summary(totals)
     for failure in failures:
@@ -133,12 +146,14 @@ def run_in_working_out(params, beam_args, started) -> int:
         print(f"warning: {line}", file=sys.stderr)
     failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}
     done = len(observation_dirs) - len(failed)
+    skipped = sum(entry.status == "skipped" for entry in entries)
     dropped = ", ".join(f"{reason} {int(totals.get(f'ecpi.cali.dropped_{reason}', 0))}"
                         for reason in DROP_REASONS)
     limited = int(totals.get("ecpi.imag.cleaning_limit_reached", 0))
     cleaning_limit = (f"cleaning stopped at its safety limit in {limited} image(s); "
                       if limited else "")
-    print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed in "
+    print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed"
+          + (f" ({skipped} already done, skipped)" if skipped else "") + " in "
           f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "
           f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
           f"products {int(totals.get('ecpi.write.products_written', 0))}; "

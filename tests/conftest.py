@@ -9,6 +9,12 @@ import pytest
 pytest_plugins = ["s3_server", "pipeline_fixtures"]
 
 
+def pytest_configure(config):
+    # `make test` runs every test; `-m "not engine"` leaves out the local Flink/Spark clusters
+    config.addinivalue_line("markers", "engine: starts a local Flink or Spark cluster "
+                            "(ecpi_engine; make engines installs them)")
+
+
 def run_fitsverify(path):
     """Return fitsverify's report; assert it says 'verification OK' with no warning."""
     exe = shutil.which("fitsverify")

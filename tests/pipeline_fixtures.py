@@ -146,6 +146,19 @@ def describe(result: RunResult) -> str:
             f"--- stderr\n{result.stderr[-6000:]}")
 
 
+def simulate_broken_campaign(root: Path, caldb_home: Path) -> tuple[list, SimulatedObservation]:
+    """Three 60 s observations in root/input/obs_<OBS_ID>; the middle one's event file is cut
+    in half. Returns (observations, the broken one)."""
+    observations = [simulate_observation(root / "input" / f"obs_{obs_id}", caldb_home,
+                                         obs_id=obs_id, duration=60.0, seed=seed)
+                    for seed, obs_id in enumerate(("0000000101", "0000000102", "0000000103"))]
+    broken = observations[1]
+    event_file = next(broken.directory.glob("ECL-EVT-SEC*.fits"))
+    with open(event_file, "r+b") as stream:
+        stream.truncate(event_file.stat().st_size // 2)
+    return observations, broken
+
+
 # ============================================================================================
 # Reading products
 # ============================================================================================

@@ -20,9 +20,8 @@ from ecpi_beam import instrument
 
 from pipeline_fixtures import (
     ALL_PRODUCTS, DEFAULT_BANDS, angular_offset_arcmin, assert_same_hdu_data, describe,
-    detector_counts,
-    leftover_temporaries, nearest_source, run_ecpi, simulate_observation, sources_table,
-    stderr_lines, write_params)
+    detector_counts, leftover_temporaries, nearest_source, run_ecpi, simulate_broken_campaign,
+    sources_table, stderr_lines, write_params)
 
 ICD_KEYWORDS = ("TELESCOP", "INSTRUME", "OBS_ID", "TSTART", "TSTOP", "MJDREFI", "MJDREFF",
                 "TIMESYS", "CREATOR", "DATE")
@@ -333,13 +332,7 @@ def test_rerun_overwrites_products_cleanly(tmp_path, pipeline_workspace, small_o
 def campaign(tmp_path_factory, pipeline_workspace):
     """Three 60 s observations; the middle one's event file is cut in half."""
     root = tmp_path_factory.mktemp("campaign")
-    observations = [simulate_observation(root / "input" / f"obs_{obs_id}", pipeline_workspace,
-                                         obs_id=obs_id, duration=60.0, seed=seed)
-                    for seed, obs_id in enumerate(("0000000101", "0000000102", "0000000103"))]
-    broken = observations[1]
-    event_file = next(broken.directory.glob("ECL-EVT-SEC*.fits"))
-    with open(event_file, "r+b") as stream:
-        stream.truncate(event_file.stat().st_size // 2)
+    observations, broken = simulate_broken_campaign(root, pipeline_workspace)
     return root, observations, broken
 
 

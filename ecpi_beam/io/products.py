@@ -29,6 +29,7 @@ KEYWORD_COMMENTS = {
     "TIMEREF": "times are those at the spacecraft", "CREATOR": "software and its version",
     "DATE": "UTC date this file was written", "ORIGIN": "who made this file",
     "PARHASH": "sha256 (short) of the pipeline parameters", "FILENAME": "name of this file",
+    "CALDBHSH": "sha256 (short) of the CALDB manifest used",
     "PRODUCT": "ECPI product name", "BAND": "PI band, inclusive channel range",
     "PI_MIN": "first PI channel of the band", "PI_MAX": "last PI channel of the band",
     "E_MIN": "[keV] lower energy of the band", "E_MAX": "[keV] upper energy of the band",
@@ -70,6 +71,9 @@ IMAGE_CLASSES = {
 }
 OTHER_IMAGE_CLASS = "OTHER"
 _REQUIRED_OBSERVATION_KEYWORDS = ("OBS_ID", "TSTART", "TSTOP")
+# A products stamp is 'PARHASH' or 'PARHASH' + STAMP_SEPARATOR + 'CALDBHSH' (campaign.py):
+# it travels to every writer as the one fingerprint string.
+STAMP_SEPARATOR = "+"
 
 
 def product_url(working_out: str, product: str, obs_id: str) -> str:
@@ -88,8 +92,10 @@ def utc_now_iso() -> str:
 def standard_keywords(product: str, obs_keywords: dict, params_fingerprint: str) -> dict:
     """The ICD keywords every HDU of a product carries: {KEY: (value, comment)}.
 
-    `obs_keywords` is the event file's primary header (OBS_ID, TSTART, TSTOP, MJDREF...).
+    `obs_keywords` is the event file's primary header (OBS_ID, TSTART, TSTOP, MJDREF...);
+    `params_fingerprint` is Params.fingerprint() or a products stamp (PARHASH+CALDBHSH).
     """
+    params_fingerprint, _, caldb_fingerprint = params_fingerprint.partition(STAMP_SEPARATOR)
     missing = [key for key in _REQUIRED_OBSERVATION_KEYWORDS if key not in obs_keywords]
     if missing:
         raise EcpiError(f"{product}: the observation keywords lack {', '.join(missing)} "
@@ -108,6 +114,8 @@ def standard_keywords(product: str, obs_keywords: dict, params_fingerprint: str)
         "CREATOR": ecpi_beam.CREATOR, "DATE": utc_now_iso(), "ORIGIN": ORIGIN,
         "PRODUCT": product, "PARHASH": params_fingerprint,
     }
+    if caldb_fingerprint:
+        values["CALDBHSH"] = caldb_fingerprint
     return {key: _with_comment(key, value) for key, value in values.items()}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from ecpi_beam.io.regions import write_regions
+from ecpi_beam.campaign import products_stamp
 from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
 from ecpi_beam.transforms.failures import FailureLog
@@ -25,7 +26,7 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
     general = params.general
     failure_log = FailureLog(general.working_out)  # one failing observation stops no other
     written = []  # URLs of every writer: joined at the end (see below)
-    fingerprint = params.fingerprint()
+    fingerprint = products_stamp(params, caldb_dir)  # PARHASH and CALDBHSH (campaign resume)
     read = (pipeline
             | "ObservationDirs" >> beam.Create(list(observation_dirs))
             | "Read" >> ReadObservation(chunk_size=params.cali.chunk_size,

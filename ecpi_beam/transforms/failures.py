@@ -94,11 +94,16 @@ def collect_failures(working_out: str) -> list[dict]:
         unique.setdefault((record.get("obs_dir") or record.get("obs_id"), record.get("stage")),
                           record)
     records = sorted(unique.values(), key=lambda r: str(r.get("obs_dir") or r.get("obs_id")))
+    write_failure_records(working_out, records)
+    return records
+
+
+def write_failure_records(working_out: str, records) -> None:
+    """`<working_out>/failures.jsonl`, one sorted JSON record a line (none: no file written)."""
     if records:
-        with fs.atomic_write(summary) as handle:
+        with fs.atomic_write(fs.join(working_out, FAILURES_FILE)) as handle:
             for record in records:
                 handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
-    return records
 
 
 def remove_dead_letters(working_out: str) -> None:

@@ -1,0 +1,235 @@
+"""Campaigns of many observations: resume, progress, and `<working_out>/campaign.json`.
+
+- **Resume.** An observation whose every wanted product is in working_out, stamped with the
+  same parameters (header PARHASH) and the same CALDB (header CALDBHSH), is skipped; the others
+  are (re)done; `ecpi_run --force` redoes all. Products are written under a temporary name and
+  moved into place (io/products.py), so a killed campaign leaves none that looks complete.
+- **Waves.** The observations to do are run as successive Beam pipelines of `--campaign_batch`
+  observations (default: all at once, 4 on the DirectRunner), so that each wave's products,
+  failures and metrics are final when it ends: a killed campaign loses only its current wave.
+- **Progress.** After each wave of a campaign (two or more observations), one line on stderr
+  from the Beam metrics:
+  `campaign: 8/20 done, 1 failed, 11 to do; 52100 events/s; ETA 00:03:12`.
+- **Summary.** `<working_out>/campaign.json` (two or more observations), rewritten after each
+  wave: per observation its status (done, failed, skipped, pending), products, events, time
+  and error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+
+from ecpi_beam.caldb.manifest import MANIFEST_NAME, parse_manifest
+from ecpi_beam.errors import EcpiError
+from ecpi_beam.io import fs
+from ecpi_beam.io.events import read_primary_header, table_layout
+from ecpi_beam.io.products import STAMP_SEPARATOR, product_url
+from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
+from ecpi_beam.transforms.dpco import discover_triplet
+from ecpi_beam.transforms.failures import FAILURES_FILE, write_failure_records
+
+CAMPAIGN_FILE = "campaign.json"
+DIRECT_RUNNER_BATCH = 4
+
+
+# ============================================================================================
+# Fingerprints
+# ============================================================================================
+def caldb_fingerprint(caldb_dir: str) -> str:
+    """Short sha256 of the CALDB manifest's (product, version, file sha256) entries."""
+    manifest = fs.join(caldb_dir, MANIFEST_NAME)
+    try:
+        text = fs.read_bytes(manifest).decode()
+    except FileNotFoundError:
+        raise EcpiError(f"{manifest}: no CALDB manifest; run `caldb_init -s`") from None
+    entries = parse_manifest(text, manifest)
+    canonical = sorted((e.product, e.version, e.sha256) for e in entries.values())
+    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()[:16]
+
+
+def products_stamp(params, caldb_dir: str) -> str:
+    """What every product's header records: 'PARHASH' + separator + 'CALDBHSH' (PARHASH
+    alone for a CALDB without a manifest: its products are then never taken as complete)."""
+    try:
+        return f"{params.fingerprint()}{STAMP_SEPARATOR}{caldb_fingerprint(caldb_dir)}"
+    except EcpiError:
+        return params.fingerprint()
+
+
+# ============================================================================================
+# Planning: what is done already
+# ============================================================================================
+@dataclasses.dataclass
+class Entry:
+    """One observation of the campaign, as campaign.json lists it."""
+    obs_dir: str
+    obs_id: str | None = None
+    status: str = "pending"  # pending, done, failed, skipped
+    products: list = dataclasses.field(default_factory=list)
+    events: int = 0
+    time_s: float = 0.0
+    error: str | None = None
+
+
+def _identify(obs_dir: str, obs_id: str | None = None) -> tuple[str | None, int]:
+    """(OBS_ID, number of events) from the event file's headers; (None, 0) if unreadable
+    (the pipeline then says why, as a failure of that observation)."""
+    try:
+        evt = discover_triplet(obs_dir).evt
+        if obs_id is None:
+            obs_id = str(read_primary_header(evt)["OBS_ID"]).strip()
+        return obs_id, table_layout(evt).n_rows
+    except Exception:  # noqa: BLE001 - any fault here is the pipeline's to report
+        return None, 0
+
+
+def _stamp_of(url: str) -> str | None:
+    try:
+        header = read_primary_header(url)
+    except Exception:  # noqa: BLE001 - missing or damaged: not complete
+        return None
+    return f"{header.get('PARHASH')}{STAMP_SEPARATOR}{header.get('CALDBHSH')}"
+
+
+def _made(working_out: str, obs_id: str | None, products) -> list[str]:
+    """The products of `obs_id` in working_out (none for an OBS_ID that cannot name a file:
+    the pipeline reports it)."""
+    if not obs_id or not OBS_ID_PATTERN.fullmatch(obs_id):
+        return []
+    made = []
+    for product in products:
+        try:
+            if fs.exists(product_url(working_out, product, obs_id)):
+                made.append(product)
+        except EcpiError:  # e.g. a link leading out of working_out: the pipeline refuses it
+            continue
+    return made
+
+
+def is_complete(working_out: str, obs_id: str, products, stamp: str) -> bool:
+    """Every product of `obs_id` is in place and carries `stamp`."""
+    products = list(products)
+    return bool(products) and _made(working_out, obs_id, products) == products and all(
+        _stamp_of(product_url(working_out, product, obs_id)) == stamp for product in products)
+
+
+def plan(params, observation_dirs, stamp: str, force: bool, ids=None,
+         set_aside=()) -> list[Entry]:
+    """One entry per observation directory: 'skipped' when complete (unless `force`),
+    'failed' when set aside before the run (`set_aside`: failure records naming obs_dir).
+
+    `ids` (obs_dir -> OBS_ID, as safeguards.observation_ids reads them) saves a header read.
+    """
+    entries = []
+    products = list(params.wanted_products)
+    errors = {record.get("obs_dir"): record.get("error") for record in set_aside}
+    for obs_dir in observation_dirs:
+        obs_id, events = _identify(obs_dir, (ids or {}).get(obs_dir))
+        entry = Entry(obs_dir=obs_dir, obs_id=obs_id, events=events)
+        if obs_dir in errors:
+            entry.status, entry.error = "failed", errors[obs_dir]
+        elif not force and obs_id and is_complete(params.general.working_out, obs_id,
+                                                  products, stamp):
+            entry.status, entry.products = "skipped", products
+        entries.append(entry)
+    return entries
+
+
+# ============================================================================================
+# Running, wave by wave
+# ============================================================================================
+def default_batch(beam_args) -> int:
+    """All observations in one pipeline, but waves of 4 on the DirectRunner (local: the cost
+    of a pipeline is small there, and the progress line comes after each wave)."""
+    runner = next((beam_args[i + 1] for i, arg in enumerate(beam_args[:-1])
+                   if arg == "--runner"), "")
+    runner = next((arg.split("=", 1)[1] for arg in beam_args if arg.startswith("--runner=")),
+                  runner)
+    return DIRECT_RUNNER_BATCH if runner in ("", "DirectRunner") else 0
+
+
+def _record_wave(entries, wave, failures, working_out, products, elapsed):
+    failed = {}
+    for failure in failures:
+        failed.setdefault(failure.get("obs_dir") or failure.get("obs_id"), failure)
+    events = sum(entry.events for entry in wave) or 1
+    for entry in wave:
+        failure = failed.get(entry.obs_dir) or failed.get(entry.obs_id)
+        # the wave's time shared by events: exact for a wave of one observation
+        entry.time_s = round(elapsed * max(entry.events, 1) / events, 3)
+        if failure is not None:
+            entry.status, entry.error = "failed", failure.get("error")
+        else:
+            entry.status = "done"
+            entry.products = _made(working_out, entry.obs_id, products)
+
+
+def progress_line(entries, events_per_s: float, elapsed: float) -> str:
+    done = sum(entry.status in ("done", "skipped") for entry in entries)
+    failed = sum(entry.status == "failed" for entry in entries)
+    todo = [entry for entry in entries if entry.status == "pending"]
+    ran = [entry for entry in entries if entry.status in ("done", "failed")]
+    per_observation = elapsed / len(ran) if ran else 0.0
+    eta = time.strftime("%H:%M:%S", time.gmtime(per_observation * len(todo)))
+    return (f"campaign: {done}/{len(entries)} done, {failed} failed, {len(todo)} to do; "
+            f"{events_per_s:.0f} events/s; ETA {eta}")
+
+
+def write_summary(working_out: str, entries, started: float, stamp: str, totals: dict):
+    if len(entries) < 2:  # one observation is no campaign: its working_out holds products only
+        return
+    parhash, _, caldb = stamp.partition(STAMP_SEPARATOR)
+    count = {status: sum(entry.status == status for entry in entries)
+             for status in ("done", "failed", "skipped", "pending")}
+    summary = {"total": len(entries), **count, "parhash": parhash, "caldbhsh": caldb,
+               "events": int(totals.get("ecpi.read.events", 0)),
+               "elapsed_s": round(time.time() - started, 3),
+               "observations": [dataclasses.asdict(entry) for entry in entries]}
+    with fs.atomic_write(fs.join(working_out, CAMPAIGN_FILE)) as stream:
+        stream.write((json.dumps(summary, indent=1) + "\n").encode())
+
+
+def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *,
+                 force: bool = False, batch: int | None = None, stamp: str | None = None,
+                 ids=None, set_aside=(), progress=sys.stderr):
+    """Plan (see `plan`), then `run_pipeline(dirs)` -> (metric totals, failure records) wave
+    by wave. Returns (entries, summed metric totals, the failure records of the waves).
+    """
+    started = time.time()
+    working_out = params.general.working_out
+    stamp = stamp or products_stamp(params, caldb_dir)
+    entries = plan(params, observation_dirs, stamp, force, ids, set_aside)
+    todo = [entry for entry in entries if entry.status == "pending"]
+    skipped = sum(entry.status == "skipped" for entry in entries)
+    if len(entries) < 2:  # one observation: ecpi_run's summary line says it all
+        progress = None
+    if skipped and progress:
+        print(f"campaign: {skipped} observation(s) already done with the same parameters and "
+              "CALDB, skipped (--force redoes them)", file=progress)
+    size = batch if batch is not None else default_batch(beam_args)
+    size = size if size and size > 0 else max(len(todo), 1)
+    totals, failures, run_time = {}, [], 0.0
+    for first in range(0, len(todo), size):
+        wave = todo[first:first + size]
+        wave_started = time.time()
+        wave_totals, wave_failures = run_pipeline([entry.obs_dir for entry in wave])
+        elapsed = time.time() - wave_started
+        run_time += elapsed
+        for name, value in wave_totals.items():
+            totals[name] = totals.get(name, 0) + value
+        failures += wave_failures
+        _record_wave(entries, wave, wave_failures, working_out, params.wanted_products,
+                     elapsed)
+        # a wave's pipeline rewrites failures.jsonl with its own: keep the campaign's
+        write_failure_records(working_out, failures)
+        write_summary(working_out, entries, started, stamp, totals)
+        if progress:
+            print(progress_line(entries, totals.get("ecpi.read.events", 0) / max(run_time, 1e-9),
+                                run_time), file=progress, flush=True)
+    if not todo:  # nothing ran: a failures.jsonl left there is about no observation now
+        fs.remove(fs.join(working_out, FAILURES_FILE))
+        write_summary(working_out, entries, started, stamp, totals)
+    return entries, totals, failures

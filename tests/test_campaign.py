@@ -1,0 +1,180 @@
+"""Campaigns (ecpi_beam/campaign.py): resume, --force, the progress line, campaign.json, and
+what a killed campaign leaves behind. Three 60 s observations, the middle one broken."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+
+from ecpi_beam.campaign import (CAMPAIGN_FILE, Entry, caldb_fingerprint, plan, products_stamp,
+                                progress_line)
+from ecpi_beam.params import load_params
+from pipeline_fixtures import (
+    describe, ecpi_run_command, leftover_temporaries, pipeline_env, run_ecpi,
+    simulate_broken_campaign, write_params)
+
+PRODUCTS = dict(cali_out=[], bube_out=["ECL-DET-IMA"], imag_out=["ECL-SOP-IMA"])
+
+
+@pytest.fixture(scope="module")
+def campaign_input(tmp_path_factory, pipeline_workspace):
+    root = tmp_path_factory.mktemp("campaign_input")
+    observations, broken = simulate_broken_campaign(root, pipeline_workspace)
+    return root / "input" / "obs_*", observations, broken
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, pipeline_workspace, campaign_input):
+    """The campaign run once, one observation per wave."""
+    root = tmp_path_factory.mktemp("first_run")
+    out = root / "out"
+    out.mkdir()
+    params = write_params(root / "params.ini", campaign_input[0], out, **PRODUCTS)
+    result = run_ecpi(params, "--campaign_batch", "1", workspace=pipeline_workspace,
+                      working_out=out)
+    assert result.returncode == 2, describe(result)
+    return result, params
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / CAMPAIGN_FILE).read_text())
+
+
+def _mtimes(out: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in out.glob("*.fits")}
+
+
+def _copy_run(first_run, tmp_path):
+    """A copy of the first run's working_out and a parameter file pointing at it."""
+    result, params = first_run
+    out = tmp_path / "out"
+    shutil.copytree(result.working_out, out)
+    text = params.read_text().replace(str(result.working_out), str(out))
+    (tmp_path / "params.ini").write_text(text)
+    return out, tmp_path / "params.ini"
+
+
+def test_progress_lines_and_the_summary_file(first_run, campaign_input, pipeline_workspace):
+    result, _ = first_run
+    _, observations, broken = campaign_input
+    progress = [line for line in result.stderr.splitlines() if line.startswith("campaign: ")]
+    assert len(progress) == 3, result.stderr  # one per wave of one observation
+    assert progress[-1].startswith("campaign: 2/3 done, 1 failed, 0 to do; "), progress
+    assert all(" events/s; ETA " in line for line in progress)
+    summary = _summary(result.working_out)
+    assert (summary["total"], summary["done"], summary["failed"], summary["skipped"]) == \
+        (3, 2, 1, 0)
+    by_dir = {Path(entry["obs_dir"]): entry for entry in summary["observations"]}
+    for observation in observations:
+        entry = by_dir[observation.directory]
+        if observation is broken:
+            assert entry["status"] == "failed" and "truncated" in entry["error"]
+            assert entry["products"] == []
+        else:
+            assert entry["status"] == "done" and entry["error"] is None
+            assert entry["obs_id"] == observation.obs_id
+            assert entry["products"] == ["ECL-DET-IMA", "ECL-SOP-IMA"]
+            assert entry["events"] > 1000 and entry["time_s"] > 0
+    assert summary["events"] == sum(entry["events"] for entry in summary["observations"])
+    caldb = caldb_fingerprint(str(pipeline_workspace / ".ect" / "caldb"))
+    assert summary["caldbhsh"] == caldb
+    for product in result.working_out.glob("*.fits"):
+        header = fits.getheader(product)
+        assert (header["PARHASH"], header["CALDBHSH"]) == (summary["parhash"], caldb)
+
+
+def test_rerun_skips_what_is_done_and_redoes_the_rest(first_run, tmp_path,
+                                                      pipeline_workspace, campaign_input):
+    out, params = _copy_run(first_run, tmp_path)
+    before = _mtimes(out)
+    failures_before = (out / "failures.jsonl").read_text()
+    result = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
+    assert result.returncode == 2, describe(result)
+    assert "2/3 observation(s) processed (2 already done, skipped)" in result.stdout
+    assert "2 observation(s) already done" in result.stderr
+    assert _mtimes(out) == before  # nothing rewritten
+    assert (out / "failures.jsonl").read_text() == failures_before
+    statuses = sorted(entry["status"] for entry in _summary(out)["observations"])
+    assert statuses == ["failed", "skipped", "skipped"]
+
+
+def test_force_redoes_everything(first_run, tmp_path, pipeline_workspace):
+    out, params = _copy_run(first_run, tmp_path)
+    before = _mtimes(out)
+    result = run_ecpi(params, "--force", workspace=pipeline_workspace, working_out=out)
+    assert result.returncode == 2, describe(result)
+    assert "skipped" not in result.stdout
+    after = _mtimes(out)
+    assert sorted(after) == sorted(before)
+    assert all(after[name] != before[name] for name in before)
+
+
+def test_another_caldb_or_parameter_redoes_the_observation(first_run, tmp_path,
+                                                           pipeline_workspace, campaign_input):
+    """One product stamped with another CALDB: its observation is redone, the other skipped;
+    other parameters: everything is redone."""
+    out, params = _copy_run(first_run, tmp_path)
+    _, observations, _ = campaign_input
+    redone = observations[0].obs_id
+    fits.setval(out / f"ECL-SOP-IMA_{redone}.fits", "CALDBHSH", value="0123456789abcdef")
+    before = _mtimes(out)
+    result = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
+    assert "(1 already done, skipped)" in result.stdout, describe(result)
+    after = _mtimes(out)
+    assert {name for name in before if after[name] != before[name]} == {
+        f"ECL-DET-IMA_{redone}.fits", f"ECL-SOP-IMA_{redone}.fits"}
+
+    caldb = str(pipeline_workspace / ".ect" / "caldb")
+    dirs = [str(observation.directory) for observation in observations]
+    same = load_params(str(params))
+    assert [e.status for e in plan(same, dirs, products_stamp(same, caldb), False)] == [
+        "skipped", "pending", "skipped"]
+    params.write_text(params.read_text().replace("snr_ths = 7", "snr_ths = 8"))
+    changed = load_params(str(params))
+    assert [e.status for e in plan(changed, dirs, products_stamp(changed, caldb), False)] == [
+        "pending"] * 3
+
+
+def test_a_killed_campaign_leaves_only_whole_products_and_resumes(first_run, tmp_path,
+                                                                  pipeline_workspace):
+    """SIGKILL once the first wave is written: every product in working_out is whole (FITS
+    checksums verify), and the next run skips what was finished."""
+    out, params = _copy_run(first_run, tmp_path)
+    for product in out.iterdir():
+        product.unlink()
+    process = subprocess.Popen([*ecpi_run_command("script"), str(params), "--campaign_batch",
+                                "1"], env=pipeline_env(pipeline_workspace),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / CAMPAIGN_FILE).exists() and _summary(out)["done"] >= 1:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the campaign ended before it could be killed"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    for product in out.glob("*.fits"):
+        with fits.open(product, checksum=True) as hdul:  # a partial file would not open
+            hdul.verify("exception")
+            assert all(hdu.verify_checksum() == 1 for hdu in hdul), product
+    result = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
+    assert result.returncode == 2, describe(result)
+    assert "already done, skipped" in result.stdout, describe(result)
+    assert len(list(out.glob("*.fits"))) == 4
+    assert leftover_temporaries(out) == []  # the killed run's temporaries and lock are gone
+
+
+def test_progress_line_counts_and_eta():
+    entries = [Entry("a", status="done"), Entry("b", status="failed"), Entry("c"),
+               Entry("d", status="skipped"), Entry("e")]
+    assert progress_line(entries, 1234.4, elapsed=60.0) == \
+        "campaign: 2/5 done, 1 failed, 2 to do; 1234 events/s; ETA 00:01:00"
