@@ -61,7 +61,8 @@ def test_multi_process_workers_obey_the_level_and_info_tells_each_stage(
 
     params.write_text(params.read_text().replace("logger_level = warning",
                                                  "logger_level = info"))
-    loud = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
+    loud = run_ecpi(params, "--force", workspace=pipeline_workspace,  # not a resume: rerun
+                    working_out=out)
     assert loud.returncode == 0, loud.stderr
     records = [line for line in stderr_lines(loud.stderr) if not line.startswith(" ")]
     # (a Beam message may span lines: its continuation lines are indented)

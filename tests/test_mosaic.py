@@ -208,4 +208,6 @@ def test_restored_images_keep_the_source_and_drop_its_side_lobes(healpix):
     restored_found = mosaic.find_mosaic_sources(healpix, mosaic.mosaic_map(healpix, restored), 7.0)
     assert len(raw_found) > 1
     assert len(restored_found) == 1
-    assert restored_found[0].flux == pytest.approx(raw_found[0].flux, rel=0.1)
+    # IMAG's FLUX is measured with the exact response (unbiased); the restoring PSF is the
+    # separable one, whose peak pixel reads lower on a coarse grid (docs/mosa.md)
+    assert restored_found[0].flux == pytest.approx(raw_found[0].flux, rel=0.15)

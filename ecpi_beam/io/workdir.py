@@ -24,8 +24,9 @@ PROBE_NAME = ".ecpi-write-probe"
 # '.<name>.<32 hex>.part' on object stores; <name> a product or failures.jsonl
 OUR_TEMPORARY = re.compile(r"\.(ECL-[A-Za-z0-9_.-]+|failures\.jsonl)\.([A-Za-z0-9_]{8}|[0-9a-f]{32})"
                            r"\.part")
-PRODUCT_NAME = re.compile(r"(?P<product>ECL-[A-Z0-9]{3}-[A-Z0-9]{2,3})_(?P<obs_id>[A-Za-z0-9_-]+)"
-                          r"\.[A-Za-z0-9.]+")
+# '<PRODUCT>_<obs_id>.<ext>', SPEX's '<PRODUCT>_<obs_id>_S<k>_...' and the alerts'
+# 'ECL-ALERT_<obs_id>_J<position>_<sequence>.xml' (docs/products.md)
+PRODUCT_NAME = re.compile(r"(?P<product>ECL-[A-Z0-9]{3}-[A-Z0-9]{2,3}|ECL-ALERT)_(?P<rest>[A-Za-z0-9_.-]+)")
 
 
 def check_writable(working_out: str) -> None:
@@ -169,11 +170,12 @@ def _names(working_out: str) -> list[str]:
 
 
 def products_of(working_out: str, obs_id: str) -> list[str]:
-    """URLs of the files named '<PRODUCT>_<obs_id>.<ext>' in working_out."""
+    """URLs of the files of observation `obs_id` in working_out (PRODUCT_NAME)."""
     found = []
+    own = re.compile(re.escape(obs_id) + r"(\.[A-Za-z0-9.]+|_S\d+_[A-Za-z0-9_.-]+|_J\d[A-Za-z0-9_.]+)")
     for name in _names(working_out):
         match = PRODUCT_NAME.fullmatch(name)
-        if match and match.group("obs_id") == obs_id:
+        if match and own.fullmatch(match.group("rest")):
             with contextlib.suppress(EcpiError):  # a link leading out is not ours: left alone
                 found.append(fs.inside(working_out, name))
     return found

@@ -163,7 +163,10 @@ def test_bad_observations_leave_no_product_and_nothing_outside_changes(faulty_ru
     expected |= {f"ECL-SOP-IMA_{obs_id}.reg" for obs_id in GOOD_IDS}  # DS9 regions beside it
     # the planted link stays; campaign.json is the campaign's summary (docs/runners.md)
     expected |= {"failures.jsonl", "campaign.json", f"ECL-SKY-IMA_{LINKED_ID}.fits"}
-    assert set(os.listdir(out)) == expected
+    # a VOEvent per NEW (uncatalogued) source of the good observations, none of the failed ones
+    alerts = {name for name in os.listdir(out) if name.startswith("ECL-ALERT_")}
+    assert {name.split("_")[1] for name in alerts} == set(GOOD_IDS), alerts
+    assert set(os.listdir(out)) == expected | alerts
     assert (out / f"ECL-SKY-IMA_{LINKED_ID}.fits").is_symlink()
 
 
