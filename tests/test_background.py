@@ -1,4 +1,4 @@
-"""Background modes of BUBE (SCIENCE.md "Backgrounds"; ICD ECL-DET-UBC)."""
+"""Background modes of BUBE (docs/science.md "Backgrounds"; ICD ECL-DET-UBC)."""
 import numpy as np
 import pytest
 from scipy import integrate

@@ -1,4 +1,4 @@
-"""Peak finding, PSF fitting and error radii (SCIENCE.md "Coded-mask imaging")."""
+"""Peak finding, PSF fitting and error radii (docs/science.md "Coded-mask imaging")."""
 import numpy as np
 import pytest
 
@@ -98,7 +98,7 @@ def test_error_radius_combines_statistics_and_systematics():
     assert radius == pytest.approx(np.hypot(statistical, 1.0), rel=1e-3)
     # off axis the pixels are smaller on the sky
     assert detection.error_radius_arcmin(10.0, 0.1, 0.1, row=10, col=10) < radius
-    # no fitted error: SCIENCE.md's rule, about 80 arcmin / SNR
+    # no fitted error: docs/science.md's rule, about 80 arcmin / SNR
     assert detection.rule_of_thumb_radius_arcmin(10.0) == pytest.approx(8.0, rel=0.05)
     assert detection.error_radius_arcmin(10.0, np.nan, np.nan) == pytest.approx(
         np.hypot(detection.rule_of_thumb_radius_arcmin(10.0), 1.0))

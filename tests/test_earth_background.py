@@ -132,7 +132,7 @@ def test_folding_through_an_ideal_response_is_the_band_integral():
         expected = np.trapezoid(spectrum(grid), grid)
         assert folding.band_rate_per_area_sr(spectrum, arf, rmf, band) == pytest.approx(
             expected, rel=2e-3)
-    # SCIENCE.md: the Moretti CXB gives about 8.7 ph cm-2 s-1 sr-1 in 4-120 keV
+    # docs/science.md: the Moretti CXB gives about 8.7 ph cm-2 s-1 sr-1 in 4-120 keV
     grid = np.linspace(4.0, 120.0, 20001)
     assert np.trapezoid(spectrum(grid), grid) == pytest.approx(8.7, rel=0.05)
 

@@ -1,4 +1,4 @@
-"""Balanced cross-correlation sky images (SCIENCE.md "Coded-mask imaging")."""
+"""Balanced cross-correlation sky images (docs/science.md "Coded-mask imaging")."""
 import numpy as np
 import pytest
 

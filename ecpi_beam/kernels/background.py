@@ -1,4 +1,4 @@
-"""Background correction of detector images (BUBE; SCIENCE.md "Backgrounds"; ICD ECL-DET-UBC).
+"""Background correction of detector images (BUBE; docs/science.md "Backgrounds"; ICD ECL-DET-UBC).
 
 Each mode is one entry of BACKGROUND_MODES: a function (counts, good, template, context) ->
 ModelFit (model image in counts, coefficients {name: (value, error)}, predictions, the image of

@@ -1,7 +1,7 @@
 """The Earth in the field: occultation fraction map (ECL-EAR-OFM) and the CXB / Earth templates.
 
 ICD section 1 (Earth disc: 6371 + 100 km, seen from the spacecraft) and section 4 (ECL-EAR-OFM);
-SCIENCE.md "Backgrounds". Everything here is linear in the sky, so the time average over a
+docs/science.md "Backgrounds". Everything here is linear in the sky, so the time average over a
 key's good time is taken first, on the sky: the visibility weight of each sky direction (in the
 frame of the key's reference attitude, fixed for the key) averaged over the good time; one
 correlation of that weight map with the open mask then gives every pixel at once.

@@ -1,4 +1,4 @@
-"""Diffuse spectra folded through the CALDB response into a PI band (SCIENCE.md "Backgrounds").
+"""Diffuse spectra folded through the CALDB response into a PI band (docs/science.md "Backgrounds").
 
 The predicted count rate of a diffuse component in band [c_lo, c_hi] (PI channels, inclusive),
 per cm2 of detector and per steradian of projected solid angle seen through open mask, is

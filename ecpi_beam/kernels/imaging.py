@@ -1,4 +1,4 @@
-"""Coded-mask sky images by balanced weighted cross-correlation (SCIENCE.md, "Coded-mask
+"""Coded-mask sky images by balanced weighted cross-correlation (docs/science.md, "Coded-mask
 imaging"; Goldwurm et al. 2003, A&A 411 L223). Conventions are instrument.py's:
 
     sky[row, col] = sum_{i,j} D[i, j] G[i + row - 79, j + col - 79]

@@ -342,7 +342,7 @@ def find_mosaic_sources(grid, mosaic: MosaicMap, snr_threshold: float,
     """Local maxima of the significance over each pixel's 8 neighbours, above snr_threshold,
     brightest first; peaks within PEAK_MERGE_DEG of a brighter one are dropped. Position: the
     significance-weighted mean direction of the peak and its neighbours; FLUX: the intensity
-    of the peak pixel (count s-1 cm-2); ERR_RAD: SCIENCE.md's rule of thumb for the PSF at that
+    of the peak pixel (count s-1 cm-2); ERR_RAD: docs/science.md's rule of thumb for the PSF at that
     significance, with the systematic in quadrature."""
     candidates = np.flatnonzero(mosaic.significance >= snr_threshold)
     if not len(candidates):
