@@ -1,4 +1,4 @@
-"""Observations in which the Earth rises into the field (docs/science.md "Earth and orbit").
+"""Observations in which the Earth rises into the field (docs/science.md "Earth, orbit and time").
 
 An inertial pointing in the orbital plane, ahead of the Earth's apparent motion: seen from
 the spacecraft the Earth centre moves at 360 deg per orbit (0.062 deg/s at 625 km) towards
