@@ -108,16 +108,35 @@ class SkyAnalyser:
                 self.irf_corr, irf=self._irf, arf=self._arf, energy_range_kev=energy_range)
         return self._corrections[key]
 
+    def cleaning_terms(self, mode, efficiency, model_terms=None) -> tuple:
+        """The background terms refitted with the sources, flat-fielded.
+
+        model_terms: the BUBE fit's own term images in counts (BackgroundResult.terms); when
+        given, these are the terms: a bright source biased every term of the fit made without
+        it (the CXB and Earth templates of the physics modes too), and a biased term left
+        unrefitted images as broad structure whose peaks are detected as sources.
+        """
+        images = [np.asarray(term, dtype=float) for term in (model_terms or {}).values()]
+        images = [term for term in images if np.any(term != 0)]
+        if not images:
+            return self.background_terms.get(mode, self.default_terms)
+        efficiency = np.asarray(efficiency, dtype=float)
+        return tuple(np.divide(term, efficiency, out=np.zeros(efficiency.shape),
+                               where=efficiency > 0) for term in images)
+
     def analyse(self, corrected, variance, good_pixels, efficiency, mode,
-                band=None) -> SkyAnalysis:
-        """`band`: the PI band (lo, hi) or its name, needed with irf_corr = 'irf'."""
+                band=None, model_terms=None) -> SkyAnalysis:
+        """`band`: the PI band (lo, hi) or its name, needed with irf_corr = 'irf'.
+        `model_terms`: the background fit's term images in counts (BackgroundResult.terms),
+        refitted with the sources; without them, the terms of `mode`'s table entry."""
         correction = self.irf_correction(band)
         data, data_variance, weights = flat_fielded(corrected, variance, good_pixels, efficiency)
         # detection and the flux fit run on the uncorrected image (the SNR is the same); the
         # fluxes are then divided by the response at each source's own position
         cleaned = cleaning.detect_and_clean(
             self.plan, self.pattern, data, data_variance, weights,
-            background_components=self.background_terms.get(mode, self.default_terms), **self.find)
+            background_components=self.cleaning_terms(mode, efficiency, model_terms),
+            **self.find)
         sky = imaging.balanced_sky_image(self.plan, data, data_variance, weights)
         return SkyAnalysis(correction(sky), cleaned.residual_sky.snr,
                            irf_corrected(cleaned.detections, correction),

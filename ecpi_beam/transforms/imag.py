@@ -61,7 +61,8 @@ class MakeSkyImages(beam.DoFn):
         (obs_id, band, occ), products = element
         analysis = self._analyser.analyse(
             products.correction.corrected, products.correction.variance, products.good_pixels,
-            products.efficiency, products.mode, band=band)
+            products.efficiency, products.mode, band=band,
+            model_terms=products.correction.terms)
         quaternion = timelines[obs_id].reference_quaternion
         self._images.inc()
         self._detections.inc(len(analysis.detections))
