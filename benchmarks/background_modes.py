@@ -87,7 +87,8 @@ def compare_modes(keys, params):
             row["seconds"].append(time.perf_counter() - start)
             correction = key.correction
             analysis = analyser.analyse(correction.corrected, correction.variance,
-                                        corrector.good, corrector.efficiency, mode)
+                                        corrector.good, corrector.efficiency, mode,
+                                        model_terms=correction.terms)
             coded = analysis.images.pcode > params.imag.pcode_min
             row["snr_std"].append(float(np.std(analysis.images.snr[coded])))
             row["false"] += len(analysis.detections)

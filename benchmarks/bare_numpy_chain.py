@@ -202,7 +202,8 @@ def run_observation(obs_dir, params, caldb, out_dir, write, watch):
             mode=mode, correction=correction)))
         watch.lap("background")
         analysis = analyser.analyse(correction.corrected, correction.variance, good_pixels,
-                                    efficiency, mode, band=band)
+                                    efficiency, mode, band=band,
+                                    model_terms=correction.terms)  # as the pipeline
         sky_entries.append((name, occ, SimpleNamespace(
             images=analysis.images, residual_snr=analysis.residual_snr, exposure=exposure,
             wcs_keywords=instrument.sky_wcs_keywords(quaternion),

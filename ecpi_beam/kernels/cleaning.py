@@ -1,4 +1,4 @@
-"""Iterative source cleaning (SCIENCE.md, "Ghosts and coding noise"; IBIS/ISGRI, ECPI's IMAG).
+"""Iterative source cleaning (docs/science.md, "Ghosts and coding noise"; IBIS/ISGRI, ECPI's IMAG).
 
 A bright source adds correlated side lobes across the whole field. Each source found is
 forward-projected through the mask (its exact thin-mask shadowgram), its amplitude fitted to

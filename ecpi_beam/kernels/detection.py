@@ -1,4 +1,4 @@
-"""Source detection in balanced sky images (SCIENCE.md, "Coded-mask imaging": PSF and
+"""Source detection in balanced sky images (docs/science.md, "Coded-mask imaging": PSF and
 localisation; ICD ECL-SOP-IMA).
 
 Peaks: local maxima of the SNR image above a threshold where the partial coding is at least
@@ -278,7 +278,7 @@ def error_radius_arcmin(snr, row_err, col_err, row=instrument.SKY_CENTRE,
                         col=instrument.SKY_CENTRE, systematic_arcmin=SYSTEMATIC_ERROR_ARCMIN):
     """90 % error radius: 2.146 x the rms axis error in angle, plus a systematic in quadrature.
 
-    Where the fitted errors are not finite, falls back on SCIENCE.md's rule, the 90 % radius of
+    Where the fitted errors are not finite, falls back on docs/science.md's rule, the 90 % radius of
     a PSF of 1.46 deg FWHM: 2.146 x FWHM / (2.355 SNR), about 80 arcmin / SNR on axis.
     """
     sigma_px = np.sqrt(0.5 * (np.square(row_err) + np.square(col_err)))
@@ -289,6 +289,6 @@ def error_radius_arcmin(snr, row_err, col_err, row=instrument.SKY_CENTRE,
 
 
 def rule_of_thumb_radius_arcmin(snr):
-    """SCIENCE.md: 2.146 FWHM / (2.355 SNR), FWHM = one mask element at 460 mm (87.7 arcmin)."""
+    """docs/science.md: 2.146 FWHM / (2.355 SNR), FWHM = one mask element at 460 mm (87.7 arcmin)."""
     fwhm_arcmin = np.degrees(instrument.MASK_PITCH_MM / instrument.MASK_HEIGHT_MM) * 60.0
     return RADIUS_90_PER_SIGMA * fwhm_arcmin / (2.355 * np.maximum(np.asarray(snr, float), 1e-9))

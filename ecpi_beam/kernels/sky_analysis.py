@@ -1,4 +1,4 @@
-"""IMAG for one background-corrected detector image, without Beam (SCIENCE.md, coded-mask imaging).
+"""IMAG for one background-corrected detector image, without Beam (docs/science.md, coded-mask imaging).
 
 Flat-field, balanced cross-correlation, IRF correction, detection with iterative cleaning, and
 the conversion of detections to catalogue rows (RA, Dec, error radius, flux). The Beam transform
