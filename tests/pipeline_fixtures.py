@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from ecpi_beam.demo import angular_offset_arcmin  # noqa: F401  (shared by the tests)
 from ecpi_beam.params import params_text
 
 OBS_DURATION_S = 120.0  # 100 s of pointing after the 20 s slew
@@ -162,11 +163,17 @@ def simulate_broken_campaign(root: Path, caldb_home: Path) -> tuple[list, Simula
 # ============================================================================================
 # Reading products
 # ============================================================================================
-def angular_offset_arcmin(ra1, dec1, ra2, dec2) -> np.ndarray:
-    ra1, dec1, ra2, dec2 = map(np.radians, (ra1, dec1, ra2, dec2))
-    cosine = (np.sin(dec1) * np.sin(dec2)
-              + np.cos(dec1) * np.cos(dec2) * np.cos(ra1 - ra2))
-    return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))) * 60.0
+def simulate_campaign(root: Path, scenarios, caldb) -> tuple[dict, Path]:
+    """Each scenario simulated into root/obs_NN; ({obs_id: truth}, the empty root/out)."""
+    from ecpi_beam.simu import simulate
+
+    truths = {}
+    for index, scenario in enumerate(scenarios):
+        truth = simulate(scenario, str(root / f"obs_{index:02d}"), caldb)
+        truths[truth.obs_id] = truth
+    out = root / "out"
+    out.mkdir()
+    return truths, out
 
 
 def sources_table(sop_path) -> list[dict]:

@@ -26,6 +26,8 @@ from ecpi_beam.simu.orbit import orbit_state
 from ecpi_beam.transforms.bube import observation_timeline
 from ecpi_beam.transforms.read import inspect_observation
 
+from pipeline_fixtures import simulate_campaign
+
 DURATION_S = 120.0
 N_FIELDS = 10  # source-free and with sources, each
 BUBE_OUT = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM")
@@ -272,12 +274,7 @@ def earth_campaign(tmp_path_factory, caldb):
     """20 Earth-rise observations (10 source-free, 10 with one source) through the whole chain,
     once, with a parameter file whose optional keys are all empty (the seed's defaults)."""
     root = tmp_path_factory.mktemp("earth_rise")
-    truths = {}
-    for index, scenario in enumerate(earth_rise_scenarios(False) + earth_rise_scenarios(True)):
-        truth = simulate(scenario, str(root / f"obs_{index:02d}"), caldb)
-        truths[truth.obs_id] = truth
-    out = root / "out"
-    out.mkdir()
+    truths, out = simulate_campaign(root, earth_rise_scenarios(False) + earth_rise_scenarios(True), caldb)
     params = root / "params.ini"
     params.write_text(params_text(root / "obs_*", out, default_caldb_dir(), bube_out=BUBE_OUT,
                                   imag_out=IMAG_OUT, **SEED_DEFAULTS))

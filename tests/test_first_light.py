@@ -14,7 +14,9 @@ from ecpi_beam.caldb import Caldb, default_caldb_dir
 from ecpi_beam.demo import angular_offset_arcmin
 from ecpi_beam.kernels.occultation import geometric_partial_coding
 from ecpi_beam.params import params_text
-from ecpi_beam.simu import PointSource, default_scenario, scenario_with, simulate
+from ecpi_beam.simu import PointSource, default_scenario, scenario_with
+
+from pipeline_fixtures import simulate_campaign
 
 DURATION_S = 150.0
 DETECTION_BAND = "13-300"
@@ -27,12 +29,7 @@ CRAB_SNR = 140.0
 def run_campaign(root: Path, scenarios):
     """Simulate every scenario into root/obs_NN, run one pipeline over all; truth per obs_id."""
     caldb = Caldb.open(default_caldb_dir())
-    truths = {}
-    for index, scenario in enumerate(scenarios):
-        truth = simulate(scenario, str(root / f"obs_{index:02d}"), caldb)
-        truths[truth.obs_id] = truth
-    out = root / "out"
-    out.mkdir()
+    truths, out = simulate_campaign(root, scenarios, caldb)
     params = root / "params.ini"
     params.write_text(params_text(root / "obs_*", out, default_caldb_dir(), energy_channels=BANDS,
                                   imag_out=("ECL-SKY-IMA", "ECL-SOP-IMA")))
