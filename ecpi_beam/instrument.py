@@ -17,7 +17,6 @@ Conventions (pinned by tests/test_instrument.py):
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 # --- detector -------------------------------------------------------------------------------
 N_PIX = 80
@@ -214,8 +213,42 @@ def sky_pixel_solid_angle():
 # Attitude: LOS <-> ICRS
 # ============================================================================================
 def attitude_matrix(qparam):
-    """Rotation matrices (..., 3, 3) taking LOS vectors to ICRS; QPARAM is scalar-last."""
-    return Rotation.from_quat(np.asarray(qparam, dtype=float)).as_matrix()
+    """Rotation matrices (..., 3, 3) taking LOS vectors to ICRS; QPARAM is scalar-last
+    (normalised here, as scipy's Rotation.from_quat does)."""
+    q = np.asarray(qparam, dtype=float)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    x, y, z, w = np.moveaxis(q, -1, 0)
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+    ], -2)
+
+
+def quaternion_from_matrix(matrix) -> np.ndarray:
+    """Scalar-last unit quaternion of one rotation matrix, by the method of scipy's
+    Rotation.from_matrix (the largest of w, x, y, z first: no cancellation), same signs."""
+    m = np.asarray(matrix, dtype=float)
+    trace = np.trace(m)
+    diagonal = [m[0, 0], m[1, 1], m[2, 2], trace]
+    choice = int(np.argmax(diagonal))
+    q = np.empty(4)
+    if choice == 3:
+        q[:] = m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1], 1 + trace
+    else:
+        i, j, k = choice, (choice + 1) % 3, (choice + 2) % 3
+        q[i] = 1 - trace + 2 * m[i, i]
+        q[j] = m[j, i] + m[i, j]
+        q[k] = m[k, i] + m[i, k]
+        q[3] = m[k, j] - m[j, k]
+    return q / np.linalg.norm(q)
+
+
+def quaternion_product(p, q) -> np.ndarray:
+    """Scalar-last Hamilton product p q: the rotation q, then p."""
+    p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
+    return np.concatenate([p[3] * q[:3] + q[3] * p[:3] + np.cross(p[:3], q[:3]),
+                           [p[3] * q[3] - np.dot(p[:3], q[:3])]])
 
 
 def radec_to_unit(ra_deg, dec_deg):
@@ -251,8 +284,9 @@ def quaternion_from_pointing(ra_deg, dec_deg, roll_deg=0.0):
     z /= np.linalg.norm(z)
     y = np.cross(z, x)
     matrix = np.column_stack([x, y, z])
-    rotation = Rotation.from_matrix(matrix) * Rotation.from_euler("x", roll_deg, degrees=True)
-    return rotation.as_quat()
+    half_roll = np.radians(roll_deg) / 2.0
+    roll = np.array([np.sin(half_roll), 0.0, 0.0, np.cos(half_roll)])  # about LOS +X
+    return quaternion_product(quaternion_from_matrix(matrix), roll)
 
 
 def los_to_radec(direction_los, qparam):

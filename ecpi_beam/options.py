@@ -56,14 +56,19 @@ class _StrictParser(_BeamArgumentParser):
 
 
 def _import_runner_options():
-    """Runner options defined outside pipeline_options.py (imported only when installed)."""
+    """Runner options defined outside pipeline_options.py (imported only when installed).
+
+    Importing the Dask runner costs about half a second (dask.distributed), so it is done only
+    when an option is not known without it, or when every option is listed.
+    """
     with contextlib.suppress(ImportError):
         import apache_beam.runners.dask.dask_runner  # noqa: F401  (DaskOptions)
 
 
-def _all_options_parser() -> _StrictParser:
+def _all_options_parser(with_runner_options: bool = True) -> _StrictParser:
     """A parser knowing every option of every PipelineOptions subclass, as Beam collects them."""
-    _import_runner_options()
+    if with_runner_options:
+        _import_runner_options()
     parser = _StrictParser(prog=PROG, allow_abbrev=False)
     classes = {}
     for cls in PipelineOptions.__subclasses__():  # Beam's own way (get_all_options)
@@ -105,8 +110,11 @@ def parse_command_line(argv) -> CommandLine:
     # The positional form is `ecpi_run params.ini [options]`: only the first argument, so that
     # the value of an option (`--runner DirectRunner`) is never taken for it.
     params_file = argv.pop(0) if argv and not argv[0].startswith("-") else None
-    parser = _all_options_parser()
+    parser = _all_options_parser(with_runner_options=False)
     known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser = _all_options_parser()
+        known, unknown = parser.parse_known_args(argv)
     if unknown:
         first = next((arg for arg in unknown if arg.startswith("-")), unknown[0])
         kind = "unknown option" if first.startswith("-") else "unexpected argument"

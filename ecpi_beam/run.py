@@ -21,6 +21,7 @@ from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line
 from ecpi_beam.params import load_params
 from ecpi_beam.pipelines.observation import build_observation_pipeline
 from ecpi_beam.pipelines import safeguards
+from ecpi_beam.pipelines.direct import runner_for
 from ecpi_beam.pipelines.preflight import check_capabilities, preflight_observations
 from ecpi_beam.transforms.failures import (FAILURES_FILE, collect_failures,
                                            remove_dead_letters)
@@ -91,7 +92,7 @@ def run(params, beam_args, caldb_dir, observation_dirs):
         fs.remove(stale)
     remove_dead_letters(params.general.working_out)
     options = PipelineOptions(beam_args)
-    with beam.Pipeline(options=options) as pipeline:
+    with beam.Pipeline(runner=runner_for(options), options=options) as pipeline:
         build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs)
     result = pipeline.result if hasattr(pipeline, "result") else None
     totals = metric_totals(result) if result is not None else {}

@@ -1,0 +1,41 @@
+"""The engine of `--runner DirectRunner` for a batch pipeline, made without the switch.
+
+Beam's DirectRunner is a switch: for each pipeline it checks whether the Prism runner or the
+FnApiRunner supports it, importing Beam's Pub/Sub I/O (half a second of start-up, a warning
+about missing Google client libraries) to look for streaming sources, then hands a batch
+pipeline to the FnApiRunner with the options as its provision info. The observation graph is
+always batch and always supported by the FnApiRunner (no TestStream, no Pub/Sub, no real-time
+timers), so ecpi_run makes that FnApiRunner itself, exactly as the switch does. The options
+the FnApiRunner reads (direct_num_workers, direct_running_mode) work unchanged. Streaming
+pipelines (pipelines/stream.py) keep Beam's DirectRunner.
+"""
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+DIRECT_RUNNER_NAMES = ("DirectRunner", "direct", "directrunner")
+
+
+def is_direct_batch(options: PipelineOptions) -> bool:
+    standard = options.view_as(StandardOptions)
+    runner = standard.runner
+    return (not standard.streaming
+            and (runner is None or (isinstance(runner, str)
+                                    and runner.lower() in DIRECT_RUNNER_NAMES)))
+
+
+def direct_batch_runner(options: PipelineOptions):
+    """The FnApiRunner as DirectRunner.run_pipeline makes it for a batch pipeline."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision_info = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=provision_info)
+
+
+def runner_for(options: PipelineOptions):
+    """The runner object to build the pipeline with: None lets Beam pick it by name."""
+    return direct_batch_runner(options) if is_direct_batch(options) else None
