@@ -58,14 +58,17 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             if product in params.bube.out_files:
                 written.append(detector | f"Write{product}" >> WriteImageProducts(product, **write))
         if wants_imag:
-            sky = detector | "Imag" >> Imag(params.imag, caldb_dir, timelines, failure_log)
+            imag = Imag(params.imag, caldb_dir, timelines, failure_log)
+            sky = detector | "Imag" >> imag
             outputs["sky"] = sky
             for product in params.imag.out_files:
-                written.append(sky | f"Write{product}" >> WriteImageProducts(product, **write))
+                written.append(imag.by_observation | f"Write{product}" >> WriteImageProducts(
+                    product, **write, grouped=True))
                 if product == "ECL-SOP-IMA":  # its DS9 region file beside it (io/regions.py)
                     written.append(written[-1] | "WriteRegions" >> beam.Map(write_regions))
             if "ECL-SOP-IMA" in params.imag.out_files:  # a VOEvent per NEW source beside it
-                written.append(sky | "WriteAlerts" >> WriteAlerts("ECL-ALERT", **write))
+                written.append(imag.by_observation | "WriteAlerts" >> WriteAlerts(
+                    "ECL-ALERT", **write, grouped=True))
             if wants_mosa:  # MOSA: one mosaic of every observation's sky images
                 # imported when asked: astropy.coordinates and healpix cost start-up time
                 from ecpi_beam.transforms.mosa import Mosa
@@ -88,6 +91,5 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
     outputs["failures"] = read.failures
     # One last transform downstream of every writer: the DaskRunner computes only the graph
     # behind the last transform applied, so the writers must all lead to it.
-    outputs["written"] = (tuple(written) | "AllWritten" >> beam.Flatten()
-                          | "CountWritten" >> beam.combiners.Count.Globally())
+    outputs["written"] = tuple(written) | "AllWritten" >> beam.Flatten()
     return outputs

@@ -82,8 +82,8 @@ class MakeSkyImages(beam.DoFn):
 
 
 class CatalogueObservation(beam.DoFn):
-    """(obs_id, [(band, occ, SkyProducts)]) -> ((obs_id, band, occ), SkyProducts), each carrying
-    the observation's catalogue; its per-band sources gain their catalogue name."""
+    """(obs_id, [(band, occ, SkyProducts)]) -> the same, each SkyProducts carrying the
+    observation's catalogue; its per-band sources gain their catalogue name."""
 
     def __init__(self, caldb_dir: str):
         self._caldb_dir = caldb_dir
@@ -102,22 +102,30 @@ class CatalogueObservation(beam.DoFn):
             bands=sorted({band for band, _, _ in entries}, key=parse_band))
         self._sources.inc(len(result.sources))
         self._new.inc(result.n_new)
-        for band, occ, sky in entries:
-            yield (obs_id, band, occ), dataclasses.replace(sky, catalogue=result)
+        yield obs_id, [(band, occ, dataclasses.replace(sky, catalogue=result))
+                       for band, occ, sky in entries]
 
 
 @dataclasses.dataclass(eq=False)
 class Imag(DataclassTransform):
-    """((obs_id, band, occ), DetectorProducts) -> ((obs_id, band, occ), SkyProducts)."""
+    """((obs_id, band, occ), DetectorProducts) -> ((obs_id, band, occ), SkyProducts).
+
+    Once applied, `by_observation` holds the same results as (obs_id, [(band, occ,
+    SkyProducts)]), grouped once for the catalogue: the per-observation writers take it as it
+    is rather than group the keyed results again (a shuffle and a stage each).
+    """
 
     imag_params: object
     caldb_dir: str
     timelines: beam.PCollection
     failure_log: object = None  # failures.FailureLog
+    by_observation: beam.PCollection = dataclasses.field(default=None, init=False)
 
     def expand(self, detector_products):
         sky = detector_products | "SkyImages" >> beam.ParDo(
             with_failure_log(MakeSkyImages(self.caldb_dir, self.imag_params), self.failure_log),
             beam.pvalue.AsDict(self.timelines))
-        return grouped_by_observation(sky) | "Catalogue" >> beam.ParDo(
+        self.by_observation = grouped_by_observation(sky) | "Catalogue" >> beam.ParDo(
             with_failure_log(CatalogueObservation(self.caldb_dir), self.failure_log))
+        return self.by_observation | "PerKey" >> beam.FlatMapTuple(
+            lambda obs_id, entries: [((obs_id, band, occ), sky) for band, occ, sky in entries])

@@ -22,11 +22,11 @@ NAMESPACE = "ecpi.write"
 
 
 def failed_obs_ids(failures):
-    """Side input: the set of obs_ids that failed (DPCO), so that no product is written for them."""
-    return beam.pvalue.AsSingleton(
-        failures
-        | "FailedIds" >> beam.combiners.ToList()
-        | "AsSet" >> beam.Map(lambda records: {r.get("obs_id") for r in records if r.get("obs_id")}))
+    """Side input: the obs_ids that failed (DPCO), so that no product is written for them (a
+    list: failures are few; one transform, where a combine to a set took nine)."""
+    return beam.pvalue.AsList(
+        failures | "FailedIds" >> beam.FlatMap(
+            lambda record: [record["obs_id"]] if record.get("obs_id") else []))
 
 
 def _write(working_out, product, observation, fingerprint, hdus):
@@ -83,11 +83,17 @@ class _ObservationProductWriter(DataclassTransform):
             beam.pvalue.AsDict(self.observations), self.failed)
 
 
+@dataclasses.dataclass(eq=False)
 class WriteImageProducts(_ObservationProductWriter):
-    """((obs_id, band, occ), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or ECL-SOP-IMA."""
+    """((obs_id, band, occ), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or ECL-SOP-IMA;
+    with `grouped`, the input is already (obs_id, [(band, occ, value)]) (Imag.by_observation),
+    and is not grouped again."""
 
-    def expand(self, keyed):
-        return self._write_each(grouped_by_observation(keyed), keyed_image_hdus(self.product))
+    grouped: bool = False
+
+    def expand(self, values):
+        by_observation = values if self.grouped else grouped_by_observation(values)
+        return self._write_each(by_observation, keyed_image_hdus(self.product))
 
 
 class WriteTimelineProducts(_ObservationProductWriter):
@@ -121,11 +127,16 @@ class WriteAlertFiles(beam.DoFn):
             self._alerts.inc()
 
 
+@dataclasses.dataclass(eq=False)
 class WriteAlerts(_ObservationProductWriter):
-    """((obs_id, band, occ), SkyProducts) -> a VOEvent 2.0 alert per NEW source."""
+    """((obs_id, band, occ), SkyProducts) -> a VOEvent 2.0 alert per NEW source (`grouped`:
+    from (obs_id, [(band, occ, SkyProducts)]), as WriteImageProducts)."""
 
-    def expand(self, keyed):
-        return grouped_by_observation(keyed) | "Write" >> beam.ParDo(
+    grouped: bool = False
+
+    def expand(self, values):
+        by_observation = values if self.grouped else grouped_by_observation(values)
+        return by_observation | "Write" >> beam.ParDo(
             with_failure_log(WriteAlertFiles(self.working_out), self.failure_log),
             beam.pvalue.AsDict(self.observations), self.failed)
 
@@ -147,6 +158,9 @@ class WriteFailures(DataclassTransform):
                     handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
             yield url
 
+        # one group under one key: three transforms, where ToList's global combine takes
+        # nine (and nothing at all is written when nothing failed)
         return (failures
-                | "Collect" >> beam.combiners.ToList()
-                | "Write" >> beam.FlatMap(write))
+                | "Key" >> beam.Map(lambda record: (FAILURES_FILE, record))
+                | "Collect" >> beam.GroupByKey()
+                | "Write" >> beam.FlatMapTuple(lambda _, records: write(records)))
