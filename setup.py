@@ -13,6 +13,7 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "astropy>=6.0",
+        "pyerfa>=2.0",  # astropy's; called directly for the alerts' UTC times
         "fsspec>=2024.2",
         "matplotlib>=3.7",
         "requests>=2.28",

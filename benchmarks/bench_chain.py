@@ -258,6 +258,7 @@ def phases_child(params_path: str, beam_args: list[str]) -> None:
     from ecpi_beam import run
     from ecpi_beam.io import fs
     from ecpi_beam.params import load_params
+    from ecpi_beam.pipelines.direct import runner_for
     from ecpi_beam.pipelines.observation import build_observation_pipeline
     from ecpi_beam.workspace import resolve_caldb_dir
     imported = time.perf_counter()
@@ -265,7 +266,8 @@ def phases_child(params_path: str, beam_args: list[str]) -> None:
     caldb_dir = resolve_caldb_dir(params.general.caldb_dir)
     observation_dirs = fs.find_observation_dirs(params.general.working_in)
     _, beam_args = run.parse_args([params_path, *beam_args])
-    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    options = PipelineOptions(beam_args)
+    pipeline = beam.Pipeline(runner=runner_for(options), options=options)  # as run.run
     build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs)
     built = time.perf_counter()
     result = pipeline.run()
