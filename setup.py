@@ -28,7 +28,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "ecpi_run=ecpi_beam.cli:ecpi_run",
+            "ecpi_run=ecpi_beam.cli:ecpi_run_command",
             "caldb_init=ecpi_beam.cli:caldb_init",
             "ecpi_conf_tool=ecpi_beam.cli:ecpi_conf_tool",
             "ecpi_simulate=ecpi_beam.cli:ecpi_simulate",

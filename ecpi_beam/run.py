@@ -166,6 +166,6 @@ def run_in_working_out(params, beam_args, started, args) -> int:
 
 
 if __name__ == "__main__":
-    from ecpi_beam.cli import ecpi_run
+    from ecpi_beam.cli import ecpi_run_command
 
-    sys.exit(ecpi_run(sys.argv[1:]))
+    ecpi_run_command()

@@ -25,11 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize
 
 from ecpi_beam import instrument
 from ecpi_beam.errors import EcpiError
-from ecpi_beam.kernels import cleaning, imaging
+from ecpi_beam.kernels import cleaning, imaging, solvers
 
 @dataclass(frozen=True, eq=False)
 class BackgroundResult:
@@ -122,7 +121,7 @@ def fit_poisson_linear(counts, components, offset=None, max_iterations=200):
     if n.sum() <= 0 or not usable.any():
         return beta, covariance
     sigma = np.sqrt(np.maximum(n, 1.0))
-    beta[usable] = optimize.nnls(design[:, usable] / sigma[:, None], (n - offset) / sigma)[0]
+    beta[usable] = solvers.nnls(design[:, usable] / sigma[:, None], (n - offset) / sigma)[0]
     # a small positive start for every term keeps the model positive where counts are
     beta[usable] += 1e-3 * max(n.mean(), 1e-3) / design[:, usable].mean(axis=0)
     likelihood = _log_likelihood(n, offset + design @ beta)

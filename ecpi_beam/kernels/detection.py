@@ -32,11 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg, ndimage, optimize
 
 from ecpi_beam import instrument
 from ecpi_beam.errors import EcpiError
-from ecpi_beam.kernels import imaging
+from ecpi_beam.kernels import imaging, solvers
 
 MASK_ELEMENT_SKY_PIXELS = instrument.MASK_PITCH_MM / instrument.PIXEL_PITCH_MM  # 2.609
 PEAK_NEIGHBOURHOOD = 5  # pixels: local maxima closer than ~the PSF half-width are one source
@@ -95,11 +94,42 @@ def numerical_psf(plan, weights, row: int, col: int, half_size: int, terms=None)
     window = window / window[half_size, half_size]
 
     def psf(d_rows, d_cols):
-        coords = np.stack([np.asarray(d_rows, float) + half_size,
-                           np.asarray(d_cols, float) + half_size])
-        return ndimage.map_coordinates(window, coords.reshape(2, -1), order=1, cval=0.0).reshape(
-            np.shape(d_rows))
+        return bilinear(window, np.asarray(d_rows, float) + half_size,
+                        np.asarray(d_cols, float) + half_size)
     return psf
+
+
+def bilinear(image, rows, cols):
+    """image interpolated linearly at (rows, cols), 0 outside [0, n - 1] on either axis
+    (scipy.ndimage.map_coordinates with order=1, mode='constant', cval=0)."""
+    n_rows, n_cols = image.shape
+    inside = (rows >= 0) & (rows <= n_rows - 1) & (cols >= 0) & (cols <= n_cols - 1)
+    r = np.where(inside, rows, 0.0)
+    c = np.where(inside, cols, 0.0)
+    r0 = np.minimum(np.floor(r).astype(np.intp), max(n_rows - 2, 0))
+    c0 = np.minimum(np.floor(c).astype(np.intp), max(n_cols - 2, 0))
+    fr, fc = r - r0, c - c0
+    r1, c1 = np.minimum(r0 + 1, n_rows - 1), np.minimum(c0 + 1, n_cols - 1)
+    value = ((1 - fr) * ((1 - fc) * image[r0, c0] + fc * image[r0, c1])
+             + fr * ((1 - fc) * image[r1, c0] + fc * image[r1, c1]))
+    return np.where(inside, value, 0.0)
+
+
+def maximum_filter(image, size: int, cval: float = -np.inf):
+    """The maximum over each size x size neighbourhood, cval beyond the edges (what
+    scipy.ndimage.maximum_filter(image, size, mode='constant', cval=cval) gives), in two
+    separable passes."""
+    before = size // 2
+    after = size - 1 - before
+    result = np.asarray(image, dtype=float)
+    for axis in (0, 1):
+        padding = [(0, 0), (0, 0)]
+        padding[axis] = (before, after)
+        padded = np.pad(result, padding, constant_values=cval)
+        length = result.shape[axis]
+        result = np.max([np.take(padded, np.arange(k, k + length), axis=axis)
+                         for k in range(size)], axis=0)
+    return result
 
 
 # ------------------------------------------------------------------------------------------
@@ -107,8 +137,7 @@ def numerical_psf(plan, weights, row: int, col: int, half_size: int, terms=None)
 # ------------------------------------------------------------------------------------------
 def _local_maxima(snr, pcode, snr_threshold, pcode_min):
     candidate = np.where(pcode >= pcode_min, snr, -np.inf)
-    peaks = (candidate == ndimage.maximum_filter(candidate, size=PEAK_NEIGHBOURHOOD,
-                                                 mode="constant", cval=-np.inf))
+    peaks = candidate == maximum_filter(candidate, PEAK_NEIGHBOURHOOD, cval=-np.inf)
     peaks &= candidate >= snr_threshold
     rows, cols = np.nonzero(peaks)
     order = np.argsort(-candidate[rows, cols], kind="stable")
@@ -153,18 +182,19 @@ def _fit_peak(sky, row0, col0, half, psf, source_image=None) -> Detection | None
     d_rows, d_cols, data = rows - row0, cols - col0, sky.intensity[rows, cols]
     # generalised least squares: neighbouring sky pixels share most of their counts
     whitener = _noise_whitener(sky, rows, cols, psf)
+    unwhitener = np.linalg.solve(whitener, np.eye(len(whitener)))  # L^-1, once per fit
 
     def whiten(r):
-        return linalg.solve_triangular(whitener, r, lower=True)
+        return unwhitener @ r
 
     def residuals(p):
         amplitude, shift_row, shift_col, constant = p
         return whiten(data - amplitude * psf(d_rows - shift_row, d_cols - shift_col) - constant)
 
     start = [sky.intensity[row0, col0], 0.0, 0.0, float(np.median(data))]
-    bounds = ([-np.inf, -_MAX_SHIFT, -_MAX_SHIFT, -np.inf],
-              [np.inf, _MAX_SHIFT, _MAX_SHIFT, np.inf])
-    fit = optimize.least_squares(residuals, start, bounds=bounds, x_scale="jac")
+    fit = solvers.bounded_least_squares(residuals, start,
+                                        lower=[-np.inf, -_MAX_SHIFT, -_MAX_SHIFT, -np.inf],
+                                        upper=[np.inf, _MAX_SHIFT, _MAX_SHIFT, np.inf])
     amplitude, shift_row, shift_col, _ = fit.x
     try:
         covariance = np.linalg.inv(fit.jac.T @ fit.jac)
