@@ -1,7 +1,7 @@
 """Whole-chain benchmark: `ecpi_run` (DirectRunner) against a bare numpy script, same input.
 
     python benchmarks/bench_chain.py --events 1e7 [--events 3e7] [--products all,images]
-        [--modes minimal,numpy,beam,beam-mp] [--bands demo|five] [--chunk-size 1000000]
+        [--modes minimal,beam-floor,beam-empty,numpy,beam,beam-mp] [--bands demo|five] [--chunk-size 1000000]
         [--repeat 3] [--cache DIR]
     python benchmarks/bench_chain.py --events 1e7 --profile beam   # cProfile of one ecpi_run
     python benchmarks/bench_chain.py --events 1e7 --phases         # imports / graph / run split
@@ -21,6 +21,8 @@ the ratio column is against the first mode given.
 Each measurement is one fresh process, timed from outside (whole-process wall time, imports
 included):
   minimal  python benchmarks/bare_numpy_minimal.py OBS CALDB  (no project code at all)
+  beam-floor  the same minimal chain as one Beam Map (benchmarks/beam_floor.py): Beam's cost
+  beam-empty  a Beam pipeline of one Create and one Map doing nothing
   numpy    python benchmarks/bare_numpy_chain.py params.ini  (same kernels, no Beam)
   beam     ecpi_run params.ini                                (DirectRunner defaults)
   beam-mp  ecpi_run params.ini --direct_num_workers 2 --direct_running_mode multi_processing
@@ -64,7 +66,7 @@ PRODUCT_SETS = {
     "det-sky": {"cali": [], "bube": ["ECL-DET-IMA"], "imag": ["ECL-SKY-IMA", "ECL-SOP-IMA"]},
 }
 WARM_UP_EVENTS = 100_000
-MODES = ("minimal", "numpy", "beam", "beam-base", "beam-mp")
+MODES = ("minimal", "beam-floor", "beam-empty", "numpy", "beam", "beam-base", "beam-mp")
 BASELINE = {}  # "checkout": the folder whose ecpi_beam the beam-base mode imports
 MP_ARGS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 
@@ -162,6 +164,10 @@ def minimal_command(params: str) -> list[str]:
 def command_for(mode: str, params: str) -> list[str]:
     if mode == "minimal":
         return minimal_command(params)
+    if mode == "beam-floor":  # the minimal chain as one Beam Map: Beam's own fixed cost
+        return [sys.executable, os.path.join(HERE, "beam_floor.py"), *minimal_command(params)[2:]]
+    if mode == "beam-empty":  # a Create and a Map doing nothing
+        return [sys.executable, os.path.join(HERE, "beam_floor.py"), "--empty"]
     if mode == "numpy":
         return [sys.executable, os.path.join(HERE, "bare_numpy_chain.py"), params]
     if mode == "beam":

@@ -13,12 +13,12 @@ import re
 
 import numpy as np
 from astropy.io import fits
-from astropy.time import Time
 
 import ecpi_beam
 from ecpi_beam import instrument
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
+from ecpi_beam.kernels import isotime
 
 ORIGIN = "ecpi_beam"
 KEYWORD_COMMENTS = {
@@ -121,7 +121,7 @@ def standard_keywords(product: str, obs_keywords: dict, params_fingerprint: str)
 
 def _date_in(mjd: float, timesys: str) -> str:
     """ISO 8601 date of an MJD in the time scale `timesys` (TT, TAI, UTC...), to the ms."""
-    return Time(mjd, format="mjd", scale=timesys.lower()).isot
+    return isotime.mjd_isot(mjd, timesys)
 
 
 def time_keywords(tstart: float, tstop: float, mjdref: float, timesys: str) -> dict:

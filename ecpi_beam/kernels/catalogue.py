@@ -6,12 +6,12 @@ the name are truncated, not rounded, so a name never points to a neighbouring ce
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from ecpi_beam import instrument
+from ecpi_beam.kernels import isotime
 from ecpi_beam.caldb.tables import KnownSources
 from ecpi_beam.io.voevent import TransientAlert
 
@@ -200,16 +200,7 @@ def build_catalogue(entries, known: KnownSources | None, new_snr_min: float = NE
 
 
 def _mission_time_to_utc(time_s: float, mjdref: float) -> str:
-    """ISO UTC (milliseconds) of a mission time in TT seconds from MJDREF, through ERFA
-    (what astropy.time does underneath, leap seconds included, without its 0.2 s import)."""
-    import erfa
-
-    with warnings.catch_warnings():  # "dubious year": beyond the leap seconds known, as astropy
-        warnings.simplefilter("ignore", erfa.ErfaWarning)
-        utc1, utc2 = erfa.taiutc(*erfa.tttai(2400000.5, mjdref + time_s / 86400.0))
-        year, month, day, (hour, minute, second, millisecond) = erfa.d2dtf("UTC", 3, utc1, utc2)
-    return (f"{int(year):04d}-{int(month):02d}-{int(day):02d}T{int(hour):02d}:{int(minute):02d}:"
-            f"{int(second):02d}.{int(millisecond):03d}")
+    return isotime.tt_mjd_utc_isot(mjdref + time_s / 86400.0)
 
 
 def new_source_alerts(catalogue: ObservationCatalogue, obs_id: str, tstart: float, tstop: float,
