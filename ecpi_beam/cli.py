@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import importlib
 import logging
 import os
@@ -31,7 +32,18 @@ def ecpi_run(argv=None) -> int:
 
 
 def ecpi_run_command() -> None:
-    """The `ecpi_run` and `python -m ecpi_beam.run` commands: ecpi_run, then the process ends."""
+    """The `ecpi_run` and `python -m ecpi_beam.run` commands: ecpi_run, then the process ends.
+
+    The garbage collector waits while Beam, astropy and the pipeline are imported, and what
+    they made is then frozen out of its sight (gc.freeze): those objects live as long as the
+    process, and traversing them again and again cost a quarter of a second per run (about
+    460 collections; 108 lighter ones remain)."""
+    gc.disable()
+    try:
+        importlib.import_module("ecpi_beam.run")
+    finally:
+        gc.freeze()
+        gc.enable()
     exit_without_teardown(ecpi_run())
 
 

@@ -77,6 +77,10 @@ def test_bilinear_is_map_coordinates_order_1_constant():
     expected = ndimage.map_coordinates(window, points, order=1, cval=0.0)
     np.testing.assert_allclose(detection.bilinear(window, points[0], points[1]), expected,
                                atol=1e-14)
+    nodes = rng.integers(-2, 13, (2, 500))  # whole pixels: read directly
+    np.testing.assert_allclose(detection.bilinear(window, nodes[0], nodes[1]),
+                               ndimage.map_coordinates(window, nodes.astype(float), order=1,
+                                                       cval=0.0), atol=1e-14)
 
 
 def test_maximum_filter_is_ndimage_s():

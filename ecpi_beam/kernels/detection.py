@@ -94,15 +94,19 @@ def numerical_psf(plan, weights, row: int, col: int, half_size: int, terms=None)
     window = window / window[half_size, half_size]
 
     def psf(d_rows, d_cols):
-        return bilinear(window, np.asarray(d_rows, float) + half_size,
-                        np.asarray(d_cols, float) + half_size)
+        return bilinear(window, np.asarray(d_rows) + half_size, np.asarray(d_cols) + half_size)
     return psf
 
 
 def bilinear(image, rows, cols):
     """image interpolated linearly at (rows, cols), 0 outside [0, n - 1] on either axis
-    (scipy.ndimage.map_coordinates with order=1, mode='constant', cval=0)."""
+    (scipy.ndimage.map_coordinates with order=1, mode='constant', cval=0); whole-pixel
+    positions (the noise model's pixel offsets) are read directly."""
     n_rows, n_cols = image.shape
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    if rows.dtype.kind in "iu" and cols.dtype.kind in "iu":
+        inside = (rows >= 0) & (rows < n_rows) & (cols >= 0) & (cols < n_cols)
+        return np.where(inside, image[np.where(inside, rows, 0), np.where(inside, cols, 0)], 0.0)
     inside = (rows >= 0) & (rows <= n_rows - 1) & (cols >= 0) & (cols <= n_cols - 1)
     r = np.where(inside, rows, 0.0)
     c = np.where(inside, cols, 0.0)
