@@ -177,7 +177,10 @@ def command_for(mode: str, params: str) -> list[str]:
     if mode == "beam-base":  # the same ecpi_run, importing another checkout's package
         if "checkout" not in BASELINE:
             raise SystemExit("mode beam-base needs --baseline-checkout")
-        return ["env", f"PYTHONPATH={BASELINE['checkout']}", *ecpi_run_command(), params]
+        # `python -P -m`: the other checkout's own entry point, whatever its console script
+        # is; -P keeps the working directory (maybe this checkout) off the front of sys.path
+        return ["env", f"PYTHONPATH={BASELINE['checkout']}", sys.executable, "-P", "-m",
+                "ecpi_beam.run", params]
     raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 

@@ -7,9 +7,10 @@
 2. stage ratios in one process (bench_kernels.py): event path per core against the minimal
    bare-numpy chain, one balanced correlation against one FFT correlation, import time;
 3. whole processes, alternating (bench_chain.py): the minimal bare-numpy chain
-   (bare_numpy_minimal.py, no project code), the project's kernels without Beam
-   (bare_numpy_chain.py) and `ecpi_run`, on the same file: five bands, PEO, background
-   'shape', ECL-DET-IMA + ECL-SKY-IMA + ECL-SOP-IMA;
+   (bare_numpy_minimal.py, no project code), Beam's own floor (the same minimal chain as one
+   Beam Map, beam_floor.py), the project's kernels without Beam (bare_numpy_chain.py) and
+   `ecpi_run`, on the same file: five bands, PEO, background 'shape', ECL-DET-IMA +
+   ECL-SKY-IMA + ECL-SOP-IMA;
 4. with --memory-events: peak memory of `ecpi_run` at more observation sizes.
 Writes <out>/results.md (the tables) and <out>/results.json (every run); --quick is a smoke run
 (1e6 events, one repetition). Timings on a shared machine are noisy: read the ratios, the CPU
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     chain_json = os.path.join(args.out, "chain.json")
     sections.append("## Whole processes, alternating\n\n" + _captured(
         "bench_chain.py", ["--events", n_events, "--products", "det-sky", "--bands", "five",
-                           "--modes", "minimal,numpy,beam", "--repeat", str(args.repeat),
+                           "--modes", "minimal,beam-floor,numpy,beam", "--repeat", str(args.repeat),
                            "--cache", args.cache, "--json", chain_json]))
     runs = {"kernels": kernels_json, "chain": chain_json}
 
