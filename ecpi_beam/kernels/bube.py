@@ -59,8 +59,13 @@ class BackgroundCorrector:
         return self._rates[band]
 
     def earth_templates(self, obs_id: str, occ: str, timeline) -> earth.EarthTemplates:
-        """The key's Earth geometry, kept per (obs_id, occ, good time): a streaming window is
-        its own good time. A timeline without the Earth's track (no orbit samples) has none."""
+        """The key's Earth geometry, kept per (obs_id, occ, good time). A streaming window
+        brings its own mean hidden sky, summed over its tiles (transforms/windows.py). A
+        timeline without the Earth's track (no orbit samples) has none."""
+        window_hidden = getattr(timeline, "hidden_sky", None)
+        if window_hidden is not None:
+            return earth.templates_from_hidden(self.pattern, window_hidden,
+                                               timeline.hidden_seconds)
         class_gti = getattr(timeline, "class_gti", None)
         if class_gti is None or getattr(timeline, "earth_icrs", None) is None:
             return earth.no_earth()

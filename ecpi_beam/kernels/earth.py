@@ -166,8 +166,16 @@ def earth_templates(pattern, timeline, occ_type, step=AVERAGING_STEP_S) -> Earth
     hidden, seconds = mean_hidden_sky(timeline.reference_quaternion, timeline.class_gti[occ_type],
                                       timeline.sample_time, timeline.earth_icrs,
                                       timeline.earth_radius, step)
-    ofm = occultation_map(pattern, hidden) if seconds > 0 else np.zeros((instrument.N_PIX,) * 2)
-    return EarthTemplates(occultation_map=ofm, averaging_time=seconds, hidden_sky=hidden)
+    return templates_from_hidden(pattern, hidden, seconds)
+
+
+def templates_from_hidden(pattern, hidden_sky, seconds: float) -> EarthTemplates:
+    """The EarthTemplates of a mean hidden-fraction sky map averaged over `seconds` (a batch
+    key's, or a streaming window's summed from its tiles: seconds-weighted sums merge)."""
+    ofm = (occultation_map(pattern, hidden_sky) if seconds > 0
+           else np.zeros((instrument.N_PIX,) * 2))
+    return EarthTemplates(occultation_map=ofm, averaging_time=float(seconds),
+                          hidden_sky=np.asarray(hidden_sky, dtype=float))
 
 
 def predicted_background_images(unocculted, templates: EarthTemplates, cxb_rate, earth_rate,

@@ -30,13 +30,12 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, userstate, window
 from apache_beam.utils.timestamp import Duration, Timestamp
-from astropy.time import Time
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
 from ecpi_beam.io import fs, slices
 from ecpi_beam.io.voevent import TransientAlert, alert_file_name, write_voevent
-from ecpi_beam.kernels import catalogue, intervals
+from ecpi_beam.kernels import catalogue, earth, intervals, isotime
 from ecpi_beam.kernels.calibrate import calibrate_events
 from ecpi_beam.kernels.gti import good_time, telemetry_gti
 from ecpi_beam.kernels.timeline import imaging_timeline
@@ -51,30 +50,46 @@ ALERTS_FOLDER = "alerts"
 
 
 def mission_time_to_utc(time_tt: float) -> str:
-    """Mission TIME (TT s since MJDREF, ICD section 1) -> ISO 8601 UTC."""
-    mjd = instrument.MJDREFI + instrument.MJDREFF + float(time_tt) / 86400.0
-    return Time(mjd, format="mjd", scale="tt").utc.isot + "Z"
+    """ISO UTC ('Z') of a mission time (TT seconds from the ICD's MJDREF)."""
+    return isotime.tt_mjd_utc_isot(instrument.MJDREFI + instrument.MJDREFF
+                                   + float(time_tt) / 86400.0) + "Z"
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamTimeline:
-    """What CorrectBackground and MakeSkyImages ask of an observation's timeline, for a window."""
+    """What CorrectBackground and MakeSkyImages ask of an observation's timeline, for a window:
+    its pointing, exposure and the Earth's mean hidden sky over its good time (summed from its
+    tiles; BackgroundCorrector.earth_templates makes the Earth templates from it)."""
 
     reference_quaternion: np.ndarray
     exposure_s: float
+    hidden_sky: np.ndarray = None  # (199, 199) mean hidden fraction, or None without orbit
+    hidden_seconds: float = 0.0  # good seconds the hidden sky is averaged over
 
     def exposure(self, occ_type: str) -> float:
         return self.exposure_s
+
+
+class TileSums(NamedTuple):
+    """One tile's (then one window's, summed) partial image and what goes with it."""
+
+    image: object  # DetectorImage of the tile's events
+    exposure: float  # good seconds of the key's occultation class in the tile
+    weighted_quaternion: np.ndarray  # reference quaternion x exposure (a mean pointing)
+    hidden_seconds: object  # mean hidden sky (199, 199) x the seconds it averages, or 0.0
+    earth_seconds: float  # those seconds
 
 
 # ==============================================================================================
 # Slices -> timestamped partial images
 # ==============================================================================================
 class SliceTiles(beam.DoFn):
-    """SliceSet -> TimestampedValue(((obs_id, band, occ), (image, exposure, q * exposure)), t).
+    """SliceSet -> TimestampedValue(((obs_id, band, occ), TileSums), t).
 
     t is the tile's start (or the slice's, when the slice starts inside the tile): window
-    boundaries are multiples of the tile, so the image lands in the windows of its tile.
+    boundaries are multiples of the tile, so the image lands in the windows of its tile. The
+    Earth's mean hidden sky of the tile's class good time (kernels/earth.py, the batch
+    averaging) goes with it, weighted by its seconds, so that a window's sum is its own mean.
     """
 
     def __init__(self, caldb_dir: str, bube_params, bands, tile_seconds: int):
@@ -113,13 +128,22 @@ class SliceTiles(beam.DoFn):
             times = calibrated["TIME"]
             in_tile = calibrated[(times >= span[0, 0]) & (times < span[0, 1])]
             timestamp = Timestamp(float(span[0, 0]))
+            hidden_by_occ = {}  # the bands of one occultation class share its Earth
             for key, image in self._binner.process((slice_set.obs_id, in_tile),
                                                    {slice_set.obs_id: timeline}):
-                exposure = float(intervals.duration(
-                    intervals.intersect(timeline.class_gti[key[2]], span)))
-                if exposure > 0:
-                    yield window.TimestampedValue(
-                        (key, (image, exposure, quaternion * exposure)), timestamp)
+                good_in_tile = intervals.intersect(timeline.class_gti[key[2]], span)
+                exposure = float(intervals.duration(good_in_tile))
+                if exposure <= 0:
+                    continue
+                if key[2] not in hidden_by_occ:
+                    hidden, seconds = earth.mean_hidden_sky(
+                        quaternion, good_in_tile, timeline.sample_time, timeline.earth_icrs,
+                        timeline.earth_radius)
+                    hidden_by_occ[key[2]] = (hidden * seconds if seconds > 0 else 0.0, seconds)
+                hidden_seconds, earth_seconds = hidden_by_occ[key[2]]
+                yield window.TimestampedValue(
+                    (key, TileSums(image, exposure, quaternion * exposure, hidden_seconds,
+                                   earth_seconds)), timestamp)
 
 
 # ==============================================================================================
@@ -148,9 +172,10 @@ def sum_values(values):
 
 
 def window_sum() -> beam.CombineFn:
-    """(image, exposure, q * exposure) summed: the image by DetectorImageSum."""
-    return beam.combiners.TupleCombineFn(DetectorImageSum(), beam.CombineFn.from_callable(sum_values),
-                                         beam.CombineFn.from_callable(sum_values))
+    """TileSums summed field by field (a tuple): the image by DetectorImageSum, the rest by +."""
+    plain_sum = beam.CombineFn.from_callable(sum_values)
+    return beam.combiners.TupleCombineFn(DetectorImageSum(), plain_sum, plain_sum, plain_sum,
+                                         plain_sum)
 
 
 class SearchWindow(beam.DoFn):
@@ -173,11 +198,14 @@ class SearchWindow(beam.DoFn):
 
     @isolating("stream")
     def process(self, element, window_param=beam.DoFn.WindowParam):
-        key, (counts, exposure, weighted_quaternion) = element
+        key, (counts, exposure, weighted_quaternion, hidden_seconds, earth_seconds) = element
         obs_id, band, occ = key
         quaternion = np.asarray(weighted_quaternion, dtype=float)
         quaternion = quaternion / np.linalg.norm(quaternion)
-        timelines = {obs_id: StreamTimeline(quaternion, float(exposure))}
+        hidden = (np.asarray(hidden_seconds, dtype=float) / earth_seconds
+                  if earth_seconds > 0 else None)
+        timelines = {obs_id: StreamTimeline(quaternion, float(exposure), hidden,
+                                            float(earth_seconds))}
         self._windows.inc()
         for corrected in self._background.process((key, counts), timelines):
             for _, sky in self._imaging.process(corrected, timelines):
