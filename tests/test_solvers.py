@@ -91,3 +91,16 @@ def test_maximum_filter_is_ndimage_s():
         np.testing.assert_array_equal(
             detection.maximum_filter(image, size),
             ndimage.maximum_filter(image, size=size, mode="constant", cval=-np.inf))
+
+
+def test_bounded_least_squares_ends_on_a_flat_or_bad_problem():
+    """A parameter the residuals do not depend on, and residuals that turn NaN away from the
+    start: the fit stops (no endless damping) and keeps a finite point."""
+    flat = solvers.bounded_least_squares(lambda p: np.array([p[0] - 1.0, 0.0 * p[1]]),
+                                         [0.0, 0.0], [-np.inf, -1.0], [np.inf, 1.0])
+    assert flat.x[0] == pytest.approx(1.0) and flat.x[1] == 0.0
+    nan_away = solvers.bounded_least_squares(
+        lambda p: np.array([p[0] - 2.0 if p[0] < 0.5 else np.nan]), [0.0], [-5.0], [5.0])
+    assert np.isfinite(nan_away.x).all() and nan_away.x[0] < 0.5
+    zero = solvers.bounded_least_squares(lambda p: np.zeros(3), [1.0, 2.0], [-9, -9], [9, 9])
+    np.testing.assert_array_equal(zero.x, [1.0, 2.0])

@@ -105,6 +105,8 @@ def bounded_least_squares(residuals: Callable, start, lower, upper, *, ftol: flo
             step[free] = np.linalg.solve((normal + damping * np.diag(scale))[np.ix_(free, free)],
                                          -gradient[free])
         except np.linalg.LinAlgError:
+            if damping > 1e16:  # no step can be solved for: where it is, is the answer
+                break
             damping *= 10.0
             continue
         trial = np.clip(x + step, lower, upper)
