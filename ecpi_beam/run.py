@@ -153,13 +153,16 @@ def run_in_working_out(params, beam_args, started, args) -> int:
     limited = int(totals.get("ecpi.imag.cleaning_limit_reached", 0))
     cleaning_limit = (f"cleaning stopped at its safety limit in {limited} image(s); "
                       if limited else "")
+    off_pointing = int(totals.get("ecpi.bube.good_seconds_off_pointing", 0))
+    not_imaged = (f"good time not imaged (other pointings) {off_pointing} s; "
+                  if off_pointing else "")
     print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed"
           + (f" ({skipped} already done, skipped)" if skipped else "") + " in "
           f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "
           f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
           f"products {int(totals.get('ecpi.write.products_written', 0))}; "
           f"sources {int(totals.get('ecpi.imag.sources_found', 0))} "
-          f"({int(totals.get('ecpi.imag.new_sources', 0))} new); {cleaning_limit}"
+          f"({int(totals.get('ecpi.imag.new_sources', 0))} new); {cleaning_limit}{not_imaged}"
           + (f"requested products not made {len(not_made)}; " if not_made else "") +
           f"products in {params.general.working_out}")
     return 2 if failures else 0

@@ -142,6 +142,8 @@ def test_imaging_timeline_classes_are_cumulative_and_slews_are_excluded():
     assert timeline.good_time[0, 0] >= 49.5 and timeline.good_time[-1, 1] <= 580.0
     neo, peo, teo = (timeline.exposure(occ) for occ in ("NEO", "PEO", "TEO"))
     assert 0 < neo < peo < teo <= 530.5
+    # the 50 s elsewhere and the 20 s rolled are good time not imaged: counted, not lost
+    assert timeline.off_pointing_seconds == pytest.approx(600.0 - 530.0, abs=1.5)
     # the Earth starts behind the instrument and ends filling the field
     assert timeline.occultation_fraction[60] == 0.0 and timeline.occultation_fraction[570] > 0.9
     assert POINTING_TOLERANCE_DEG < 1.0

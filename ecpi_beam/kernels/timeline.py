@@ -2,7 +2,8 @@
 
 ICD section 1 (Earth occultation classes): a product for occultation type T uses the time in
 class T and every lower class. Sky images are made in the frame of one reference attitude, so
-time when the boresight strays from it (slews, a second pointing) is left out of imaging.
+time when the boresight strays from it (slews, a second pointing) is left out of imaging; the
+good time so left out is kept in `off_pointing_seconds`, and reported (transforms/bube.py).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class ImagingTimeline:
     occultation_fraction: np.ndarray = None  # f(t) at sample_time
     earth_icrs: np.ndarray = None  # (n, 3) unit vector to the Earth centre at sample_time
     earth_radius: np.ndarray = None  # (n,) angular radius (rad) of the Earth + atmosphere
+    off_pointing_seconds: float = 0.0  # CALI good time away from the reference: not imaged
 
     def exposure(self, occ_type: str) -> float:
         return float(intervals.duration(self.class_gti[occ_type]))
@@ -81,5 +83,6 @@ def imaging_timeline(att_time, qparam, orbit_time, position, good_time, occ_type
     classes = occultation.occultation_classes(fraction, peof_min, peof_max)
     class_gti = {occ: occultation.class_intervals(att_time, classes, occ, imaging_time)
                  for occ in occ_types}
+    off_pointing = float(intervals.duration(good_time) - intervals.duration(imaging_time))
     return ImagingTimeline(reference, imaging_time, class_gti, att_time, fraction, earth_icrs,
-                           earth_radius)
+                           earth_radius, max(off_pointing, 0.0))

@@ -120,14 +120,28 @@ class CorrectBackground(beam.DoFn):
             earth=key.earth)
 
 
+OFF_POINTING_REPORTED_S = 1.0  # good time off the reference pointing worth a warning
+
+
 class MakeTimeline(beam.DoFn):
+    """(obs_id, Observation) -> (obs_id, ImagingTimeline); good time on pointings other than
+    the longest-held one, which is not imaged, is a warning and a counter, not a silent loss."""
+
     def __init__(self, bube_params):
         self._params = bube_params
+        self._off_pointing = Metrics.counter(NAMESPACE, "good_seconds_off_pointing")
 
     @isolating("timeline")
     def process(self, element):
         obs_id, observation = element
-        yield obs_id, observation_timeline(observation, self._params)
+        timeline = observation_timeline(observation, self._params)
+        if timeline.off_pointing_seconds >= OFF_POINTING_REPORTED_S:
+            self._off_pointing.inc(int(round(timeline.off_pointing_seconds)))
+            LOG.warning(
+                "%s: %.0f s of good time away from its longest-held pointing are not imaged "
+                "(%.0f s are); only one pointing per observation is imaged", obs_id,
+                timeline.off_pointing_seconds, float(intervals.duration(timeline.good_time)))
+        yield obs_id, timeline
 
 
 @dataclasses.dataclass(eq=False)
