@@ -30,8 +30,7 @@ CRAB_COUNTS = 60.0  # counts per fully open pixel of the Crab in 13-60 keV in EX
 def instrument_model():
     caldb = Caldb.open(default_caldb_dir())
     pixcal = caldb.pixel_calibration()
-    good = pixcal.status == 0
-    efficiency = np.where(good, pixcal.effic, 0.0)
+    good, efficiency = pixcal.good, pixcal.imaging_efficiency
     return dict(caldb=caldb, pattern=caldb.mask_pattern(), good=good, efficiency=efficiency,
                 template=background.sky_illumination_template(caldb.mask_pattern(), efficiency),
                 analyser=SkyAnalyser(caldb.mask_pattern(), pixcal, ImagParams(),

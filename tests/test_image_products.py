@@ -24,8 +24,7 @@ def results():
     """A bright source in 13-60 PEO and an empty NEO class (no good time, no counts)."""
     caldb = Caldb.open(default_caldb_dir())
     pixcal = caldb.pixel_calibration()
-    good = pixcal.status == 0
-    efficiency = np.where(good, pixcal.effic, 0.0)
+    good, efficiency = pixcal.good, pixcal.imaging_efficiency
     template = background.sky_illumination_template(caldb.mask_pattern(), efficiency)
     analyser = SkyAnalyser(caldb.mask_pattern(), pixcal, ImagParams())
     shadow = instrument.pixel_open_fraction(caldb.mask_pattern(),

@@ -29,6 +29,11 @@ class PixelCalibration:
     def good(self) -> np.ndarray:
         return self.status == STATUS_GOOD
 
+    @property
+    def imaging_efficiency(self) -> np.ndarray:
+        """The efficiency of the good pixels, 0 on the noisy and dead ones (what is imaged)."""
+        return np.where(self.good, self.effic, 0.0)
+
 
 @dataclass(frozen=True)
 class Rmf:

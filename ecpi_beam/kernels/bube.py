@@ -31,8 +31,8 @@ class BackgroundCorrector:
 
     def __init__(self, pattern, pixel_calibration, arf, rmf, detection=None,
                  smart: bool = False):
-        self.good = np.asarray(pixel_calibration.status) == 0
-        self.efficiency = np.where(self.good, pixel_calibration.effic, 0.0)
+        self.good = pixel_calibration.good
+        self.efficiency = pixel_calibration.imaging_efficiency
         self.pattern = np.asarray(pattern)
         self.template = background.sky_illumination_template(self.pattern, self.efficiency)
         self._arf, self._rmf = arf, rmf

@@ -199,15 +199,10 @@ def build_catalogue(entries, known: KnownSources | None, new_snr_min: float = NE
     return ObservationCatalogue(tuple(sources), bands, label_of, new_snr_min)
 
 
-def _mission_time_to_utc(time_s: float, mjdref: float) -> str:
-    return isotime.tt_mjd_utc_isot(mjdref + time_s / 86400.0)
-
-
 def new_source_alerts(catalogue: ObservationCatalogue, obs_id: str, tstart: float, tstop: float,
                       mjdref: float | None = None) -> list:
     """A TransientAlert for each NEW source: its best band, the observation as the time window,
     the window start (converted to UTC) as the detection time; mjdref defaults to the ICD's."""
-    mjdref = instrument.MJDREFI + instrument.MJDREFF if mjdref is None else mjdref
     alerts = []
     for source in catalogue.sources:
         if not source.new:
@@ -220,7 +215,7 @@ def new_source_alerts(catalogue: ObservationCatalogue, obs_id: str, tstart: floa
         alerts.append(TransientAlert(
             event_id=f"{obs_id}_{coordinates}", name=source.name, ra_deg=source.ra % 360.0,
             dec_deg=source.dec, error_radius_deg=source.err_rad_arcmin / 60.0,
-            time_utc=_mission_time_to_utc(tstart, mjdref), window_start=float(tstart),
+            time_utc=isotime.mission_time_utc_isot(tstart, mjdref), window_start=float(tstart),
             window_length=float(tstop - tstart), snr=measurement.snr, band=source.best_band,
             e_min_kev=round(e_min, 6), e_max_kev=round(e_max, 6), obs_id=str(obs_id)))
     return alerts

@@ -99,6 +99,16 @@ def mean_hidden_sky(reference_quaternion, good_time, sample_time, earth_icrs, ea
                     step=AVERAGING_STEP_S):
     """(hidden (199, 199), seconds): the good-time mean hidden fraction of each sky pixel in
     the reference frame; the Earth direction and radius are interpolated from the samples."""
+    hidden, seconds = hidden_sky_seconds(reference_quaternion, good_time, sample_time,
+                                         earth_icrs, earth_radius, step)
+    return (hidden / seconds if seconds > 0 else hidden), seconds
+
+
+def hidden_sky_seconds(reference_quaternion, good_time, sample_time, earth_icrs, earth_radius,
+                       step=AVERAGING_STEP_S):
+    """(sum over the averaging samples of seconds x hidden fraction (199, 199), seconds): the
+    mean's numerator and denominator, which add up over pieces of good time (a streaming
+    window's tiles)."""
     times, seconds = averaging_samples(good_time, sample_time, step)
     hidden = np.zeros(_sky_geometry()[1].shape)
     if not len(times) or earth_icrs is None:  # no good time, or a timeline made without orbit
@@ -110,7 +120,7 @@ def mean_hidden_sky(reference_quaternion, good_time, sample_time, earth_icrs, ea
     radius = np.interp(times, sample_time, earth_radius)
     for direction, angle, weight in zip(earth_los, radius, seconds):
         hidden += weight * hidden_fraction(direction, angle)
-    return hidden / seconds.sum(), float(seconds.sum())
+    return hidden, float(seconds.sum())
 
 
 def seen_through_mask(pattern, sky_weight) -> np.ndarray:

@@ -87,7 +87,7 @@ class SkyAnalyser:
         self._corrections = {}
         self.find = dict(snr_threshold=imag_params.effective_snr_threshold,
                          pcode_min=imag_params.pcode_min, win_dim=imag_params.win_dim)
-        efficiency = np.where(pixel_calibration.status == 0, pixel_calibration.effic, 0.0)
+        efficiency = pixel_calibration.imaging_efficiency
         template = background.sky_illumination_template(self.pattern, efficiency)
         constant = np.ones(efficiency.shape)
         # the background terms of each BUBE mode, flat-fielded, refitted with the sources

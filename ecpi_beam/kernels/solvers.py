@@ -113,12 +113,11 @@ def bounded_least_squares(residuals: Callable, start, lower, upper, *, ftol: flo
         trial_r = np.asarray(residuals(trial), dtype=float)
         evaluations += 1
         trial_cost = 0.5 * float(trial_r @ trial_r)
+        small_step = np.linalg.norm(trial - x) <= xtol * (xtol + np.linalg.norm(x))
         if trial_cost < cost:
             # small changes count as convergence only for a Gauss-Newton-like step: a heavily
             # damped step is small because of the damping, not because the minimum is near
-            converged = damping <= 1e-3 and (
-                cost - trial_cost <= ftol * cost
-                or np.linalg.norm(trial - x) <= xtol * (xtol + np.linalg.norm(x)))
+            converged = damping <= 1e-3 and (cost - trial_cost <= ftol * cost or small_step)
             x, r, cost = trial, trial_r, trial_cost
             jac = _jacobian(residuals, x, r, lower, upper)
             evaluations += len(x)
@@ -126,7 +125,7 @@ def bounded_least_squares(residuals: Callable, start, lower, upper, *, ftol: flo
             if converged:
                 break
         else:
-            if np.linalg.norm(trial - x) <= xtol * (xtol + np.linalg.norm(x)):
+            if small_step:
                 break  # no step small enough improves: at the minimum within round-off
             damping *= 4.0
     return BoundedFit(x, jac, cost, evaluations)

@@ -41,7 +41,7 @@ def light_curve_name(obs_id, source_index, band, occ):
 def _weighter(caldb_dir):
     caldb = Caldb.open(caldb_dir)
     pixcal = caldb.pixel_calibration()
-    efficiency = np.where(pixcal.status == 0, pixcal.effic, 0.0)
+    efficiency = pixcal.imaging_efficiency
     template = background.sky_illumination_template(caldb.mask_pattern(), efficiency)
     return caldb, spectra.SourceWeighter(caldb.mask_pattern(), efficiency, template)
 

@@ -49,12 +49,6 @@ LOG = logging.getLogger(__name__)
 ALERTS_FOLDER = "alerts"
 
 
-def mission_time_to_utc(time_tt: float) -> str:
-    """ISO UTC ('Z') of a mission time (TT seconds from the ICD's MJDREF)."""
-    return isotime.tt_mjd_utc_isot(instrument.MJDREFI + instrument.MJDREFF
-                                   + float(time_tt) / 86400.0) + "Z"
-
-
 @dataclasses.dataclass(frozen=True)
 class StreamTimeline:
     """What CorrectBackground and MakeSkyImages ask of an observation's timeline, for a window:
@@ -76,7 +70,7 @@ class TileSums(NamedTuple):
     image: object  # DetectorImage of the tile's events
     exposure: float  # good seconds of the key's occultation class in the tile
     weighted_quaternion: np.ndarray  # reference quaternion x exposure (a mean pointing)
-    hidden_seconds: object  # mean hidden sky (199, 199) x the seconds it averages, or 0.0
+    hidden_seconds: np.ndarray  # sum of seconds x hidden fraction (199, 199) (earth.py)
     earth_seconds: float  # those seconds
 
 
@@ -136,10 +130,9 @@ class SliceTiles(beam.DoFn):
                 if exposure <= 0:
                     continue
                 if key[2] not in hidden_by_occ:
-                    hidden, seconds = earth.mean_hidden_sky(
+                    hidden_by_occ[key[2]] = earth.hidden_sky_seconds(
                         quaternion, good_in_tile, timeline.sample_time, timeline.earth_icrs,
                         timeline.earth_radius)
-                    hidden_by_occ[key[2]] = (hidden * seconds if seconds > 0 else 0.0, seconds)
                 hidden_seconds, earth_seconds = hidden_by_occ[key[2]]
                 yield window.TimestampedValue(
                     (key, TileSums(image, exposure, quaternion * exposure, hidden_seconds,
@@ -265,7 +258,7 @@ def alert_of(detection: WindowDetection, event_id: str, band_range) -> Transient
         event_id=event_id, name=catalogue.iau_name(detection.ra, detection.dec),
         ra_deg=float(detection.ra), dec_deg=float(detection.dec),
         error_radius_deg=float(detection.err_rad_arcmin) / 60.0,
-        time_utc=mission_time_to_utc(detection.window_start),
+        time_utc=isotime.mission_time_utc_isot(detection.window_start) + "Z",
         window_start=float(detection.window_start), window_length=float(detection.window_length),
         snr=float(detection.snr), band=detection.band, e_min_kev=float(lo), e_max_kev=float(hi),
         obs_id=detection.obs_id)

@@ -75,6 +75,11 @@ class _ObservationProductWriter(DataclassTransform):
     observations: beam.PCollection  # (obs_id, Observation): the header keywords
     failed: object  # side input: failed_obs_ids(failures)
     failure_log: object = None  # failures.FailureLog
+    # the input is already (obs_id, [(band, occ, value)]) (Imag.by_observation): not regrouped
+    grouped: bool = False
+
+    def _by_observation(self, values):
+        return values if self.grouped else grouped_by_observation(values)
 
     def _write_each(self, payloads, hdus_of):
         return payloads | "Write" >> beam.ParDo(
@@ -83,17 +88,11 @@ class _ObservationProductWriter(DataclassTransform):
             beam.pvalue.AsDict(self.observations), self.failed)
 
 
-@dataclasses.dataclass(eq=False)
 class WriteImageProducts(_ObservationProductWriter):
-    """((obs_id, band, occ), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or ECL-SOP-IMA;
-    with `grouped`, the input is already (obs_id, [(band, occ, value)]) (Imag.by_observation),
-    and is not grouped again."""
-
-    grouped: bool = False
+    """((obs_id, band, occ), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or ECL-SOP-IMA."""
 
     def expand(self, values):
-        by_observation = values if self.grouped else grouped_by_observation(values)
-        return self._write_each(by_observation, keyed_image_hdus(self.product))
+        return self._write_each(self._by_observation(values), keyed_image_hdus(self.product))
 
 
 class WriteTimelineProducts(_ObservationProductWriter):
@@ -127,16 +126,11 @@ class WriteAlertFiles(beam.DoFn):
             self._alerts.inc()
 
 
-@dataclasses.dataclass(eq=False)
 class WriteAlerts(_ObservationProductWriter):
-    """((obs_id, band, occ), SkyProducts) -> a VOEvent 2.0 alert per NEW source (`grouped`:
-    from (obs_id, [(band, occ, SkyProducts)]), as WriteImageProducts)."""
-
-    grouped: bool = False
+    """((obs_id, band, occ), SkyProducts) -> a VOEvent 2.0 alert per NEW source."""
 
     def expand(self, values):
-        by_observation = values if self.grouped else grouped_by_observation(values)
-        return by_observation | "Write" >> beam.ParDo(
+        return self._by_observation(values) | "Write" >> beam.ParDo(
             with_failure_log(WriteAlertFiles(self.working_out), self.failure_log),
             beam.pvalue.AsDict(self.observations), self.failed)
 
