@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-DIRECT_RUNNER_NAMES = ("DirectRunner", "direct", "directrunner")
+DIRECT_RUNNER_NAMES = ("directrunner", "direct")  # compared in lower case, as Beam does
 
 
 def is_direct_batch(options: PipelineOptions) -> bool:
