@@ -85,17 +85,23 @@ def metric_totals(result):
     return totals
 
 
+def run_graph(beam_args, build) -> dict:
+    """Run the graph `build(pipeline)` adds to a pipeline of `beam_args`; its metric totals."""
+    options = PipelineOptions(beam_args)
+    with beam.Pipeline(runner=runner_for(options), options=options) as pipeline:
+        build(pipeline)
+    result = pipeline.result if hasattr(pipeline, "result") else None
+    return metric_totals(result) if result is not None else {}
+
+
 def run(params, beam_args, caldb_dir, observation_dirs):
     """Build and run the pipeline; returns (metric totals, failure records)."""
     stale = fs.inside(params.general.working_out, FAILURES_FILE)
     if fs.exists(stale):
         fs.remove(stale)
     remove_dead_letters(params.general.working_out)
-    options = PipelineOptions(beam_args)
-    with beam.Pipeline(runner=runner_for(options), options=options) as pipeline:
-        build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs)
-    result = pipeline.result if hasattr(pipeline, "result") else None
-    totals = metric_totals(result) if result is not None else {}
+    totals = run_graph(beam_args, lambda pipeline: build_observation_pipeline(
+        pipeline, params, caldb_dir, observation_dirs))
     return totals, collect_failures(params.general.working_out)
 
 
@@ -127,25 +133,35 @@ def run_in_working_out(params, beam_args, started, args) -> int:
     ids = safeguards.observation_ids(observation_dirs)
     _, early_failures = safeguards.set_aside_duplicates(ids)  # run_campaign sets them aside
 
-    def run_wave(dirs):
+    def contained(function, *arguments):
         try:
-            return run(params, beam_args, caldb_dir, dirs)
+            return function(*arguments)
         except Exception as error:  # a fault of the machine is one line; a bug keeps its traceback
             fault = safeguards.one_line_fault(error)
             if fault is None:
                 raise
             raise fault from None
 
-    entries, totals, _ = run_campaign(params, beam_args, caldb_dir, observation_dirs, run_wave,
-                                      force=args.force, batch=args.campaign_batch, ids=ids,
-                                      set_aside=early_failures)
+    entries, totals, _ = run_campaign(
+        params, beam_args, caldb_dir, observation_dirs,
+        lambda dirs: contained(run, params, beam_args, caldb_dir, dirs),
+        force=args.force, batch=args.campaign_batch, ids=ids, set_aside=early_failures)
     failures, not_made = safeguards.finish_run(params, ids, early_failures)
+    if params.wants_mosaic:  # the campaign's mosaic, of the observations that succeeded
+        from ecpi_beam.pipelines.mosaic import run_campaign_mosaic
+
+        mosaic_totals, failures = run_campaign_mosaic(
+            params, caldb_dir, entries,
+            lambda build: contained(run_graph, beam_args, build), force=args.force)
+        for name, value in mosaic_totals.items():
+            totals[name] = totals.get(name, 0) + value
     log_stage_summary(totals)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
     for line in not_made:
         print(f"warning: {line}", file=sys.stderr)
-    failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}
+    # the campaign mosaic's own faults name no observation
+    failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures} - {None}
     done = len(observation_dirs) - len(failed)
     skipped = sum(entry.status == "skipped" for entry in entries)
     dropped = ", ".join(f"{reason} {int(totals.get(f'ecpi.cali.dropped_{reason}', 0))}"

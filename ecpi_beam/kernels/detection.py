@@ -230,6 +230,27 @@ def _linear_amplitude(data, template, constant, fallback):
     return float(amplitude[0]), float(np.sqrt(max(covariance[0, 0], 0.0)))
 
 
+def amplitude_at(sky: imaging.SkyImages, row: float, col: float, win_dim: float,
+                 psf: Callable = separable_psf) -> tuple[float, float] | None:
+    """(flux, flux_err) of a source held at (row, col) (forced photometry: a light curve at a
+    known position): the linear generalised least-squares fit of amplitude x psf + constant in
+    the (2 round(win_dim) + 1)^2 window around it, with the noise model of the position fit.
+    None where fewer than 5 pixels of the window are measured."""
+    n_rows, n_cols = sky.intensity.shape
+    half, row0, col0 = int(round(win_dim)), int(round(row)), int(round(col))
+    rows, cols = np.mgrid[max(0, row0 - half):min(n_rows, row0 + half + 1),
+                          max(0, col0 - half):min(n_cols, col0 + half + 1)]
+    use = np.isfinite(sky.variance[rows, cols]) & (sky.variance[rows, cols] > 0)
+    if use.sum() < 5:
+        return None
+    rows, cols = rows[use], cols[use]
+    unwhitener = np.linalg.solve(_noise_whitener(sky, rows, cols, psf), np.eye(len(rows)))
+    flux, flux_err = _linear_amplitude(unwhitener @ sky.intensity[rows, cols],
+                                       unwhitener @ psf(rows - row, cols - col),
+                                       unwhitener @ np.ones(len(rows)), (np.nan, np.nan))
+    return (flux, flux_err) if np.isfinite(flux_err) else None
+
+
 def unit_source_image(plan, weights, terms=None, shadow=None) -> Callable:
     """(row, col) -> balanced image (199, 199) of a unit source (1 count per fully open pixel)
     at a fractional sky position; `shadow(row, col)` gives its (80, 80) shadowgram, by default
