@@ -230,11 +230,28 @@ def _linear_amplitude(data, template, constant, fallback):
     return float(amplitude[0]), float(np.sqrt(max(covariance[0, 0], 0.0)))
 
 
+def amplitude_profile(sky: imaging.SkyImages, rows, cols, templates,
+                      psf: Callable = separable_psf) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) of the linear generalised least-squares fits of data = amplitude x template +
+    constant over the pixels (rows, cols), one fit per column of `templates` (n_pixels, n),
+    with the noise model of the position fit (`_noise_whitener`): a = t'.t' and b = t'.d',
+    t' and d' the whitened template and data with the constant projected out. The amplitude
+    is b / a, its variance 1 / a, and chi2 = d'.d' - b^2 / a, so the (a, b) of independent
+    images add: a joint fit of one amplitude to many images."""
+    unwhitener = np.linalg.solve(_noise_whitener(sky, rows, cols, psf), np.eye(len(rows)))
+    data = unwhitener @ sky.intensity[rows, cols]
+    whitened = unwhitener @ np.asarray(templates, dtype=float).reshape(len(rows), -1)
+    constant = unwhitener @ np.ones(len(rows))
+    norm = constant @ constant
+    data = data - constant * (constant @ data) / norm
+    whitened = whitened - np.outer(constant, constant @ whitened) / norm
+    return np.einsum("ij,ij->j", whitened, whitened), whitened.T @ data
+
+
 def amplitude_at(sky: imaging.SkyImages, row: float, col: float, win_dim: float,
                  psf: Callable = separable_psf) -> tuple[float, float] | None:
     """(flux, flux_err) of a source held at (row, col) (forced photometry: a light curve at a
-    known position): the linear generalised least-squares fit of amplitude x psf + constant in
-    the (2 round(win_dim) + 1)^2 window around it, with the noise model of the position fit.
+    known position): amplitude_profile in the (2 round(win_dim) + 1)^2 window around it.
     None where fewer than 5 pixels of the window are measured."""
     n_rows, n_cols = sky.intensity.shape
     half, row0, col0 = int(round(win_dim)), int(round(row)), int(round(col))
@@ -244,11 +261,10 @@ def amplitude_at(sky: imaging.SkyImages, row: float, col: float, win_dim: float,
     if use.sum() < 5:
         return None
     rows, cols = rows[use], cols[use]
-    unwhitener = np.linalg.solve(_noise_whitener(sky, rows, cols, psf), np.eye(len(rows)))
-    flux, flux_err = _linear_amplitude(unwhitener @ sky.intensity[rows, cols],
-                                       unwhitener @ psf(rows - row, cols - col),
-                                       unwhitener @ np.ones(len(rows)), (np.nan, np.nan))
-    return (flux, flux_err) if np.isfinite(flux_err) else None
+    a, b = amplitude_profile(sky, rows, cols, psf(rows - row, cols - col)[:, None], psf)
+    if not (np.isfinite(a[0]) and a[0] > 0):
+        return None
+    return float(b[0] / a[0]), float(1.0 / np.sqrt(a[0]))
 
 
 def unit_source_image(plan, weights, terms=None, shadow=None) -> Callable:

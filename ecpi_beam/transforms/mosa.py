@@ -124,8 +124,8 @@ class MosaicOnGrid(DataclassTransform):
 
 
 class LocalContributions(beam.DoFn):
-    """((obs_id, band, occ), SkyRates) -> ((band, occ, k), MosaicSums) on the local grid of
-    each candidate k of that (band, occ) the image measures."""
+    """((obs_id, band, occ), SkyRates) -> ((band, occ, k), PositionLikelihood): the image's
+    part of the joint fit of each candidate k of that (band, occ) it sees."""
 
     def __init__(self, pcode_min: float):
         self._pcode_min = pcode_min
@@ -134,9 +134,10 @@ class LocalContributions(beam.DoFn):
     def process(self, element, candidates):
         (_, band, occ), rates = element
         for k, candidate in candidates.get((band, occ), ()):
-            sums = mosaic_sources.local_sums(rates, candidate.ra, candidate.dec, self._pcode_min)
-            if sums is not None:
-                yield (band, occ, int(k)), sums
+            part = mosaic_sources.position_likelihood(rates, candidate.ra, candidate.dec,
+                                                      self._pcode_min)
+            if part is not None:
+                yield (band, occ, int(k)), part
 
 
 class ForcedFluxes(beam.DoFn):
