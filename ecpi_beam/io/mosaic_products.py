@@ -261,6 +261,9 @@ def light_curve_hdu(index: int, name: str, row, band: str, occ: str, points) -> 
         "MOSFLUX": (float(row.flux), "[count/(s cm2)] mosaic FLUX: weighted mean"),
     }
     if points:
+        # readers that take one bin width (stingray) get the typical observation's
+        cards["TIMEDEL"] = (float(np.median([p.tstop - p.tstart for p in points])),
+                            "[s] median of the TIMEDEL column")
         cards["TSTART"] = (float(min(p.tstart for p in points)), "[s] start of the first observation")
         cards["TSTOP"] = (float(max(p.tstop for p in points)), "[s] end of the last observation")
     for key, value in cards.items():

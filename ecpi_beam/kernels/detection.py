@@ -238,10 +238,10 @@ def amplitude_profile(sky: imaging.SkyImages, rows, cols, templates,
     t' and d' the whitened template and data with the constant projected out. The amplitude
     is b / a, its variance 1 / a, and chi2 = d'.d' - b^2 / a, so the (a, b) of independent
     images add: a joint fit of one amplitude to many images."""
-    unwhitener = np.linalg.solve(_noise_whitener(sky, rows, cols, psf), np.eye(len(rows)))
-    data = unwhitener @ sky.intensity[rows, cols]
-    whitened = unwhitener @ np.asarray(templates, dtype=float).reshape(len(rows), -1)
-    constant = unwhitener @ np.ones(len(rows))
+    templates = np.asarray(templates, dtype=float).reshape(len(rows), -1)
+    solved = np.linalg.solve(_noise_whitener(sky, rows, cols, psf), np.column_stack(
+        [sky.intensity[rows, cols], np.ones(len(rows)), templates]))  # one solve for all
+    data, constant, whitened = solved[:, 0], solved[:, 1], solved[:, 2:]
     norm = constant @ constant
     data = data - constant * (constant @ data) / norm
     whitened = whitened - np.outer(constant, constant @ whitened) / norm

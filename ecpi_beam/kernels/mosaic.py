@@ -52,11 +52,14 @@ def automatic_nside(psf_fwhm_deg: float = PSF_FWHM_DEG) -> int:
 # Grids
 # ============================================================================================
 @functools.lru_cache(maxsize=2)
-def _healpix_unit_vectors(nside: int) -> np.ndarray:
+def _healpix_centres(nside: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RA, Dec, unit vectors) of every pixel centre, computed once per process."""
     lon, lat = HEALPix(nside=nside, order="nested").healpix_to_lonlat(np.arange(12 * nside**2))
-    vectors = instrument.radec_to_unit(lon.to_value(u.deg), lat.to_value(u.deg))
-    vectors.setflags(write=False)
-    return vectors
+    ra, dec = lon.to_value(u.deg), lat.to_value(u.deg)
+    vectors = instrument.radec_to_unit(ra, dec)
+    for array in (ra, dec, vectors):
+        array.setflags(write=False)
+    return ra, dec, vectors
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,13 @@ class HealpixGrid:
     def pixels_near(self, ra_deg, dec_deg, radius_deg) -> np.ndarray:
         # a dot product with every pixel centre: far faster than a cone search this wide
         centre = instrument.radec_to_unit(ra_deg, dec_deg)
-        near = _healpix_unit_vectors(self.nside) @ centre >= np.cos(np.radians(radius_deg))
+        near = _healpix_centres(self.nside)[2] @ centre >= np.cos(np.radians(radius_deg))
         return np.flatnonzero(near).astype(np.int64)
 
     def centres(self, pixels):
-        lon, lat = self.healpix.healpix_to_lonlat(np.asarray(pixels, dtype=np.int64))
-        return lon.to_value(u.deg), lat.to_value(u.deg)
+        ra, dec, _ = _healpix_centres(self.nside)
+        pixels = np.asarray(pixels, dtype=np.int64)
+        return ra[pixels], dec[pixels]
 
     def pixel_of(self, ra_deg, dec_deg) -> np.ndarray:
         return np.asarray(self.healpix.lonlat_to_healpix(np.asarray(ra_deg) * u.deg,
