@@ -34,6 +34,7 @@ from ecpi_beam.transforms.dpco import discover_triplet
 from ecpi_beam.transforms.failures import FAILURES_FILE, write_failure_records
 
 CAMPAIGN_FILE = "campaign.json"
+STDERR = object()  # progress lines go to sys.stderr as it is when the campaign runs
 DIRECT_RUNNER_BATCH = 4
 
 
@@ -210,11 +211,12 @@ def write_summary(working_out: str, entries, started: float, stamp: str, totals:
 
 def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *,
                  force: bool = False, batch: int | None = None, stamp: str | None = None,
-                 ids=None, set_aside=(), progress=sys.stderr):
+                 ids=None, set_aside=(), progress=STDERR):
     """Plan (see `plan`), then `run_pipeline(dirs)` -> (metric totals, failure records) wave
     by wave. Returns (entries, summed metric totals, the failure records of the waves).
     """
     started = time.time()
+    progress = sys.stderr if progress is STDERR else progress  # the stream of the moment
     working_out = params.general.working_out
     stamp = stamp or products_stamp(params, caldb_dir)
     entries = plan(params, observation_dirs, stamp, force, ids, set_aside)

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from astropy.io import fits
 
-from ecpi_beam.campaign import products_stamp, stamp_of
+from ecpi_beam.campaign import STDERR, products_stamp, stamp_of
 from ecpi_beam.io import fs, workdir
 from ecpi_beam.io.events import read_primary_header
 from ecpi_beam.io.mosaic_products import read_observation_ids
@@ -103,10 +103,11 @@ class _Report:
 
 
 def run_campaign_mosaic(params, caldb_dir: str, entries, run_graph, *, force: bool = False,
-                        progress=sys.stderr) -> tuple[dict, list[dict]]:
+                        progress=STDERR) -> tuple[dict, list[dict]]:
     """Make the campaign's mosaic (and SPEX of its sources) when not up to date; returns
     (metric totals, every failure record of the run). `run_graph(build)` runs the Beam
     graph `build(pipeline)` adds and returns its metric totals."""
+    progress = sys.stderr if progress is STDERR else progress
     report = _Report(progress if len(entries) > 1 else None)
     working_out = params.general.working_out
     stamp = products_stamp(params, caldb_dir)
