@@ -220,8 +220,7 @@ def read_mosaic_inputs(url: str):
                                                      float(r["FLUX"])) for r in sources))))
     except (OSError, KeyError, ValueError, TypeError, Warning) as err:
         raise EcpiError(f"{url}: not a readable ECL-MOS-ACC product "
-                        f"({' '.join(str(err).split()) or type(err).__name__}); rerun with "
-                        "--force to remake it") from None
+                        f"({' '.join(str(err).split()) or type(err).__name__})") from None
     return primary, entries
 
 

@@ -161,3 +161,29 @@ def test_an_observation_failing_in_a_later_stage_is_out_of_the_mosaic(
         with fits.open(out / f"{product}_MOSAIC.fits") as hdul:
             assert hdul[0].header["NOBS"] == 1
             assert list(hdul["OBSERVATIONS"].data["OBS_ID"]) == [kept]
+
+
+def test_a_damaged_accumulator_fails_the_mosaic_and_its_observation_is_redone(
+        case, pipeline_workspace, capfd, monkeypatch):
+    root, out, params = case
+    code, _, stderr = run_in_process(params, pipeline_workspace, capfd, monkeypatch)
+    assert code == 0, stderr
+    damaged, kept = OBS_IDS
+    accumulator = out / f"ECL-MOS-ACC_{damaged}.fits"
+    data = bytearray(accumulator.read_bytes())
+    middle = len(data) // 2  # in an image: its primary header still reads, it looks done
+    data[middle:middle + 1000] = b"\xff" * 1000
+    accumulator.write_bytes(bytes(data))
+    # an up-to-date mosaic is not remade (it did not need the damaged file): make it needed
+    (out / "ECL-MOS-LCS_MOSAIC.fits").unlink()
+    code, stdout, stderr = run_in_process(params, pipeline_workspace, capfd, monkeypatch)
+    assert_one_fault(code, stdout, stderr, [f"observation {damaged}: mosa failed",
+                                            str(accumulator), "not a readable ECL-MOS-ACC"])
+    assert campaign_products(out) == []
+    assert not [name for name in os.listdir(out) if damaged in name]
+    assert_working_out_clean(out)
+    code, stdout, stderr = run_in_process(params, pipeline_workspace, capfd, monkeypatch)
+    assert code == 0, stderr
+    assert "(1 already done, skipped)" in stdout  # the damaged one was redone
+    with fits.open(out / "ECL-MOS-IMA_MOSAIC.fits") as hdul:
+        assert hdul[0].header["NOBS"] == 2
