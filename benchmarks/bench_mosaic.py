@@ -11,8 +11,9 @@ kernels), Gaussian noise of that variance as the residual, and the restored sour
 fixed sky of --sources steady sources (uniform over the sphere, 0.02-0.5 count s-1 cm-2)
 that fall in its field, pointings uniform over the sphere, random rolls.
 
-Each N is one fresh process (`--child`): transforms.mosa.CampaignMosaic through
-run.run_graph on the DirectRunner, what ecpi_run does after the waves: the all-sky HEALPix
+Each N is one fresh process (`--child`, one BLAS thread as ecpi_run sets it):
+transforms.mosa.CampaignMosaic through run.run_graph on the DirectRunner, what ecpi_run does
+after the waves: the all-sky HEALPix
 combine (ECL-MOS-IMA), and with --products all the sources' local fits, the catalogue and the
 light curves (ECL-MOS-SOP, ECL-MOS-LCS). Measured from outside: wall time (imports included),
 CPU time, peak RSS (wait4), the load.
@@ -32,6 +33,7 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
 from bench_chain import DEFAULT_CACHE, child_env, measure, write_json  # noqa: E402
+from ecpi_beam.cli import BLAS_THREAD_VARIABLES  # noqa: E402
 
 BAND, OCC, EXPOSURE_S = "13-60", "PEO", 1000.0
 STAMP = "0123456789abcdef+0123456789abcdef"
@@ -70,7 +72,7 @@ def make_inputs(folder: str, n: int, n_sources: int) -> list:
     os.makedirs(folder, exist_ok=True)
     sky_rng = np.random.default_rng(1)
     vectors = sky_rng.normal(size=(n_sources, 3))
-    ra, dec = instrument.unit_to_radec((vectors / np.linalg.norm(vectors, axis=1)[:, None]).T)
+    ra, dec = instrument.unit_to_radec(vectors)
     fluxes = np.exp(sky_rng.uniform(np.log(0.02), np.log(0.5), n_sources))
     template = None
     accumulators = []
@@ -144,6 +146,8 @@ def main(argv=None) -> int:
     sizes = args.observations or [100, 300, 1000]
     make_inputs(folder, max(sizes), args.sources)
     env = child_env(args.cache, cold_imports=False)
+    for variable in BLAS_THREAD_VARIABLES:  # as ecpi_run sets them (cli.ecpi_run_command)
+        env.setdefault(variable, "1")
     command = [sys.executable, os.path.abspath(__file__), "--sources", str(args.sources),
                "--products", args.products, "--cache", args.cache, "--child"]
     measure([*command, str(min(sizes))], env)  # warm-up: bytecode cache, file cache

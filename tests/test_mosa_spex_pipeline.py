@@ -12,22 +12,29 @@ from ecpi_beam.params import params_text
 from pipeline_fixtures import (angular_offset_arcmin, describe, run_ecpi, simulate_observation)
 
 
+def run_campaign(root, observations, workspace, extra, *options):
+    """`ecpi_run` on the observations with the [mosa] and [spex] of `extra`: (result, params)."""
+    working_out = root / "out"
+    working_out.mkdir()
+    params = root / "params.ini"
+    params.write_text(params_text(
+        f"['{observations[0].directory}', '{observations[1].directory}']", working_out,
+        bkg_cor_mod=("shape",), extra=extra))
+    result = run_ecpi(params, *options, workspace=workspace, working_out=working_out)
+    assert result.returncode == 0, describe(result)
+    return result, params
+
+
 @pytest.fixture(scope="module")
 def campaign_run(tmp_path_factory, pipeline_workspace, small_observation):
     root = tmp_path_factory.mktemp("mosa_spex")
     second = simulate_observation(root / "obs_0000000002", pipeline_workspace,
                                   obs_id="0000000002", duration=80.0, name="small2", seed=7)
-    working_out = root / "out"
-    working_out.mkdir()
-    params = root / "params.ini"
-    params.write_text(params_text(
-        f"['{small_observation.directory}', '{second.directory}']", working_out,
-        bkg_cor_mod=("shape",), extra={
-            "mosa": {"out_files": "['ECL-MOS-IMA', 'ECL-MOS-SOP']"},
-            "spex": {"out_files": "['ECL-SPS-S1', 'ECL-LCS-S1']", "pi_per_channel": 1}}))
-    result = run_ecpi(params, workspace=pipeline_workspace, working_out=working_out)
-    assert result.returncode == 0, describe(result)
-    return result, (small_observation, second)
+    observations = (small_observation, second)
+    result, _ = run_campaign(root, observations, pipeline_workspace, {
+        "mosa": {"out_files": "['ECL-MOS-IMA', 'ECL-MOS-SOP']"},
+        "spex": {"out_files": "['ECL-SPS-S1', 'ECL-LCS-S1']", "pi_per_channel": 1}})
+    return result, observations
 
 
 def test_one_mosaic_of_the_campaign_finds_the_source(campaign_run, fitsverify):
@@ -106,18 +113,12 @@ def spex_of_mosaic_run(tmp_path_factory, pipeline_workspace, campaign_run):
     """[spex] sources = mosaic on the same two observations, one per wave: SPEX runs once the
     whole campaign's mosaic is made."""
     _, observations = campaign_run
-    root = tmp_path_factory.mktemp("spex_of_mosaic")
-    working_out = root / "out"
-    working_out.mkdir()
-    params = root / "params.ini"
-    params.write_text(params_text(
-        f"['{observations[0].directory}', '{observations[1].directory}']", working_out,
-        bkg_cor_mod=("shape",), extra={
-            "mosa": {"out_files": "['ECL-MOS-SOP']"},
-            "spex": {"out_files": "['ECL-SPS-S1']", "sources": "mosaic"}}))
-    result = run_ecpi(params, "--campaign_batch", "1", workspace=pipeline_workspace,
-                      working_out=working_out)
-    assert result.returncode == 0, describe(result)
+    result, params = run_campaign(tmp_path_factory.mktemp("spex_of_mosaic"), observations,
+                                  pipeline_workspace, {
+                                      "mosa": {"out_files": "['ECL-MOS-SOP']"},
+                                      "spex": {"out_files": "['ECL-SPS-S1']",
+                                               "sources": "mosaic"}},
+                                  "--campaign_batch", "1")
     return result, observations, params
 
 

@@ -13,7 +13,6 @@ from astropy.wcs import WCS
 from astropy_healpix import HEALPix
 from sky_fixtures import simulated_sky
 
-from ecpi_beam import instrument
 from ecpi_beam.caldb import default_caldb_dir
 from ecpi_beam.kernels import imaging, mosaic
 from ecpi_beam.io.mosaic_products import mosaic_input_hdus, read_mosaic_inputs

@@ -25,7 +25,6 @@ import warnings
 import numpy as np
 from astropy.io import fits
 
-from ecpi_beam import instrument
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
 from ecpi_beam.io.gti import ICD_TIME_KEYWORDS, gti_hdu

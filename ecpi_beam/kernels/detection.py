@@ -172,17 +172,25 @@ def _cholesky(covariance, variance):
     return np.diag(np.sqrt(variance))
 
 
+def _measured_window(sky, row0: int, col0: int, half: int):
+    """(rows, cols) of the measured pixels of the (2 half + 1)^2 window at (row0, col0), None
+    where fewer than 5 are."""
+    n_rows, n_cols = sky.intensity.shape
+    rows, cols = np.mgrid[max(0, row0 - half):min(n_rows, row0 + half + 1),
+                          max(0, col0 - half):min(n_cols, col0 + half + 1)]
+    use = np.isfinite(sky.variance[rows, cols]) & (sky.variance[rows, cols] > 0)
+    return (rows[use], cols[use]) if use.sum() >= 5 else None
+
+
 def _fit_peak(sky, row0, col0, half, psf, source_image=None) -> Detection | None:
     """Position by a non-linear fit of the interpolated PSF, then (with `source_image`, a
     callable (row, col) -> (199, 199) balanced image of a unit source) the flux by a linear
     fit of the exact response at that position, with the same noise model."""
     n_sky = sky.intensity.shape[0]
-    rows, cols = np.mgrid[max(0, row0 - half):min(n_sky, row0 + half + 1),
-                          max(0, col0 - half):min(n_sky, col0 + half + 1)]
-    use = np.isfinite(sky.variance[rows, cols]) & (sky.variance[rows, cols] > 0)
-    if use.sum() < 5:
+    window = _measured_window(sky, row0, col0, half)
+    if window is None:
         return None
-    rows, cols = rows[use], cols[use]
+    rows, cols = window
     d_rows, d_cols, data = rows - row0, cols - col0, sky.intensity[rows, cols]
     # generalised least squares: neighbouring sky pixels share most of their counts
     whitener = _noise_whitener(sky, rows, cols, psf)
@@ -253,14 +261,10 @@ def amplitude_at(sky: imaging.SkyImages, row: float, col: float, win_dim: float,
     """(flux, flux_err) of a source held at (row, col) (forced photometry: a light curve at a
     known position): amplitude_profile in the (2 round(win_dim) + 1)^2 window around it.
     None where fewer than 5 pixels of the window are measured."""
-    n_rows, n_cols = sky.intensity.shape
-    half, row0, col0 = int(round(win_dim)), int(round(row)), int(round(col))
-    rows, cols = np.mgrid[max(0, row0 - half):min(n_rows, row0 + half + 1),
-                          max(0, col0 - half):min(n_cols, col0 + half + 1)]
-    use = np.isfinite(sky.variance[rows, cols]) & (sky.variance[rows, cols] > 0)
-    if use.sum() < 5:
+    window = _measured_window(sky, int(round(row)), int(round(col)), int(round(win_dim)))
+    if window is None:
         return None
-    rows, cols = rows[use], cols[use]
+    rows, cols = window
     a, b = amplitude_profile(sky, rows, cols, psf(rows - row, cols - col)[:, None], psf)
     if not (np.isfinite(a[0]) and a[0] > 0):
         return None

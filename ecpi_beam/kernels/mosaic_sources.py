@@ -3,7 +3,7 @@ tangent-plane grid, and measured in every observation that saw it (docs/mosa.md)
 
 1. Candidates: peaks of the all-sky mosaic's significance (mosaic.find_mosaic_sources).
 2. Local grids: around each candidate, trial positions on the tangent plane at the candidate
-   (rows north, columns east), TRIAL_STEP sky pixels apart (a tenth of the sky image's own
+   (rows north, columns east), TRIAL_STEP sky pixels apart (finer than the sky image's own
    resolution) over +-TRIAL_HALF steps. Each image that sees the candidate fits, for every
    trial position, the instrument's PSF (detection.separable_psf) held there plus a constant
    to its own pixels (no resampling), by generalised least squares with the PSF as the noise
@@ -37,8 +37,8 @@ from ecpi_beam.kernels.mosaic import (BEAM_REACH_PIXELS, PEAK_MERGE_DEG, SkyRate
 from ecpi_beam.kernels.sky_analysis import SourceRow
 
 FIT_HALF = 5  # fit window half-width in sky pixels: IMAG's default win_dim
-TRIAL_STEP = 0.1  # sky pixels (3.4 arcmin) between trial positions
-TRIAL_HALF = 12  # trials span +-1.2 sky pixels: the candidate is within half an all-sky pixel
+TRIAL_STEP = 0.15  # sky pixels (5.0 arcmin) between trial positions
+TRIAL_HALF = 8  # trials span +-1.2 sky pixels: the candidate is within half an all-sky pixel
 # Systematic term of ERR_RAD on the mosaic, in quadrature with the fitted error: the residual
 # scatter of the refined positions of bright sources on simulated campaigns beyond their
 # statistical errors (docs/mosa.md, tests/test_mosa_survey.py).
@@ -110,8 +110,12 @@ def position_likelihood(rates: SkyRates, ra0: float, dec0: float,
     if len(rows) < 5:
         return None
     x, y = _wcs_pixels(rates.wcs_keywords, *local_grid(ra0, dec0))
-    templates = detection.separable_psf(rows[:, None] - (y - top)[None, :],
-                                        cols[:, None] - (x - left)[None, :])
+    # the PSF at every trial for every pixel, one profile per window row and column
+    row_profiles = detection.mask_element_profile(
+        np.arange(sky.intensity.shape[0])[:, None] - (y - top)[None, :])
+    col_profiles = detection.mask_element_profile(
+        np.arange(sky.intensity.shape[1])[:, None] - (x - left)[None, :])
+    templates = row_profiles[rows] * col_profiles[cols]
     a, b = detection.amplitude_profile(sky, rows, cols, templates)
     return PositionLikelihood(a, b)
 
