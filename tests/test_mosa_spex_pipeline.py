@@ -108,6 +108,19 @@ def test_a_rerun_with_mosa_and_spex_skips_everything(campaign_run, pipeline_work
     assert _mtimes(result.working_out) == before
 
 
+def test_force_redoes_the_observations_and_the_mosaic(campaign_run, pipeline_workspace):
+    result, _ = campaign_run
+    before = _mtimes(result.working_out)
+    params = result.working_out.parent / "params.ini"
+    forced = run_ecpi(params, "--force", workspace=pipeline_workspace,
+                      working_out=result.working_out)
+    assert forced.returncode == 0, describe(forced)
+    assert "skipped" not in forced.stdout + forced.stderr
+    after = _mtimes(result.working_out)
+    assert sorted(after) == sorted(before)
+    assert all(after[name] != before[name] for name in before if name.endswith(".fits"))
+
+
 @pytest.fixture(scope="module")
 def spex_of_mosaic_run(tmp_path_factory, pipeline_workspace, campaign_run):
     """[spex] sources = mosaic on the same two observations, one per wave: SPEX runs once the

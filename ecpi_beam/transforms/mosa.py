@@ -123,7 +123,7 @@ class MosaicOnGrid(DataclassTransform):
                     grid, dict(tiles)))))
 
 
-class LocalContributions(beam.DoFn):
+class LocalLikelihoods(beam.DoFn):
     """((obs_id, band, occ), SkyRates) -> ((band, occ, k), PositionLikelihood): the image's
     part of the joint fit of each candidate k of that (band, occ) it sees."""
 
@@ -273,7 +273,7 @@ class CampaignMosaic(DataclassTransform):
             | "Candidates" >> beam.Map(_candidates_by_image))
         refined = beam.pvalue.AsSingleton(
             _read(pbegin, "Local", self.accumulators, log)
-            | "LocalGrids" >> beam.ParDo(with_failure_log(LocalContributions(params.pcode_min),
+            | "LocalGrids" >> beam.ParDo(with_failure_log(LocalLikelihoods(params.pcode_min),
                                                           log), candidates)
             | "SumLocal" >> beam.CombinePerKey(SumCombineFn())
             | "Fit" >> beam.Map(lambda item, found: (item[0], mosaic_sources.refine(
