@@ -1,19 +1,21 @@
 """MOSA: sky images of many observations combined on one all-sky grid (docs/mosa.md).
 
 Each sky image (ECL-SKY-IMA: intensity S and variance V, counts per fully open detector pixel,
-over an exposure T) becomes a rate per unit detector area, f = S / (T a_pix), v = V / (T a_pix)^2
-(the units of ECL-SOP-IMA FLUX), and is sampled at the centre of every pixel of an all-sky grid:
-HEALPix (Gorski et al. 2005, nested, ICRS) or a plate carree (CAR). The sample is the sky-image
-pixel the grid pixel's centre falls in (nearest neighbour), so each sample keeps the exact
-variance of the image pixel. Images combine by inverse-variance weighting
+over an exposure T), cleaned of the sources IMAG found, becomes a rate per unit detector area,
+f = S / (T a_pix), v = V / (T a_pix)^2 (the units of ECL-SOP-IMA FLUX): SkyRates, what each
+observation stores (ECL-MOS-ACC). It is sampled at the centre of every pixel of an all-sky
+grid: HEALPix (Gorski et al. 2005, nested, ICRS) or a plate carree (CAR). The sample is the
+sky-image pixel the grid pixel's centre falls in (nearest neighbour), so each sample keeps the
+exact variance of the image pixel, plus the restored sources' beams at their exact offsets.
+Images combine by inverse-variance weighting
 
     F = sum(f / v) / sum(1 / v),   V = 1 / sum(1 / v),   significance F / sqrt(V),
 
 and the sums (not the ratios) are what a tile keeps, with the exposure (T x partial coding), the
 number of contributing images and the sum of their partial codings: two mosaics add exactly.
 
-Directions go through the sky image's own WCS (astropy.wcs), never through an assumed sign of
-its axes. The grid is cut into tiles (HEALPix: the pixels of one coarse NSIDE_TILE pixel, which
+Directions go through the sky image's own TAN WCS (`_wcs_pixels`, what astropy.wcs gives),
+never through an assumed sign of its axes. The grid is cut into tiles (HEALPix: the pixels of one coarse NSIDE_TILE pixel, which
 are contiguous in the nested scheme; CAR: blocks of CAR_TILE x CAR_TILE pixels), each of which
 is one key of a Beam CombineFn.
 """
@@ -479,11 +481,13 @@ def _neighbour_pixels(grid, pixels) -> np.ndarray:
 
 def find_mosaic_sources(grid, mosaic: MosaicMap, snr_threshold: float,
                         max_sources: int = 200) -> list[SourceRow]:
-    """Local maxima of the significance over each pixel's 8 neighbours, above snr_threshold,
-    brightest first; peaks within PEAK_MERGE_DEG of a brighter one are dropped. Position: the
-    significance-weighted mean direction of the peak and its neighbours; FLUX: the intensity
-    of the peak pixel (count s-1 cm-2); ERR_RAD: docs/science.md's rule of thumb for the PSF at that
-    significance, with the systematic in quadrature."""
+    """The candidate sources of a mosaic (kernels.mosaic_sources refines them): local maxima
+    of the significance over each pixel's 8 neighbours, above snr_threshold, brightest first;
+    peaks within PEAK_MERGE_DEG of a brighter one are dropped. Position: the
+    significance-weighted mean direction of the peak and its neighbours; SNR: the peak's
+    significance; FLUX: the intensity of the peak pixel (count s-1 cm-2); ERR_RAD:
+    docs/science.md's rule of thumb for the PSF at that significance, with the systematic in
+    quadrature (what a candidate that cannot be refined keeps)."""
     candidates = np.flatnonzero(mosaic.significance >= snr_threshold)
     if not len(candidates):
         return []
