@@ -112,6 +112,11 @@ def run_campaign_mosaic(params, caldb_dir: str, entries, run_graph, *, force: bo
     working_out = params.general.working_out
     stamp = products_stamp(params, caldb_dir)
     accumulators = accumulators_of(working_out, entries)
+    combined = {obs_id for obs_id, *_ in accumulators}
+    for entry in entries:  # succeeded, but no sky image to combine: said, not silently left out
+        if entry.status in ("done", "skipped") and entry.obs_id and entry.obs_id not in combined:
+            print(f"warning: observation {entry.obs_id} ({entry.obs_dir}): no sky image, so "
+                  "not in the mosaic (no events in the good time?)", file=progress)
     failures = collect_failures(working_out)
     if not accumulators:
         report("campaign mosaic: no observation to combine")
