@@ -95,13 +95,18 @@ def campaign(tmp_path_factory, pipeline_workspace):
 
 @pytest.fixture(scope="module")
 def clean_run(campaign, pipeline_workspace):
+    """The good observations alone, run as the faulty campaign is (the `ecpi_run` command in
+    its own process: the same numerical environment, one BLAS thread, so the products can be
+    compared bit for bit)."""
+    import subprocess
+
+    from pipeline_fixtures import ecpi_run_command, pipeline_env
+
     root, good, clean_out = campaign
     params = write_params(root / "clean.ini", root / "good_in" / "obs_*", clean_out, extra=MOSA)
-    with pytest.MonkeyPatch.context() as patch:
-        from ecpi_beam.cli import ecpi_run
-
-        patch.setenv("ECPI_HOME", str(pipeline_workspace))
-        assert ecpi_run([str(params)]) == 0
+    completed = subprocess.run([*ecpi_run_command("script"), str(params)], capture_output=True,
+                               text=True, timeout=600, env=pipeline_env(pipeline_workspace))
+    assert completed.returncode == 0, completed.stderr
     return clean_out
 
 

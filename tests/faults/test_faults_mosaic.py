@@ -82,10 +82,12 @@ def test_a_full_disk_while_writing_a_campaign_product_leaves_no_campaign_product
     assert snapshot(tmp_path, skip=out) == before
     assert_working_out_clean(out)
     # the observations succeeded: they keep their accumulators, and once the disk has room
-    # the rerun makes the mosaic from them without running them again
+    # the rerun makes the mosaic from them without running them again (tried once)
     assert sorted(os.listdir(out)) == sorted(
         [f"ECL-MOS-ACC_{obs_id}.fits" for obs_id in OBS_IDS] + ["campaign.json",
                                                                 "failures.jsonl"])
+    if product != MOSA_PRODUCTS[0]:
+        return
     monkeypatch.undo()
     code, stdout, stderr = run_in_process(params, pipeline_workspace, capfd, monkeypatch)
     assert code == 0, stderr
