@@ -29,7 +29,6 @@ from ecpi_beam.io.events import read_primary_header, table_layout
 from ecpi_beam.io.products import STAMP_SEPARATOR, product_url
 from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
 from ecpi_beam.transforms.dpco import discover_triplet
-from ecpi_beam.transforms.failures import FAILURES_FILE, write_failure_records
 
 CAMPAIGN_FILE = "campaign.json"
 DIRECT_RUNNER_BATCH = 4
@@ -195,8 +194,9 @@ def write_summary(working_out: str, entries, started: float, stamp: str, totals:
 def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *,
                  force: bool = False, batch: int | None = None, stamp: str | None = None,
                  ids=None, set_aside=(), progress=sys.stderr):
-    """Plan (see `plan`), then `run_pipeline(dirs)` -> (metric totals, failure records) wave
-    by wave. Returns (entries, summed metric totals, the failure records of the waves).
+    """Plan (see `plan`), then `run_pipeline(dirs)` -> (metric totals, the run's failure
+    records so far: failures.jsonl gathers every wave's, io/failures.py) wave by wave.
+    Returns (entries, summed metric totals, the failure records of the waves).
     """
     started = time.time()
     working_out = params.general.working_out
@@ -220,16 +220,13 @@ def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *
         run_time += elapsed
         for name, value in wave_totals.items():
             totals[name] = totals.get(name, 0) + value
-        failures += wave_failures
+        failures = wave_failures
         _record_wave(entries, wave, wave_failures, working_out, params.wanted_products,
                      elapsed)
-        # a wave's pipeline rewrites failures.jsonl with its own: keep the campaign's
-        write_failure_records(working_out, failures)
         write_summary(working_out, entries, started, stamp, totals)
         if progress:
             print(progress_line(entries, totals.get("ecpi.read.events", 0) / max(run_time, 1e-9),
                                 run_time), file=progress, flush=True)
-    if not todo:  # nothing ran: a failures.jsonl left there is about no observation now
-        fs.remove(fs.join(working_out, FAILURES_FILE))
+    if not todo:
         write_summary(working_out, entries, started, stamp, totals)
     return entries, totals, failures

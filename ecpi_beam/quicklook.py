@@ -232,6 +232,6 @@ def main(argv) -> int:
 if __name__ == "__main__":
     import sys
 
-    from ecpi_beam.cli import ecpi_quicklook
+    from ecpi_beam.errors import exit_code_of
 
-    sys.exit(ecpi_quicklook(sys.argv[1:]))
+    sys.exit(exit_code_of(main))

@@ -25,11 +25,9 @@ from ecpi_beam.caldb.manifest import MANIFEST_NAME, REQUIRED_PRODUCTS, parse_man
     sha256_bytes
 from ecpi_beam.caldb.reader import default_caldb_dir
 from ecpi_beam.errors import EcpiError
-from ecpi_beam.workspace import configured_server, create_workspace, local_caldb_dir, \
-    workspace_home
+from ecpi_beam.workspace import DEFAULT_SERVER, SERVER_ENV, caldb_server, create_workspace, \
+    local_caldb_dir, workspace_home
 
-SERVER_ENV = "ECPI_CALDB_SERVER"
-DEFAULT_SERVER = "https://fsc.svom.org/caldb-api"
 TOKEN_PATH = "realms/svom/protocol/openid-connect/token"
 FILES_PATH = "caldb/eclairs"
 CREDENTIAL_VARIABLES = ("KC_USERNAME", "KC_PASSWORD", "KC_CLIENT_ID")
@@ -37,12 +35,6 @@ SECRET_VARIABLES = ("KC_PASSWORD",)  # never shown; the access token is redacted
 REDACTED = "[redacted]"
 RETRY_DELAYS_S = (1.0, 2.0, 4.0)  # backoff after each failed attempt (5xx, connection error)
 TIMEOUT_S = (10.0, 120.0)  # connect, read
-
-
-def caldb_server(option: str | None = None, home=None) -> str:
-    """--server, else $ECPI_CALDB_SERVER, else config.ini `[caldb] server`, else the default."""
-    return (option or os.environ.get(SERVER_ENV) or configured_server(home)
-            or DEFAULT_SERVER).rstrip("/")
 
 
 # ================================================================================================

@@ -17,13 +17,14 @@ import socket
 
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
+from ecpi_beam.io.failures import FAILURES_FILE
 
 LOCK_NAME = ".ecpi-run.lock"
 PROBE_NAME = ".ecpi-write-probe"
 # fs.atomic_write's temporaries of our files: '.<name>.<8 mkstemp characters>.part' locally,
 # '.<name>.<32 hex>.part' on object stores; <name> a product or failures.jsonl
-OUR_TEMPORARY = re.compile(r"\.(ECL-[A-Za-z0-9_.-]+|failures\.jsonl)\.([A-Za-z0-9_]{8}|[0-9a-f]{32})"
-                           r"\.part")
+OUR_TEMPORARY = re.compile(r"\.(ECL-[A-Za-z0-9_.-]+|" + re.escape(FAILURES_FILE)
+                           + r")\.([A-Za-z0-9_]{8}|[0-9a-f]{32})\.part")
 # '<PRODUCT>_<obs_id>.<ext>', SPEX's '<PRODUCT>_<obs_id>_S<k>_...' and the alerts'
 # 'ECL-ALERT_<obs_id>_J<position>_<sequence>.xml' (docs/products.md)
 PRODUCT_NAME = re.compile(r"(?P<product>ECL-[A-Z0-9]{3}-[A-Z0-9]{2,3}|ECL-ALERT)_(?P<rest>[A-Za-z0-9_.-]+)")

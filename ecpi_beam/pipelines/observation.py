@@ -11,11 +11,12 @@ from ecpi_beam.io.regions import write_regions
 from ecpi_beam.campaign import products_stamp
 from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
-from ecpi_beam.transforms.failures import FailureLog
+from ecpi_beam.io.failures import FailureLog
+from ecpi_beam.transforms.failures import RecordFailures
 from ecpi_beam.transforms.imag import Imag
 from ecpi_beam.transforms.read import ReadObservation
-from ecpi_beam.transforms.write import (WriteAlerts, WriteFailures, WriteImageProducts,
-                                        WriteTimelineProducts, failed_obs_ids)
+from ecpi_beam.transforms.write import (WriteAlerts, WriteImageProducts, WriteTimelineProducts,
+                                        failed_obs_ids)
 
 BUBE_PRODUCTS = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM")
 IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
@@ -87,7 +88,7 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
                 failed, general.working_out, fingerprint, failure_log,
                 outputs.get("mosaic_sources")))
 
-    written.append(read.failures | "WriteFailures" >> WriteFailures(general.working_out))
+    written.append(read.failures | "RecordFailures" >> RecordFailures(general.working_out))
     outputs["failures"] = read.failures
     # One last transform downstream of every writer: the DaskRunner computes only the graph
     # behind the last transform applied, so the writers must all lead to it.

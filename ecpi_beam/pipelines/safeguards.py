@@ -14,11 +14,10 @@ from ecpi_beam.caldb.preflight import check_caldb
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import events as event_io
 from ecpi_beam.io import fs, workdir
+from ecpi_beam.io.failures import FAILURES_FILE, FAILURES_FOLDER, FailureLog, gather
 from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
 from ecpi_beam.transforms.cali import PARTS_FOLDER
 from ecpi_beam.transforms.dpco import discover_triplet
-from ecpi_beam.transforms.failures import (FAILURES_FILE, FAILURES_FOLDER, FailureLog,
-                                           collect_failures)
 
 LOG = logging.getLogger(__name__)
 HEADER_READERS = 8  # threads reading the campaign's OBS_IDs in preflight
@@ -95,7 +94,7 @@ def finish_run(params, ids: dict, early_failures: list[dict]) -> tuple[list[dict
     log = FailureLog(working_out)
     for record in early_failures:
         log.write_record(record)
-    failures = collect_failures(working_out)
+    failures = gather(working_out)
     failed_ids = {record.get("obs_id") for record in failures if record.get("obs_id")}
     failed_ids |= {ids.get(record.get("obs_dir")) for record in failures
                    if not record.get("obs_id") and ids.get(record.get("obs_dir"))}

@@ -1,0 +1,84 @@
+"""The failure log of a run: `<working_out>/failures.jsonl`, its one home (docs/reliability.md).
+
+A failure of one observation, in any stage, is one JSON record
+`{"obs_dir": ..., "obs_id": ..., "stage": ..., "error": "<one line>"}`. Whoever meets it
+(DPCO's failures in the graph, a DoFn through transforms/failures.isolating, a writer,
+preflight) writes it with `FailureLog`, as one small file under `<working_out>/.ecpi-failures/`
+(a dead-letter folder: a side effect that works the same on every runner and in every worker,
+with no extra graph output). After each pipeline `gather` merges the dead letters into
+failures.jsonl (one record per observation and stage, sorted), which therefore holds the
+failures of every wave of the run. Both are removed when a run starts (pipelines/safeguards.py),
+so the file never describes an older run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+
+from ecpi_beam.errors import EcpiError
+from ecpi_beam.io import fs
+
+FAILURES_FILE = "failures.jsonl"
+FAILURES_FOLDER = ".ecpi-failures"
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureLog:
+    """Where the failure records of one run go (picklable: it travels with the DoFns)."""
+
+    working_out: str
+
+    def record(self, obs_id: str, stage: str, error: Exception) -> None:
+        """Observation `obs_id` failed in `stage` with `error` (one line; an exception that is
+        not a user error is named, so that a bug or an I/O fault says which it is)."""
+        message = " ".join(str(error).split())
+        if not isinstance(error, EcpiError):
+            message = f"{type(error).__name__}: {message}"
+        self.write_record({"obs_id": obs_id, "stage": stage,
+                           "error": f"observation {obs_id}: {stage} failed: {message}"})
+
+    def write_record(self, record: dict) -> None:
+        """One dead-letter record; the obs_id is in the record, never in the file name."""
+        name = f"{record.get('stage') or 'failure'}.{uuid.uuid4().hex}.json"
+        fs.put_atomic(json.dumps(record).encode(),
+                      fs.inside(self.working_out, FAILURES_FOLDER, name))
+
+
+def failed_key(record: dict):
+    """What a record is about: its observation directory, else its OBS_ID."""
+    return record.get("obs_dir") or record.get("obs_id")
+
+
+def gather(working_out: str) -> list[dict]:
+    """Merge failures.jsonl and the dead letters into failures.jsonl (one record per
+    observation and stage; none: no file), remove the dead letters, return the records."""
+    records = read_records(working_out)
+    folder = fs.inside(working_out, FAILURES_FOLDER)
+    if fs.exists(folder):
+        for name in fs.listdir(folder):
+            records.append(json.loads(fs.read_bytes(fs.inside(folder, name)).decode()))
+    unique = {}
+    for record in records:
+        unique.setdefault((failed_key(record), record.get("stage")), record)
+    records = sorted(unique.values(), key=lambda r: str(failed_key(r)))
+    if records:
+        with fs.atomic_write(fs.inside(working_out, FAILURES_FILE)) as handle:
+            for record in records:
+                handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
+    _remove(working_out, FAILURES_FOLDER)
+    return records
+
+
+def read_records(working_out: str) -> list[dict]:
+    """The records of failures.jsonl (none when it is absent)."""
+    url = fs.inside(working_out, FAILURES_FILE)
+    if not fs.exists(url):
+        return []
+    return [json.loads(line) for line in fs.read_bytes(url).decode().splitlines() if line]
+
+
+def _remove(working_out: str, name: str) -> None:
+    url = fs.inside(working_out, name)
+    if fs.exists(url):
+        fs.remove(url, recursive=True)
