@@ -235,7 +235,7 @@ def test_win_dim_is_bounded(win_dim, good_triplet, case_root, pipeline_workspace
                                   win_dim=win_dim))
     code, out, err = run_in_process(params, pipeline_workspace, capfd, monkeypatch)
     assert_fault_outcome(code, out, err, [str(params), f"[imag] win_dim = {win_dim}",
-                                          "a number in [1.0, 99.0]"])
+                                          "number in [1.0, 99.0]"])
 
 
 @pytest.mark.parametrize("replace, words", BAD_FILES,
