@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import importlib
 from typing import NamedTuple
 
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+from apache_beam.options.pipeline_options import (PipelineOptions, StandardOptions,
+                                                  _BeamArgumentParser)
 
 from ecpi_beam.errors import EcpiError
 
@@ -21,6 +23,7 @@ PROG = "ecpi_run"
 BEAM_HELP = "--help-beam"
 DEFAULT_RUNNER = "DirectRunner"
 STREAM_IDLE_TIMEOUT = "--stream_idle_timeout"
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"  # Beam knows it by this name
 
 
 class EcpiRunOptions(PipelineOptions):
@@ -98,6 +101,36 @@ def _suggestion(option: str, parser: argparse.ArgumentParser) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def check_runner(name) -> None:
+    """`--runner NAME` names a runner Beam can make: one of its runner names (any case, with or
+    without 'Runner', as Beam compares them) or the importable full name of a runner class.
+    Checked before anything else, so a mistyped runner is one line even when there is nothing
+    to run."""
+    if name is None or not isinstance(name, str):
+        return
+    known = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
+    path = known.get(name.lower()) or known.get(name.lower() + "runner")
+    if path is not None and "direct" in path.lower():
+        return  # made by pipelines/direct.py or Beam's own switch: nothing to import
+    if path is not None or "." in name:
+        module, _, attribute = (path or name).rpartition(".")
+        try:  # Beam imports it to run anyway; a missing extra is one line here
+            getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise EcpiError(f"{PROG}: --runner {name}: cannot import this runner class "
+                            f"({type(err).__name__}: {err})") from None
+        return
+    names = [*StandardOptions.KNOWN_RUNNER_NAMES, "DaskRunner"]
+    close = difflib.get_close_matches(name.lower(), [n.lower() for n in names], n=1, cutoff=0.6)
+    suggestion = next((n for n in names if close and n.lower() == close[0]), None)
+    if suggestion == "DaskRunner":
+        suggestion = DASK_RUNNER
+    hint = f" (did you mean {suggestion}?)" if suggestion else ""
+    raise EcpiError(f"{PROG}: --runner {name}: unknown runner{hint}; expected DirectRunner, "
+                    "PortableRunner, FlinkRunner, SparkRunner, PrismRunner, DataflowRunner or "
+                    f"the full name of a runner class such as {DASK_RUNNER}")
+
+
 def parse_command_line(argv) -> CommandLine:
     """The parameter file and the pipeline options; EcpiError on any unknown option."""
     argv = list(argv)
@@ -120,6 +153,7 @@ def parse_command_line(argv) -> CommandLine:
         kind = "unknown option" if first.startswith("-") else "unexpected argument"
         raise EcpiError(f"{PROG}: {kind} {first}{_suggestion(first, parser)}; "
                         f"`{PROG} --help` lists the options, `{PROG} {BEAM_HELP}` Beam's")
+    check_runner(known.runner)
     path = known.params or params_file
     if not path:
         raise EcpiError(f"{PROG}: no parameter file: give it as `{PROG} params.ini` or "
