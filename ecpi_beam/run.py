@@ -89,6 +89,7 @@ def metric_totals(result):
 
 def run(params, beam_args, caldb_dir, observation_dirs):
     """Build and run the pipeline; returns (metric totals, the run's failure records so far)."""
+    failure_log.reserve_space(params.general.working_out)  # a full disk is still recorded
     options = PipelineOptions(beam_args)
     with beam.Pipeline(runner=runner_for(options), options=options) as pipeline:
         build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs)

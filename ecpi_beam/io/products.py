@@ -245,9 +245,22 @@ def write_product(url: str, hdus: list, keywords: dict) -> str:
     for hdu in hdus:
         finish_header(hdu.header, keywords,
                       is_image=isinstance(hdu, fits.ImageHDU) and hdu.data is not None)
-    with fs.atomic_write(url) as stream:
-        fits.HDUList(hdus).writeto(stream, checksum=True, output_verify="exception")
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.data is not None \
+                and not hdu.data.flags.c_contiguous:
+            # astropy writes a view (a flipped sky image) element by element to a file object
+            hdu.data = np.ascontiguousarray(hdu.data)
+    # fs.atomic_write keeps the cause of a failed write (a full disk) that astropy hides
+    try:
+        with fs.atomic_write(url) as stream:
+            fits.HDUList(hdus).writeto(stream, checksum=True, output_verify="exception")
+    except fs.WriteError as error:  # the failure is the observation's (a campaign's: MOSAIC)
+        error.obs_id = _keyword_value(keywords.get("OBS_ID"))
+        raise
     return url
+
+
+def _keyword_value(value):
+    return value[0] if isinstance(value, tuple) else value
 
 
 # ============================================================================================

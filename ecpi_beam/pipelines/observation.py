@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from ecpi_beam.io.regions import write_regions
 from ecpi_beam.campaign import products_stamp
+from ecpi_beam.io.failures import FailureLog
 from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
-from ecpi_beam.io.failures import FailureLog
-from ecpi_beam.transforms.failures import RecordFailures
+from ecpi_beam.transforms.failures import RecordFailures, with_failure_log
 from ecpi_beam.transforms.imag import Imag
 from ecpi_beam.transforms.read import ReadObservation
-from ecpi_beam.transforms.write import (WriteAlerts, WriteImageProducts, WriteTimelineProducts,
-                                        failed_obs_ids)
+from ecpi_beam.transforms.write import (WriteAlerts, WriteImageProducts, WriteRegionFile,
+                                        WriteTimelineProducts, failed_obs_ids)
 
 BUBE_PRODUCTS = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM")
 IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
@@ -66,7 +65,8 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
                 written.append(imag.by_observation | f"Write{product}" >> WriteImageProducts(
                     product, **write, grouped=True))
                 if product == "ECL-SOP-IMA":  # its DS9 region file beside it (io/regions.py)
-                    written.append(written[-1] | "WriteRegions" >> beam.Map(write_regions))
+                    written.append(written[-1] | "WriteRegions" >> beam.ParDo(
+                        with_failure_log(WriteRegionFile(), failure_log)))
             if "ECL-SOP-IMA" in params.imag.out_files:  # a VOEvent per NEW source beside it
                 written.append(imag.by_observation | "WriteAlerts" >> WriteAlerts(
                     "ECL-ALERT", **write, grouped=True))

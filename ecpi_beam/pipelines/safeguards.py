@@ -14,7 +14,8 @@ from ecpi_beam.caldb.preflight import check_caldb
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import events as event_io
 from ecpi_beam.io import fs, workdir
-from ecpi_beam.io.failures import FAILURES_FILE, FAILURES_FOLDER, FailureLog, gather
+from ecpi_beam.io import failures as failure_log
+from ecpi_beam.io.failures import FAILURES_FILE, FAILURES_FOLDER
 from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
 from ecpi_beam.transforms.cali import PARTS_FOLDER
 from ecpi_beam.transforms.dpco import discover_triplet
@@ -91,10 +92,8 @@ def finish_run(params, ids: dict, early_failures: list[dict]) -> tuple[list[dict
     """Merge the preflight failures into failures.jsonl, remove every product of a failed
     observation, and name requested products that were not made: (failures, missing lines)."""
     working_out = params.general.working_out
-    log = FailureLog(working_out)
-    for record in early_failures:
-        log.write_record(record)
-    failures = gather(working_out)
+    # the failed observations' products go first: on a full disk they make room for the file
+    failures = failure_log.collect(working_out, early_failures)
     failed_ids = {record.get("obs_id") for record in failures if record.get("obs_id")}
     failed_ids |= {ids.get(record.get("obs_dir")) for record in failures
                    if not record.get("obs_id") and ids.get(record.get("obs_dir"))}
@@ -103,6 +102,7 @@ def finish_run(params, ids: dict, early_failures: list[dict]) -> tuple[list[dict
     for url in workdir.remove_products_of(
             working_out, {i for i in failed_ids - duplicated if OBS_ID_PATTERN.fullmatch(i)}):
         LOG.info("removed %s: its observation failed", url)
+    failures = failure_log.gather(working_out, early_failures)
     requested = (*params.cali.out_files, *params.bube.out_files, *params.imag.out_files)
     missing = []
     for obs_dir, obs_id in sorted(ids.items()):

@@ -28,9 +28,12 @@ def obs_id_of(element) -> str:
     return str(key[0] if isinstance(key, tuple) else key)
 
 
-def isolating(stage: str):
+def isolating(stage: str, obs_id=obs_id_of):
     """Decorates a DoFn's `process`: with a `failure_log` set on the DoFn, an exception for one
-    element is recorded against its observation instead of stopping the pipeline."""
+    element is recorded against its observation instead of stopping the pipeline.
+
+    The observation is the one a failed product write names (io/products.write_product sets
+    it: a campaign's mosaic is 'MOSAIC'), else `obs_id(element)`."""
     def decorate(process):
         @functools.wraps(process)
         def guarded(self, element, *args, **kwargs):
@@ -41,7 +44,7 @@ def isolating(stage: str):
             try:
                 yield from process(self, element, *args, **kwargs)
             except Exception as error:  # noqa: BLE001 - the point is to isolate any failure
-                log.record(obs_id_of(element), stage, error)
+                log.record(getattr(error, "obs_id", None) or obs_id(element), stage, error)
                 Metrics.counter(NAMESPACE, stage).inc()
         return guarded
     return decorate

@@ -116,9 +116,9 @@ class Mosa(DataclassTransform):
                 for m, grid in zip(maps, grids)]
             written.append(tagged | "AllMaps" >> beam.Flatten()
                            | "CollectMaps" >> beam.combiners.ToList()
-                           | "WriteMosIma" >> beam.ParDo(WriteMosaicProduct(
+                           | "WriteMosIma" >> beam.ParDo(with_failure_log(WriteMosaicProduct(
                                "ECL-MOS-IMA", mosaic_image_hdus, self.working_out,
-                               self.fingerprint), obs_ids, observations))
+                               self.fingerprint), self.failure_log), obs_ids, observations))
         found = None
         if "ECL-MOS-SOP" in params.out_files or self.find_sources:
             snr, grid = params.snr_ths, grids[0]  # sources are searched on the first grid
@@ -127,9 +127,9 @@ class Mosa(DataclassTransform):
         if "ECL-MOS-SOP" in params.out_files:
             written.append(found
                            | "CollectSources" >> beam.combiners.ToList()
-                           | "WriteMosSop" >> beam.ParDo(WriteMosaicProduct(
+                           | "WriteMosSop" >> beam.ParDo(with_failure_log(WriteMosaicProduct(
                                "ECL-MOS-SOP", mosaic_source_hdus, self.working_out,
-                               self.fingerprint), obs_ids, observations))
+                               self.fingerprint), self.failure_log), obs_ids, observations))
         return MosaResult((written | "Written" >> beam.Flatten()) if written else None, found)
 
 
@@ -140,6 +140,7 @@ class WriteMosaicProduct(beam.DoFn):
         self._product, self._hdus_of = product, hdus_of
         self._working_out, self._fingerprint = working_out, fingerprint
 
+    @isolating("write", obs_id=lambda _: MOSAIC_OBS_ID)  # a failed write fails the mosaic only
     def process(self, entries, obs_ids, observations):
         rows = _observation_rows(observations, obs_ids)
         if not rows:

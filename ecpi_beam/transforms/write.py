@@ -11,6 +11,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from ecpi_beam.io import fs, voevent
+from ecpi_beam.io.regions import write_regions
 from ecpi_beam.io.image_products import PRODUCT_BUILDERS, occultation_gti_hdus, parse_band
 from ecpi_beam.io.products import product_url, standard_keywords, write_product
 from ecpi_beam.kernels.catalogue import new_source_alerts
@@ -123,6 +124,19 @@ class WriteAlertFiles(beam.DoFn):
             url = fs.join(self._working_out, voevent.alert_file_name(alert))
             yield voevent.write_voevent(alert, url)
             self._alerts.inc()
+
+
+def _obs_id_of_source_list(sop_url: str) -> str:
+    """'<working_out>/ECL-SOP-IMA_<OBS_ID>.fits' -> OBS_ID."""
+    return fs.basename(sop_url).split("_", 1)[1].rsplit(".", 1)[0]
+
+
+class WriteRegionFile(beam.DoFn):
+    """The URL of an ECL-SOP-IMA -> the URL of its DS9 region file beside it."""
+
+    @isolating("write", obs_id=_obs_id_of_source_list)
+    def process(self, sop_url):
+        yield write_regions(sop_url)
 
 
 class WriteAlerts(_ObservationProductWriter):
