@@ -24,7 +24,7 @@ import time
 
 from ecpi_beam.caldb.manifest import MANIFEST_NAME, parse_manifest
 from ecpi_beam.errors import EcpiError
-from ecpi_beam.io import fs
+from ecpi_beam.io import fs, workdir
 from ecpi_beam.io.events import read_primary_header, table_layout
 from ecpi_beam.io.products import STAMP_SEPARATOR, product_url
 from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
@@ -150,20 +150,37 @@ def default_batch(beam_args) -> int:
     return DIRECT_RUNNER_BATCH if runner in ("", "DirectRunner") else 0
 
 
-def _record_wave(entries, wave, failures, working_out, products, elapsed):
+def made_products(working_out: str, obs_ids, products) -> dict[str, list[str]]:
+    """obs_id -> which of `products` are in working_out for it (SPEX's per-source files and
+    the mosaic's 'MOSAIC' included), from one listing."""
+    valid = [obs_id for obs_id in obs_ids if obs_id and OBS_ID_PATTERN.fullmatch(obs_id)]
+    files = workdir.products_by_observation(working_out, valid)
+    names = {obs_id: {workdir.product_name(url) for url in urls} for obs_id, urls in files.items()}
+    return {obs_id: [product for product in products if product in names.get(obs_id, ())]
+            for obs_id in obs_ids}
+
+
+def settle(entries, failures, working_out: str, products) -> None:
+    """Each entry that ran: 'failed' with its error when a record names it, else 'done' with
+    the products really in working_out (after a run, the failed ones' are gone)."""
     failed = {}
     for failure in failures:
         failed.setdefault(failure.get("obs_dir") or failure.get("obs_id"), failure)
-    events = sum(entry.events for entry in wave) or 1
-    for entry in wave:
+    ran = [entry for entry in entries if entry.status in ("done", "failed", "pending")]
+    made = made_products(working_out, [entry.obs_id for entry in ran], products)
+    for entry in ran:
         failure = failed.get(entry.obs_dir) or failed.get(entry.obs_id)
-        # the wave's time shared by events: exact for a wave of one observation
-        entry.time_s = round(elapsed * max(entry.events, 1) / events, 3)
         if failure is not None:
-            entry.status, entry.error = "failed", failure.get("error")
+            entry.status, entry.error, entry.products = "failed", failure.get("error"), []
         else:
-            entry.status = "done"
-            entry.products = _made(working_out, entry.obs_id, products)
+            entry.status, entry.products = "done", made.get(entry.obs_id, [])
+
+
+def _record_wave(entries, wave, failures, working_out, products, elapsed):
+    events = sum(entry.events for entry in wave) or 1
+    for entry in wave:  # the wave's time shared by events: exact for a wave of one observation
+        entry.time_s = round(elapsed * max(entry.events, 1) / events, 3)
+    settle(wave, failures, working_out, products)
 
 
 def progress_line(entries, events_per_s: float, elapsed: float) -> str:
@@ -177,7 +194,11 @@ def progress_line(entries, events_per_s: float, elapsed: float) -> str:
             f"{events_per_s:.0f} events/s; ETA {eta}")
 
 
-def write_summary(working_out: str, entries, started: float, stamp: str, totals: dict):
+def write_summary(working_out: str, entries, started: float, stamp: str, totals: dict,
+                  **extra):
+    """campaign.json (two or more observations); `extra` adds top-level keys (the mosaic).
+    A failure to write it (a full disk) is a warning: the products and failures.jsonl are
+    what counts."""
     if len(entries) < 2:  # one observation is no campaign: its working_out holds products only
         return
     parhash, _, caldb = stamp.partition(STAMP_SEPARATOR)
@@ -185,15 +206,18 @@ def write_summary(working_out: str, entries, started: float, stamp: str, totals:
              for status in ("done", "failed", "skipped", "pending")}
     summary = {"total": len(entries), **count, "parhash": parhash, "caldbhsh": caldb,
                "events": int(totals.get("ecpi.read.events", 0)),
-               "elapsed_s": round(time.time() - started, 3),
+               "elapsed_s": round(time.time() - started, 3), **extra,
                "observations": [dataclasses.asdict(entry) for entry in entries]}
-    with fs.atomic_write(fs.join(working_out, CAMPAIGN_FILE)) as stream:
-        stream.write((json.dumps(summary, indent=1) + "\n").encode())
+    try:
+        with fs.atomic_write(fs.join(working_out, CAMPAIGN_FILE)) as stream:
+            stream.write((json.dumps(summary, indent=1) + "\n").encode())
+    except fs.WriteError as error:
+        print(f"warning: {error}", file=sys.stderr)
 
 
 def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *,
                  force: bool = False, batch: int | None = None, stamp: str | None = None,
-                 ids=None, set_aside=(), progress=sys.stderr):
+                 ids=None, set_aside=(), progress=None):
     """Plan (see `plan`), then `run_pipeline(dirs)` -> (metric totals, the run's failure
     records so far: failures.jsonl gathers every wave's, io/failures.py) wave by wave.
     Returns (entries, summed metric totals, the failure records of the waves).
@@ -204,6 +228,7 @@ def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *
     entries = plan(params, observation_dirs, stamp, force, ids, set_aside)
     todo = [entry for entry in entries if entry.status == "pending"]
     skipped = sum(entry.status == "skipped" for entry in entries)
+    progress = progress or sys.stderr  # looked up now: a test may have replaced it
     if len(entries) < 2:  # one observation: ecpi_run's summary line says it all
         progress = None
     if skipped and progress:

@@ -16,10 +16,10 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from ecpi_beam.campaign import run_campaign
+from ecpi_beam import campaign
 from ecpi_beam.errors import EcpiError, exit_code_of
 from ecpi_beam.io import failures as failure_log, fs
-from ecpi_beam.kernels.calibrate import DROP_REASONS
+from ecpi_beam.io.products import MOSAIC_OBS_ID
 from ecpi_beam.logs import configure_logging, log_stage_summary, worker_logging_args
 from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line
 from ecpi_beam.params import load_params
@@ -27,6 +27,7 @@ from ecpi_beam.pipelines.observation import build_observation_pipeline
 from ecpi_beam.pipelines import safeguards
 from ecpi_beam.pipelines.direct import runner_for
 from ecpi_beam.pipelines.preflight import check_capabilities, preflight_observations
+from ecpi_beam.summary import summary_line
 from ecpi_beam.workspace import resolve_caldb_dir
 
 log = logging.getLogger("ecpi_beam")
@@ -136,36 +137,32 @@ def run_in_working_out(params, beam_args, started, args) -> int:
                 raise
             raise fault from None
 
-    entries, totals, _ = run_campaign(params, beam_args, caldb_dir, observation_dirs, run_wave,
-                                      force=args.force, batch=args.campaign_batch, ids=ids,
-                                      set_aside=early_failures)
+    entries, totals, _ = campaign.run_campaign(
+        params, beam_args, caldb_dir, observation_dirs, run_wave, force=args.force,
+        batch=args.campaign_batch, ids=ids, set_aside=early_failures)
     failures, not_made = safeguards.finish_run(params, ids, early_failures)
+    campaign.settle(entries, failures, params.general.working_out, params.wanted_products)
+    campaign.write_summary(params.general.working_out, entries, started,
+                           campaign.products_stamp(params, caldb_dir), totals,
+                           **mosaic_summary(params, failures))
     log_stage_summary(totals)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
     for line in not_made:
         print(f"warning: {line}", file=sys.stderr)
-    failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}
-    done = len(observation_dirs) - len(failed)
-    skipped = sum(entry.status == "skipped" for entry in entries)
-    dropped = ", ".join(f"{reason} {int(totals.get(f'ecpi.cali.dropped_{reason}', 0))}"
-                        for reason in DROP_REASONS)
-    limited = int(totals.get("ecpi.imag.cleaning_limit_reached", 0))
-    cleaning_limit = (f"cleaning stopped at its safety limit in {limited} image(s); "
-                      if limited else "")
-    off_pointing = int(totals.get("ecpi.bube.good_seconds_off_pointing", 0))
-    not_imaged = (f"good time not imaged (other pointings) {off_pointing} s; "
-                  if off_pointing else "")
-    print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed"
-          + (f" ({skipped} already done, skipped)" if skipped else "") + " in "
-          f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "
-          f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
-          f"products {int(totals.get('ecpi.write.products_written', 0))}; "
-          f"sources {int(totals.get('ecpi.imag.sources_found', 0))} "
-          f"({int(totals.get('ecpi.imag.new_sources', 0))} new); {cleaning_limit}{not_imaged}"
-          + (f"requested products not made {len(not_made)}; " if not_made else "") +
-          f"products in {params.general.working_out}")
+    print(summary_line(params, entries, totals, started, not_made))
     return 2 if failures else 0
+
+
+def mosaic_summary(params, failures) -> dict:
+    """campaign.json's 'mosaic' entry when MOSA was asked: its products made, or its error."""
+    if not params.mosa.out_files:
+        return {}
+    error = next((failure.get("error") for failure in failures
+                  if failure.get("obs_id") == MOSAIC_OBS_ID), None)
+    made = campaign.made_products(params.general.working_out, [MOSAIC_OBS_ID],
+                                  params.mosa.out_files)[MOSAIC_OBS_ID]
+    return {"mosaic": {"products": made, "error": error}}
 
 
 def command() -> None:

@@ -74,6 +74,7 @@ _REQUIRED_OBSERVATION_KEYWORDS = ("OBS_ID", "TSTART", "TSTOP")
 # A products stamp is 'PARHASH' or 'PARHASH' + STAMP_SEPARATOR + 'CALDBHSH' (campaign.py):
 # it travels to every writer as the one fingerprint string.
 STAMP_SEPARATOR = "+"
+MOSAIC_OBS_ID = "MOSAIC"  # the OBS_ID of a campaign's products: <PRODUCT>_MOSAIC.fits (MOSA)
 
 
 def product_url(working_out: str, product: str, obs_id: str) -> str:

@@ -172,14 +172,29 @@ def _names(working_out: str) -> list[str]:
 
 def products_of(working_out: str, obs_id: str) -> list[str]:
     """URLs of the files of observation `obs_id` in working_out (PRODUCT_NAME)."""
-    found = []
-    own = re.compile(re.escape(obs_id) + r"(\.[A-Za-z0-9.]+|_S\d+_[A-Za-z0-9_.-]+|_J\d[A-Za-z0-9_.]+)")
+    return products_by_observation(working_out, [obs_id])[obs_id]
+
+
+def products_by_observation(working_out: str, obs_ids) -> dict[str, list[str]]:
+    """obs_id -> URLs of its files in working_out, for many observations with one listing."""
+    found = {obs_id: [] for obs_id in obs_ids}
+    own = {obs_id: re.compile(re.escape(obs_id)
+                              + r"(\.[A-Za-z0-9.]+|_S\d+_[A-Za-z0-9_.-]+|_J\d[A-Za-z0-9_.]+)")
+           for obs_id in found}
     for name in _names(working_out):
         match = PRODUCT_NAME.fullmatch(name)
-        if match and own.fullmatch(match.group("rest")):
-            with contextlib.suppress(EcpiError):  # a link leading out is not ours: left alone
-                found.append(fs.inside(working_out, name))
+        if not match:
+            continue
+        for obs_id, pattern in own.items():
+            if pattern.fullmatch(match.group("rest")):
+                with contextlib.suppress(EcpiError):  # a link leading out is not ours
+                    found[obs_id].append(fs.inside(working_out, name))
     return found
+
+
+def product_name(url: str) -> str:
+    """'.../ECL-SPS-S1_<OBS_ID>_S01_PEO.arf' -> 'ECL-SPS-S1'."""
+    return fs.basename(url).split("_", 1)[0]
 
 
 def remove_products_of(working_out: str, obs_ids) -> list[str]:

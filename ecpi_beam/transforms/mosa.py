@@ -15,13 +15,12 @@ from apache_beam.metrics import Metrics
 
 from ecpi_beam import instrument
 from ecpi_beam.io.mosaic_products import mosaic_image_hdus, mosaic_source_hdus
-from ecpi_beam.io.products import product_url, standard_keywords, write_product
+from ecpi_beam.io.products import MOSAIC_OBS_ID, product_url, standard_keywords, write_product
 from ecpi_beam.kernels import mosaic
 from ecpi_beam.transforms.base import DataclassTransform, SumCombineFn
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.mosa"
-MOSAIC_OBS_ID = "MOSAIC"  # products are <PRODUCT>_MOSAIC.fits: one per campaign
 
 
 class SampleOnGrid(beam.DoFn):

@@ -20,7 +20,8 @@ import pytest
 
 from ecpi_beam.params import params_text
 from fault_support import assert_working_out_clean, run_in_process
-from pipeline_fixtures import assert_same_hdu_data, simulate_observation, stderr_lines
+from pipeline_fixtures import (assert_same_hdu_data, describe, run_ecpi, simulate_observation,
+                               stderr_lines)
 
 FILL_LEVELS = (40, 70, 85, 95)
 OBS_IDS = ("0000000701", "0000000702")
@@ -39,9 +40,7 @@ def campaign_params(path: Path, working_in, working_out) -> Path:
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory, pipeline_workspace):
     """Two 40 s observations and a run of them with room: (input glob, its working_out, the
-    bytes it wrote)."""
-    import pytest as _pytest
-
+    bytes it wrote, the run's result)."""
     root = tmp_path_factory.mktemp("disk_campaign")
     for seed, obs_id in enumerate(OBS_IDS, start=11):
         simulate_observation(root / "in" / f"obs_{obs_id}", pipeline_workspace, obs_id=obs_id,
@@ -49,25 +48,12 @@ def campaign(tmp_path_factory, pipeline_workspace):
     out = root / "reference"
     out.mkdir()
     params = campaign_params(root / "reference.ini", root / "in" / "obs_*", out)
-    monkeypatch = _pytest.MonkeyPatch()
-    try:
-        code, stdout, stderr = run_in_process(params, pipeline_workspace, _NoCapture(),
-                                              monkeypatch)
-    finally:
-        monkeypatch.undo()
-    assert code == 0, stderr
+    result = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
+    assert result.returncode == 0, describe(result)
     made = {p.name.split("_", 1)[0] for p in out.iterdir()}
     assert {"ECL-MOS-IMA", "ECL-MOS-SOP", "ECL-SPS-S1", "ECL-LCS-S1", "ECL-EVT-CAL"} <= made
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    return root / "in" / "obs_*", out, size
-
-
-class _NoCapture:
-    """capfd's interface for a module fixture, which cannot use capfd."""
-
-    @staticmethod
-    def readouterr():
-        return type("Captured", (), {"out": "", "err": ""})()
+    return root / "in" / "obs_*", out, size, result
 
 
 @pytest.fixture
@@ -98,7 +84,7 @@ def failed_ids(records) -> set:
 @pytest.mark.parametrize("percent", FILL_LEVELS)
 def test_a_full_disk_is_contained_in_every_writer(percent, campaign, small_disk, tmp_path,
                                                   pipeline_workspace, capfd, monkeypatch):
-    working_in, reference, size = campaign
+    working_in, reference, size, _ = campaign
     out = small_disk(size * percent // 100)
     params = campaign_params(tmp_path / "params.ini", working_in, out)
     code, stdout, stderr = run_in_process(params, pipeline_workspace, capfd, monkeypatch)
@@ -124,6 +110,18 @@ def test_a_full_disk_is_contained_in_every_writer(percent, campaign, small_disk,
     statuses = {entry["obs_id"]: entry["status"] for entry in summary["observations"]}
     assert {obs_id for obs_id, status in statuses.items() if status == "failed"} == \
         failed_ids(records) - {"MOSAIC"}, summary
+
+
+def test_the_summary_and_campaign_json_count_what_was_made_mosa_and_spex_included(campaign):
+    _, out, _, result = campaign
+    files = [p.name for p in out.iterdir() if p.suffix in (".fits", ".rmf", ".arf")]
+    assert "2/2 observation(s) processed" in result.stdout
+    assert f"; products {len(files)}; " in result.stdout, result.stdout
+    summary = json.loads((out / "campaign.json").read_text())
+    assert summary["mosaic"] == {"products": ["ECL-MOS-IMA", "ECL-MOS-SOP"], "error": None}
+    for entry in summary["observations"]:
+        assert entry["status"] == "done"
+        assert {"ECL-SPS-S1", "ECL-LCS-S1", "ECL-EVT-CAL", "ECL-SOP-IMA"} <= set(entry["products"])
 
 
 def fill(directory: Path) -> None:
