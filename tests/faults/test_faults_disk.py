@@ -16,6 +16,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ecpi_beam.params import params_text
@@ -122,6 +123,22 @@ def test_the_summary_and_campaign_json_count_what_was_made_mosa_and_spex_include
     for entry in summary["observations"]:
         assert entry["status"] == "done"
         assert {"ECL-SPS-S1", "ECL-LCS-S1", "ECL-EVT-CAL", "ECL-SOP-IMA"} <= set(entry["products"])
+
+
+def test_spectra_and_light_curves_name_the_source_as_the_catalogue_does(campaign):
+    """OBJECT was 'SRC01': it is the catalogue's name (known source, else ECL Jhhmmss.s+dd...)."""
+    from astropy.io import fits
+
+    _, out, _, _ = campaign
+    for obs_id in OBS_IDS:
+        catalogue = fits.getdata(out / f"ECL-SOP-IMA_{obs_id}.fits", "CATALOG")
+        brightest = catalogue[np.argmax(catalogue["SNR"])]
+        name = brightest["KNOWN_NAME"].strip() or brightest["NAME"].strip()
+        assert name.startswith("ECL J")  # the simulated source is in no catalogue
+        made = sorted(out.glob(f"ECL-[SL]?S-S1_{obs_id}_S01_*.fits"))
+        assert len(made) == 6  # one spectrum, five light curves
+        for path in made:
+            assert fits.getval(path, "OBJECT", 1) == name, path.name
 
 
 def fill(directory: Path) -> None:
