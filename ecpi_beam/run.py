@@ -16,10 +16,11 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from ecpi_beam import campaign
+from ecpi_beam import campaign, progress
 from ecpi_beam.errors import EcpiError, exit_code_of
 from ecpi_beam.io import failures as failure_log, fs
 from ecpi_beam.io.products import MOSAIC_OBS_ID
+from ecpi_beam.io.progress import ProgressMarks
 from ecpi_beam.logs import configure_logging, log_stage_summary, worker_logging_args
 from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line
 from ecpi_beam.params import load_params
@@ -92,8 +93,13 @@ def run(params, beam_args, caldb_dir, observation_dirs):
     """Build and run the pipeline; returns (metric totals, the run's failure records so far)."""
     failure_log.reserve_space(params.general.working_out)  # a full disk is still recorded
     options = PipelineOptions(beam_args)
-    with beam.Pipeline(runner=runner_for(options), options=options) as pipeline:
-        build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs)
+    marks = (ProgressMarks(params.general.working_out)
+             if progress.wanted(params.general.working_out) else None)
+    expected = progress.expected_elements(params, observation_dirs) if marks else {}
+    with progress.shown(marks, expected), \
+            beam.Pipeline(runner=runner_for(options), options=options) as pipeline:
+        build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs,
+                                   progress=marks)
     result = pipeline.result if hasattr(pipeline, "result") else None
     totals = metric_totals(result) if result is not None else {}
     return totals, failure_log.gather(params.general.working_out)
@@ -140,6 +146,9 @@ def run_in_working_out(params, beam_args, started, args) -> int:
     entries, totals, _ = campaign.run_campaign(
         params, beam_args, caldb_dir, observation_dirs, run_wave, force=args.force,
         batch=args.campaign_batch, ids=ids, set_aside=early_failures)
+    if len(entries) == 1 and entries[0].status == "skipped":  # a campaign's line says it
+        print(f"ecpi_run: observation {entries[0].obs_id} ({entries[0].obs_dir}) already done "
+              "with the same parameters and CALDB: --force redoes it", file=sys.stderr)
     failures, not_made = safeguards.finish_run(params, ids, early_failures)
     campaign.settle(entries, failures, params.general.working_out, params.wanted_products)
     campaign.write_summary(params.general.working_out, entries, started,

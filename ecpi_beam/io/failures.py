@@ -32,9 +32,11 @@ LOG = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class FailureLog:
-    """Where the failure records of one run go (picklable: it travels with the DoFns)."""
+    """Where the failure records of one run go (picklable: it travels with the DoFns), and its
+    progress marks when a terminal shows them (io/progress.py; None otherwise)."""
 
     working_out: str
+    progress: object = None  # io.progress.ProgressMarks
 
     def record(self, obs_id: str, stage: str, error: Exception) -> None:
         """Observation `obs_id` failed in `stage` with `error` (one line; an exception that is

@@ -21,10 +21,13 @@ BUBE_PRODUCTS = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM")
 IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
 
 
-def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dirs):
-    """Add the whole chain to `pipeline`; returns the dict of named output collections."""
+def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dirs,
+                               progress=None):
+    """Add the whole chain to `pipeline`; returns the dict of named output collections.
+    `progress`: io.progress.ProgressMarks for ecpi_run's progress line, or None."""
     general = params.general
-    failure_log = FailureLog(general.working_out)  # one failing observation stops no other
+    # one failing observation stops no other; the same DoFns mark their progress
+    failure_log = FailureLog(general.working_out, progress)
     written = []  # URLs of every writer: joined at the end (see below)
     fingerprint = products_stamp(params, caldb_dir)  # PARHASH and CALDBHSH (campaign resume)
     read = (pipeline

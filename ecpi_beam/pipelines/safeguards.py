@@ -16,6 +16,7 @@ from ecpi_beam.io import events as event_io
 from ecpi_beam.io import fs, workdir
 from ecpi_beam.io import failures as failure_log
 from ecpi_beam.io.failures import FAILURES_FILE, FAILURES_FOLDER
+from ecpi_beam.io.progress import PROGRESS_FOLDER
 from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
 from ecpi_beam.transforms.cali import PARTS_FOLDER
 from ecpi_beam.transforms.dpco import discover_triplet
@@ -32,15 +33,16 @@ def guarded_working_out(working_out: str):
     out even when the run fails (failures.jsonl of this run is kept)."""
     workdir.check_writable(working_out)
     with workdir.RunLock(working_out):
-        removed = workdir.remove_leftovers(working_out, folders=(PARTS_FOLDER, FAILURES_FOLDER),
-                                           files=(FAILURES_FILE,))
+        removed = workdir.remove_leftovers(
+            working_out, folders=(PARTS_FOLDER, FAILURES_FOLDER, PROGRESS_FOLDER),
+            files=(FAILURES_FILE,))
         if removed:
             LOG.info("removed what an earlier run left in %s: %s", working_out,
                      ", ".join(removed))
         try:
             yield
         finally:
-            workdir.remove_leftovers(working_out, folders=(PARTS_FOLDER,))
+            workdir.remove_leftovers(working_out, folders=(PARTS_FOLDER, PROGRESS_FOLDER))
 
 
 def _obs_id_of(obs_dir: str) -> str | None:

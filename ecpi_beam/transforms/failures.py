@@ -34,6 +34,7 @@ def isolating(stage: str, obs_id=obs_id_of):
 
     The observation is the one a failed product write names (io/products.write_product sets
     it: a campaign's mosaic is 'MOSAIC'), else `obs_id(element)`."""
+    # the DoFns' progress is marked here too (io/progress.py): one element done per call
     def decorate(process):
         @functools.wraps(process)
         def guarded(self, element, *args, **kwargs):
@@ -46,6 +47,8 @@ def isolating(stage: str, obs_id=obs_id_of):
             except Exception as error:  # noqa: BLE001 - the point is to isolate any failure
                 log.record(getattr(error, "obs_id", None) or obs_id(element), stage, error)
                 Metrics.counter(NAMESPACE, stage).inc()
+            if log.progress is not None:  # one element of this step done (failed ones too)
+                log.progress.mark(type(self).__name__)
         return guarded
     return decorate
 
