@@ -1,4 +1,5 @@
-"""ecpi-beam: the ECLAIRs ground pipeline (DPCO, CALI, BUBE, IMAG) as Apache Beam transforms."""
+"""ecpi-beam: the ECLAIRs ground pipeline (DPCO, CALI, BUBE, IMAG, MOSA, SPEX) as Apache Beam
+transforms."""
 import logging as _logging
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import difflib
 import importlib
+import textwrap
 from typing import NamedTuple
 
 from apache_beam.options.pipeline_options import (PipelineOptions, StandardOptions,
@@ -81,13 +82,38 @@ def _all_options_parser(with_runner_options: bool = True) -> _StrictParser:
     return parser
 
 
+HELP_WIDTH = 79
+COMPONENTS = (  # what `ecpi_run --help` says of each component: its work and its products
+    ("DPCO", "checks the input triplet (OBS_ID, coverage, columns, ranges, time order, "
+             "duplicated events); no product"),
+    ("CALI", "PHA to energy and PI, bad pixels dropped, good time: ECL-EVT-CAL, ECL-GTI-CAL"),
+    ("BUBE", "Earth occultation classes, detector images per band and class, background "
+             "correction: ECL-DET-IMA, ECL-DET-UBC, ECL-GTI-UBC, ECL-EAR-OFM"),
+    ("IMAG", "sky images, source detection and the observation's catalogue, a VOEvent per new "
+             "source: ECL-SKY-IMA, ECL-SOP-IMA"),
+    ("MOSA", "one mosaic of the run's sky images (HEALPix or CAR) and its sources, with [mosa] "
+             "out_files: ECL-MOS-IMA, ECL-MOS-SOP"),
+    ("SPEX", "mask-weighted spectra (PHA, RMF, ARF) and light curves of the sources, with "
+             "[spex] out_files: ECL-SPS-S1, ECL-LCS-S1"),
+)
+
+
 def help_parser() -> argparse.ArgumentParser:
+    def wrapped(text, indent=""):
+        return textwrap.fill(text, HELP_WIDTH, initial_indent=indent, break_on_hyphens=False,
+                             subsequent_indent=" " * len(indent))
+
+    components = "\n".join(wrapped(text, f"  {name}  ") for name, text in COMPONENTS)
     parser = argparse.ArgumentParser(
         prog=PROG, usage=f"{PROG} PARAMS.INI [options] [Beam options]",
-        description="Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG) on Apache Beam.",
-        epilog=f"Beam's options (--runner, default {DEFAULT_RUNNER}; --direct_num_workers, "
-               f"--direct_running_mode, ...) are accepted too: `{PROG} {BEAM_HELP}` lists them. "
-               "An option neither ours nor Beam's is an error.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=wrapped("Run the ECLAIRs pipeline (DPCO, CALI, BUBE, IMAG, MOSA, SPEX) on "
+                            "Apache Beam: the products each section's out_files asks for, for "
+                            "one observation or a campaign.") + f"\n\ncomponents:\n{components}",
+        epilog=wrapped(f"Beam's options (--runner, default {DEFAULT_RUNNER}; "
+                       f"--direct_num_workers, --direct_running_mode, ...) are accepted too: "
+                       f"`{PROG} {BEAM_HELP}` lists them. An option neither ours nor Beam's is "
+                       "an error."))
     parser.add_argument("params_file", nargs="?", metavar="PARAMS.INI",
                         help="the parameter file (.ini, see docs/parameters.md)")
     EcpiRunOptions._add_argparse_args(parser)  # pylint: disable=protected-access

@@ -87,6 +87,14 @@ def test_help_shows_the_parameter_file_our_options_and_how_to_list_beams():
     assert result.returncode == 0, result.stderr
     for text in ("PARAMS.INI", "--params", "--help-beam"):
         assert text in result.stdout
+    for component, product in (("DPCO", "duplicated events"), ("CALI", "ECL-EVT-CAL"),
+                               ("BUBE", "ECL-EAR-OFM"), ("IMAG", "ECL-SOP-IMA"),
+                               ("MOSA", "ECL-MOS-SOP"), ("SPEX", "ECL-LCS-S1")):
+        # every component is described, with its products (only four were)
+        line = next(line for line in result.stdout.splitlines()
+                    if line.startswith(f"  {component}  "))
+        assert product in result.stdout[result.stdout.index(line):], component
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
     beam = _ecpi_run("--help-beam")
     assert beam.returncode == 0 and "--direct_num_workers" in beam.stdout
 
