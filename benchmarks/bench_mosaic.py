@@ -33,7 +33,7 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
 from bench_chain import DEFAULT_CACHE, child_env, measure, write_json  # noqa: E402
-from ecpi_beam.cli import BLAS_THREAD_VARIABLES  # noqa: E402
+from ecpi_beam import BLAS_THREAD_VARIABLES  # noqa: E402
 
 BAND, OCC, EXPOSURE_S = "13-60", "PEO", 1000.0
 STAMP = "0123456789abcdef+0123456789abcdef"
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     sizes = args.observations or [100, 300, 1000]
     make_inputs(folder, max(sizes), args.sources)
     env = child_env(args.cache, cold_imports=False)
-    for variable in BLAS_THREAD_VARIABLES:  # as ecpi_run sets them (cli.ecpi_run_command)
+    for variable in BLAS_THREAD_VARIABLES:  # as ecpi_run has them (ecpi_beam/__init__.py)
         env.setdefault(variable, "1")
     command = [sys.executable, os.path.abspath(__file__), "--sources", str(args.sources),
                "--products", args.products, "--cache", args.cache, "--child"]

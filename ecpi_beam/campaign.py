@@ -31,10 +31,8 @@ from ecpi_beam.io.products import STAMP_SEPARATOR, product_url
 from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
 from ecpi_beam.params import SPEX_PRODUCTS
 from ecpi_beam.transforms.dpco import discover_triplet
-from ecpi_beam.transforms.failures import FAILURES_FILE, write_failure_records
 
 CAMPAIGN_FILE = "campaign.json"
-STDERR = object()  # progress lines go to sys.stderr as it is when the campaign runs
 DIRECT_RUNNER_BATCH = 4
 
 
@@ -168,20 +166,37 @@ def default_batch(beam_args) -> int:
     return DIRECT_RUNNER_BATCH if runner in ("", "DirectRunner") else 0
 
 
-def _record_wave(entries, wave, failures, working_out, products, elapsed):
+def made_products(working_out: str, obs_ids, products) -> dict[str, list[str]]:
+    """obs_id -> which of `products` are in working_out for it (SPEX's per-source files and
+    the mosaic's 'MOSAIC' included), from one listing."""
+    valid = [obs_id for obs_id in obs_ids if obs_id and OBS_ID_PATTERN.fullmatch(obs_id)]
+    files = workdir.products_by_observation(working_out, valid)
+    names = {obs_id: {workdir.product_name(url) for url in urls} for obs_id, urls in files.items()}
+    return {obs_id: [product for product in products if product in names.get(obs_id, ())]
+            for obs_id in obs_ids}
+
+
+def settle(entries, failures, working_out: str, products) -> None:
+    """Each entry that ran: 'failed' with its error when a record names it, else 'done' with
+    the products really in working_out (after a run, the failed ones' are gone)."""
     failed = {}
     for failure in failures:
         failed.setdefault(failure.get("obs_dir") or failure.get("obs_id"), failure)
-    events = sum(entry.events for entry in wave) or 1
-    for entry in wave:
+    ran = [entry for entry in entries if entry.status in ("done", "failed", "pending")]
+    made = made_products(working_out, [entry.obs_id for entry in ran], products)
+    for entry in ran:
         failure = failed.get(entry.obs_dir) or failed.get(entry.obs_id)
-        # the wave's time shared by events: exact for a wave of one observation
-        entry.time_s = round(elapsed * max(entry.events, 1) / events, 3)
         if failure is not None:
-            entry.status, entry.error = "failed", failure.get("error")
+            entry.status, entry.error, entry.products = "failed", failure.get("error"), []
         else:
-            entry.status = "done"
-            entry.products = _made(working_out, entry.obs_id, products)
+            entry.status, entry.products = "done", made.get(entry.obs_id, [])
+
+
+def _record_wave(entries, wave, failures, working_out, products, elapsed):
+    events = sum(entry.events for entry in wave) or 1
+    for entry in wave:  # the wave's time shared by events: exact for a wave of one observation
+        entry.time_s = round(elapsed * max(entry.events, 1) / events, 3)
+    settle(wave, failures, working_out, products)
 
 
 def progress_line(entries, events_per_s: float, elapsed: float) -> str:
@@ -195,7 +210,11 @@ def progress_line(entries, events_per_s: float, elapsed: float) -> str:
             f"{events_per_s:.0f} events/s; ETA {eta}")
 
 
-def write_summary(working_out: str, entries, started: float, stamp: str, totals: dict):
+def write_summary(working_out: str, entries, started: float, stamp: str, totals: dict,
+                  **extra):
+    """campaign.json (two or more observations); `extra` adds top-level keys (the mosaic).
+    A failure to write it (a full disk) is a warning: the products and failures.jsonl are
+    what counts."""
     if len(entries) < 2:  # one observation is no campaign: its working_out holds products only
         return
     parhash, _, caldb = stamp.partition(STAMP_SEPARATOR)
@@ -203,25 +222,29 @@ def write_summary(working_out: str, entries, started: float, stamp: str, totals:
              for status in ("done", "failed", "skipped", "pending")}
     summary = {"total": len(entries), **count, "parhash": parhash, "caldbhsh": caldb,
                "events": int(totals.get("ecpi.read.events", 0)),
-               "elapsed_s": round(time.time() - started, 3),
+               "elapsed_s": round(time.time() - started, 3), **extra,
                "observations": [dataclasses.asdict(entry) for entry in entries]}
-    with fs.atomic_write(fs.join(working_out, CAMPAIGN_FILE)) as stream:
-        stream.write((json.dumps(summary, indent=1) + "\n").encode())
+    try:
+        with fs.atomic_write(fs.join(working_out, CAMPAIGN_FILE)) as stream:
+            stream.write((json.dumps(summary, indent=1) + "\n").encode())
+    except fs.WriteError as error:
+        print(f"warning: {error}", file=sys.stderr)
 
 
 def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *,
                  force: bool = False, batch: int | None = None, stamp: str | None = None,
-                 ids=None, set_aside=(), progress=STDERR):
-    """Plan (see `plan`), then `run_pipeline(dirs)` -> (metric totals, failure records) wave
-    by wave. Returns (entries, summed metric totals, the failure records of the waves).
+                 ids=None, set_aside=(), progress=None):
+    """Plan (see `plan`), then `run_pipeline(dirs)` -> (metric totals, the run's failure
+    records so far: failures.jsonl gathers every wave's, io/failures.py) wave by wave.
+    Returns (entries, summed metric totals, the failure records of the waves).
     """
     started = time.time()
-    progress = sys.stderr if progress is STDERR else progress  # the stream of the moment
     working_out = params.general.working_out
     stamp = stamp or products_stamp(params, caldb_dir)
     entries = plan(params, observation_dirs, stamp, force, ids, set_aside)
     todo = [entry for entry in entries if entry.status == "pending"]
     skipped = sum(entry.status == "skipped" for entry in entries)
+    progress = progress or sys.stderr  # looked up now: a test may have replaced it
     if len(entries) < 2:  # one observation: ecpi_run's summary line says it all
         progress = None
     if skipped and progress:
@@ -238,16 +261,13 @@ def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *
         run_time += elapsed
         for name, value in wave_totals.items():
             totals[name] = totals.get(name, 0) + value
-        failures += wave_failures
+        failures = wave_failures
         _record_wave(entries, wave, wave_failures, working_out,
                      params.observation_products, elapsed)
-        # a wave's pipeline rewrites failures.jsonl with its own: keep the campaign's
-        write_failure_records(working_out, failures)
         write_summary(working_out, entries, started, stamp, totals)
         if progress:
             print(progress_line(entries, totals.get("ecpi.read.events", 0) / max(run_time, 1e-9),
                                 run_time), file=progress, flush=True)
-    if not todo:  # nothing ran: a failures.jsonl left there is about no observation now
-        fs.remove(fs.join(working_out, FAILURES_FILE))
+    if not todo:
         write_summary(working_out, entries, started, stamp, totals)
     return entries, totals, failures

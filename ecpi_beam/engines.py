@@ -389,6 +389,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    from ecpi_beam.cli import ecpi_engine
+    from ecpi_beam.errors import exit_code_of
 
-    sys.exit(ecpi_engine(sys.argv[1:]))
+    sys.exit(exit_code_of(main))

@@ -18,6 +18,7 @@ WORKER_PLUGIN = "ecpi_beam.worker_logging"
 # the options round trip: "Discarding unparseable args" of Beam's own flags) are not the
 # user's to act on: shown only at `info` and below.
 WORKER_START_UP_LOGGERS = ("__main__", "apache_beam.options.pipeline_options")
+WORKER_LOG_RELAY = "apache_beam.runners.portability.local_job_service"
 STAGE_ORDER = ("read", "dpco", "cali", "bube", "imag", "write")  # others follow, by name
 
 def level_number(level_name: str) -> int:
@@ -31,6 +32,10 @@ def configure_logging(level_name: str) -> int:
     logging.basicConfig(format=LOG_FORMAT, level=level, force=True)
     for name in ("ecpi_beam", "apache_beam"):
         logging.getLogger(name).setLevel(level)
+    # the multi-process DirectRunner's workers print their own lines (worker_logging.py); the
+    # job service's copy of each, a dump of the log proto, is shown at debug only
+    logging.getLogger(WORKER_LOG_RELAY).setLevel(
+        logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL + 1)
     return level
 
 

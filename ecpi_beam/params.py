@@ -346,22 +346,22 @@ class _SectionReader:
 
     def number(self, section, key, default, minimum=None, maximum=None, integer=False,
                low_open=False):
+        """A finite number (never inf or nan: either would silently turn a stage off or make
+        its arithmetic nonsense), within [minimum, maximum] where given."""
         value = self.raw(section, key)
         if not value:
             return default
         kind = "an integer" if integer else "a number"
+        bounds = _range_text(minimum, maximum, low_open)
         try:
             number = int(value.replace("_", "")) if integer else float(value)
         except ValueError:
-            self.fail(section, key, value, f"expected {kind}")
-        if number != number or (minimum is not None and (
-                number < minimum or (low_open and number == minimum))) or (
+            self.fail(section, key, value, f"expected {kind}{bounds}")
+        if not math.isfinite(number):
+            self.fail(section, key, value, f"expected a finite number{bounds}")
+        if (minimum is not None and (number < minimum or (low_open and number == minimum))) or (
                 maximum is not None and number > maximum):
-            if maximum is None:
-                allowed = f"{'>' if low_open else '>='} {minimum}"
-            else:
-                allowed = f"in {'(' if low_open else '['}{minimum}, {maximum}]"
-            self.fail(section, key, value, f"expected {kind} {allowed}")
+            self.fail(section, key, value, f"expected {kind}{bounds}")
         return number
 
     def literal(self, section, key, example):
@@ -435,12 +435,23 @@ class _SectionReader:
         return modes
 
     def snr_threshold(self) -> float:
-        value = self.number("imag", "snr_ths", 0.0)
-        if value != 0 and value < DETECTION_SNR_DEFAULT:
-            self.fail("imag", "snr_ths", self.raw("imag", "snr_ths"),
-                      f"expected 0 (use the default {DETECTION_SNR_DEFAULT:g}) or a number "
-                      f">= {DETECTION_SNR_DEFAULT:g}")
-        return float(value)
+        """[imag] snr_ths: 0 (the default: 7) or a finite number >= 7."""
+        value = self.raw("imag", "snr_ths")
+        if not value:
+            return 0.0
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is None or (number != 0 and number < DETECTION_SNR_DEFAULT):
+            self.fail("imag", "snr_ths", value, f"expected 0 (use the default "
+                      f"{DETECTION_SNR_DEFAULT:g}) or a number >= {DETECTION_SNR_DEFAULT:g}")
+        if not math.isfinite(number):  # inf would silently turn detection off
+            self.fail("imag", "snr_ths", value, f"expected 0 (use the default "
+                      f"{DETECTION_SNR_DEFAULT:g}) or a finite number >= "
+                      f"{DETECTION_SNR_DEFAULT:g}" + ("; inf would turn detection off"
+                                                      if number > 0 else ""))
+        return number
 
     def nside(self) -> int:
         """[mosa] nside: 0 (automatic) or a power of two from 16 to 1024."""
@@ -545,6 +556,17 @@ class _SectionReader:
         if not fs.output_location_exists(url):
             self.fail("general", "working_out", url, "expected an existing directory "
                       "(create it first)")
+
+
+def _range_text(minimum, maximum, low_open) -> str:
+    """' >= 3.0', ' in (0.0, 1.0]' or '' (no bound)."""
+    if minimum is None and maximum is None:
+        return ""
+    if maximum is None:
+        return f" {'>' if low_open else '>='} {minimum}"
+    if minimum is None:
+        return f" <= {maximum}"
+    return f" in {'(' if low_open else '['}{minimum}, {maximum}]"
 
 
 def _absolute(location: str) -> str:

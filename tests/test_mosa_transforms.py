@@ -139,7 +139,9 @@ def test_spex_takes_the_sources_found_on_the_mosaic_for_every_observation():
 
     found = [(("13-60", "PEO"), [row(10.0, 5.0, 9.0), row(40.0, -3.0, 20.0)]),
              (("61-140", "PEO"), [row(10.2, 5.1, 8.0)])]  # the same source in another band
-    expected = (SpexSource(1, "SRC01", 40.0, -3.0), SpexSource(2, "SRC02", 10.0, 5.0))
+    # named by their positions, as catalogue sources are (OBJECT of the spectra)
+    expected = (SpexSource(1, "ECL J024000.0-030000", 40.0, -3.0),
+                SpexSource(2, "ECL J004000.0+050000", 10.0, 5.0))
     with BeamTestPipeline() as pipeline:
         observations = pipeline | "Obs" >> beam.Create([observation(0), observation(1)])
         sources = sources_of_mosaic(observations, pipeline | "Found" >> beam.Create(found))

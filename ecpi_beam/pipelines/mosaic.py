@@ -29,20 +29,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from astropy.io import fits
 
-from ecpi_beam.campaign import STDERR, products_stamp, stamp_of
+from ecpi_beam.campaign import products_stamp, stamp_of
+from ecpi_beam.io import failures as failure_log
 from ecpi_beam.io import fs, workdir
 from ecpi_beam.io.events import read_primary_header
+from ecpi_beam.io.failures import FailureLog
 from ecpi_beam.io.mosaic_products import read_observation_ids
-from ecpi_beam.io.products import product_url
+from ecpi_beam.io.products import MOSAIC_OBS_ID, product_url
 from ecpi_beam.kernels.sky_analysis import SourceRow
 from ecpi_beam.params import MOSA_ACCUMULATOR, SPEX_PRODUCTS
 from ecpi_beam.pipelines.safeguards import HEADER_READERS
-from ecpi_beam.transforms.failures import (FAILURES_FILE, FailureLog, collect_failures,
-                                           write_failure_records)
 
 LOG = logging.getLogger(__name__)
-MOSAIC_OBS_ID = "MOSAIC"
-STAGE = "mosa"
+STAGE = "mosa"  # reading the accumulators, the combine, the fits (a write is stage 'write')
 
 
 def campaign_products(params) -> tuple[str, ...]:
@@ -103,11 +102,11 @@ class _Report:
 
 
 def run_campaign_mosaic(params, caldb_dir: str, entries, run_graph, *, force: bool = False,
-                        progress=STDERR) -> tuple[dict, list[dict]]:
+                        progress=None) -> tuple[dict, list[dict]]:
     """Make the campaign's mosaic (and SPEX of its sources) when not up to date; returns
     (metric totals, every failure record of the run). `run_graph(build)` runs the Beam
     graph `build(pipeline)` adds and returns its metric totals."""
-    progress = sys.stderr if progress is STDERR else progress
+    progress = progress or sys.stderr  # looked up now: a test may have replaced it
     report = _Report(progress if len(entries) > 1 else None)
     working_out = params.general.working_out
     stamp = products_stamp(params, caldb_dir)
@@ -117,7 +116,7 @@ def run_campaign_mosaic(params, caldb_dir: str, entries, run_graph, *, force: bo
         if entry.status in ("done", "skipped") and entry.obs_id and entry.obs_id not in combined:
             print(f"warning: observation {entry.obs_id} ({entry.obs_dir}): no sky image, so "
                   "not in the mosaic (no events in the good time?)", file=progress)
-    failures = collect_failures(working_out)
+    failures = failure_log.gather(working_out)
     if not accumulators:
         report("campaign mosaic: no observation to combine")
         return {}, failures
@@ -131,7 +130,7 @@ def run_campaign_mosaic(params, caldb_dir: str, entries, run_graph, *, force: bo
     else:
         totals, failures = _make_mosaic(params, caldb_dir, accumulators, products, stamp,
                                         run_graph)
-        if any(record.get("stage") == STAGE for record in failures):
+        if any(_of_the_mosaic(record) for record in failures):
             return totals, failures
         report(f"campaign mosaic: {len(obs_ids)} observation(s) combined into "
                f"{', '.join(products)}")
@@ -143,17 +142,25 @@ def run_campaign_mosaic(params, caldb_dir: str, entries, run_graph, *, force: bo
     return totals, failures
 
 
+def _of_the_mosaic(record) -> bool:
+    """A failure of the campaign mosaic: a campaign product's (observation 'MOSAIC') or of
+    this stage (an observation's accumulator that could not be read)."""
+    return record.get("obs_id") == MOSAIC_OBS_ID or record.get("stage") == STAGE
+
+
 def _make_mosaic(params, caldb_dir, accumulators, products, stamp, run_graph):
     from ecpi_beam.transforms.mosa import CampaignMosaic  # healpix: imported when asked
 
     working_out = params.general.working_out
-    log = FailureLog(working_out)
+    failure_log.reserve_space(working_out)  # a full disk is still recorded
     totals = run_graph(lambda pipeline: pipeline | "CampaignMosaic" >> CampaignMosaic(
-        params.mosa, accumulators, caldb_dir, working_out, stamp, products, log))
-    failures = collect_failures(working_out)
-    mosaic_failures = [record for record in failures if record.get("stage") == STAGE]
+        params.mosa, accumulators, caldb_dir, working_out, stamp, products,
+        FailureLog(working_out)))
+    failures = failure_log.gather(working_out)
+    mosaic_failures = [record for record in failures if _of_the_mosaic(record)]
     if mosaic_failures:  # nothing partial: no campaign product, no unreadable accumulator
-        unreadable = {record["obs_id"] for record in mosaic_failures if record.get("obs_id")}
+        unreadable = {record["obs_id"] for record in mosaic_failures
+                      if record.get("obs_id") not in (None, MOSAIC_OBS_ID)}
         for url in workdir.remove_products_of(working_out, {MOSAIC_OBS_ID} | unreadable):
             LOG.info("removed %s: the campaign mosaic failed", url)
     return totals, failures
@@ -202,14 +209,13 @@ def _spex_of_mosaic(params, caldb_dir, entries, obs_ids, stamp, run_graph, force
 
     working_out = params.general.working_out
     found = mosaic_sources(product_url(working_out, "ECL-MOS-SOP", MOSAIC_OBS_ID))
-    failures = collect_failures(working_out)
     srchash = sources_hash(found)
     products = [p for p in params.spex.out_files if p in SPEX_PRODUCTS]
     in_mosaic = set(obs_ids)
     todo = [entry for entry in entries if entry.obs_id in in_mosaic and (
         force or not _spectra_current(working_out, entry.obs_id, products, stamp, srchash))]
     if not todo or not any(rows for _, rows in found):
-        return {}, failures
+        return {}, failure_log.gather(working_out)
     report(f"campaign mosaic: SPEX of its {sum(len(r) for _, r in found)} source(s) in "
            f"{len(todo)} observation(s)")
     only_spex = dataclasses.replace(
@@ -217,23 +223,15 @@ def _spex_of_mosaic(params, caldb_dir, entries, obs_ids, stamp, run_graph, force
         bube=dataclasses.replace(params.bube, out_files=()),
         imag=dataclasses.replace(params.imag, out_files=()))
     keywords = {"SRCHASH": (srchash, "sha256 (short) of the mosaic's source list")}
+    failure_log.reserve_space(working_out)
     totals = run_graph(lambda pipeline: build_observation_pipeline(
         pipeline, only_spex, caldb_dir, [entry.obs_dir for entry in todo],
         mosaic_sources=found, stamp=stamp, spex_keywords=keywords))
-    # this graph's own failures.jsonl (DPCO) replaced the campaign's: merge them back
-    merged = {}
-    for record in failures + collect_failures(working_out):
-        merged.setdefault((record.get("obs_dir") or record.get("obs_id"), record.get("stage")),
-                          record)
-    failures = sorted(merged.values(), key=lambda r: str(r.get("obs_dir") or r.get("obs_id")))
-    write_failure_records(working_out, failures)
+    failures = failure_log.gather(working_out)
     failed = {record.get("obs_id") for record in failures
               if record.get("stage") == "spex" and record.get("obs_id") in in_mosaic}
-    for obs_id in sorted(failed):
+    for obs_id in sorted(failed):  # its spectra go; its place in the mosaic stays (above)
         for url in workdir.products_of(working_out, obs_id):
-            if fs.basename(url).split("_", 1)[0] in SPEX_PRODUCTS:
+            if workdir.product_name(url) in SPEX_PRODUCTS:
                 fs.remove(url)
-    if not failures:
-        fs.remove(fs.inside(working_out, FAILURES_FILE))
     return totals, failures
-

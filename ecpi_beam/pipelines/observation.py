@@ -7,24 +7,25 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from ecpi_beam.io.regions import write_regions
 from ecpi_beam.campaign import products_stamp
+from ecpi_beam.io.failures import FailureLog
 from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
-from ecpi_beam.transforms.failures import FailureLog
+from ecpi_beam.transforms.failures import RecordFailures, with_failure_log
 from ecpi_beam.transforms.imag import Imag
 from ecpi_beam.transforms.read import ReadObservation
-from ecpi_beam.transforms.write import (WriteAlerts, WriteFailures, WriteImageProducts,
+from ecpi_beam.transforms.write import (WriteAlerts, WriteImageProducts, WriteRegionFile,
                                         WriteTimelineProducts, failed_obs_ids)
 
 BUBE_PRODUCTS = ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-GTI-UBC", "ECL-EAR-OFM")
 IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
 
 
-def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dirs, *,
-                               mosaic_sources=None, stamp: str | None = None,
+def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dirs,
+                               progress=None, *, mosaic_sources=None, stamp: str | None = None,
                                spex_keywords=None):
     """Add the whole chain to `pipeline`; returns the dict of named output collections.
+    `progress`: io.progress.ProgressMarks for ecpi_run's progress line, or None.
 
     The campaign's mosaic is made after every observation's pipeline (pipelines/mosaic.py):
     here each observation stores its accumulator (ECL-MOS-ACC). With [spex] sources = mosaic,
@@ -32,7 +33,8 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
     [((band, occ), [SourceRow])]), the products `stamp` of the run and `spex_keywords`.
     """
     general = params.general
-    failure_log = FailureLog(general.working_out)  # one failing observation stops no other
+    # one failing observation stops no other; the same DoFns mark their progress
+    failure_log = FailureLog(general.working_out, progress)
     written = []  # URLs of every writer: joined at the end (see below)
     # PARHASH and CALDBHSH (campaign resume)
     fingerprint = stamp or products_stamp(params, caldb_dir)
@@ -78,7 +80,8 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
                 written.append(imag.by_observation | f"Write{product}" >> WriteImageProducts(
                     product, **write, grouped=True))
                 if product == "ECL-SOP-IMA":  # its DS9 region file beside it (io/regions.py)
-                    written.append(written[-1] | "WriteRegions" >> beam.Map(write_regions))
+                    written.append(written[-1] | "WriteRegions" >> beam.ParDo(
+                        with_failure_log(WriteRegionFile(), failure_log)))
             if "ECL-SOP-IMA" in params.imag.out_files:  # a VOEvent per NEW source beside it
                 written.append(imag.by_observation | "WriteAlerts" >> WriteAlerts(
                     "ECL-ALERT", **write, grouped=True))
@@ -99,7 +102,7 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
                 failed, general.working_out, fingerprint, failure_log, found,
                 extra_keywords=spex_keywords))
 
-    written.append(read.failures | "WriteFailures" >> WriteFailures(general.working_out))
+    written.append(read.failures | "RecordFailures" >> RecordFailures(general.working_out))
     outputs["failures"] = read.failures
     # One last transform downstream of every writer: the DaskRunner computes only the graph
     # behind the last transform applied, so the writers must all lead to it.

@@ -33,8 +33,8 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io.slices import SliceWatcher
-from ecpi_beam.transforms.failures import (FailureLog, collect_failures, remove_dead_letters,
-                                           with_failure_log)
+from ecpi_beam.io.failures import FailureLog, gather
+from ecpi_beam.transforms.failures import with_failure_log
 from ecpi_beam.transforms.windows import (ALERTS_FOLDER, SliceTiles, TransientAlerts,
                                           WindowedSearch)
 
@@ -254,9 +254,8 @@ def run_streaming_command(params, beam_args, caldb_dir: str, started: float) -> 
     for location in params.general.working_in:
         if not fs.isdir(location) and "://" not in location:
             raise EcpiError(f"working_in = {location}: no such directory to watch")
-    remove_dead_letters(params.general.working_out)
     rejected = run_stream(params, beam_args, caldb_dir, idle_timeout)
-    failures = collect_failures(params.general.working_out)
+    failures = gather(params.general.working_out)
     # a bad slice is skipped and the stream goes on: reported here
     for error in rejected + [failure.get("error") for failure in failures]:
         print(f"error: {error}", file=sys.stderr)

@@ -31,15 +31,13 @@ from ecpi_beam.io.mosaic_products import (mosaic_image_hdus, mosaic_input_hdus,
                                           mosaic_light_curve_hdus, mosaic_source_hdus,
                                           read_mosaic_inputs)
 from ecpi_beam.io.image_products import parse_band
-from ecpi_beam.io.products import product_url, standard_keywords, write_product
+from ecpi_beam.io.products import MOSAIC_OBS_ID, product_url, standard_keywords, write_product
 from ecpi_beam.kernels import catalogue, mosaic, mosaic_sources
 from ecpi_beam.transforms.base import DataclassTransform, SumCombineFn
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 from ecpi_beam.transforms.write import _ObservationProductWriter
-from ecpi_beam.errors import EcpiError
 
 NAMESPACE = "ecpi.mosa"
-MOSAIC_OBS_ID = "MOSAIC"  # campaign products are <PRODUCT>_MOSAIC.fits
 ACCUMULATOR = "ECL-MOS-ACC"  # one per observation: what it adds to the mosaic
 STAGE = "mosa"
 
@@ -310,33 +308,22 @@ def mosaic_keywords(product, rows, fingerprint):
 
 class WriteCampaignProduct(beam.DoFn):
     """The collected payload of a campaign -> one product file <PRODUCT>_MOSAIC.fits. A fault
-    (a full disk, a refused path) is one failure record, not a stopped pipeline: the run then
-    removes every campaign product (nothing partial) and exits 2."""
+    (a full disk, a refused path) is the failure of observation 'MOSAIC', recorded as every
+    writer's is (transforms/failures.isolating), not a stopped pipeline: the run then removes
+    every campaign product (nothing partial) and exits 2."""
 
     def __init__(self, product, hdus_of, working_out, fingerprint, observations, failure_log):
         self._product, self._hdus_of = product, hdus_of
         self._working_out, self._fingerprint = working_out, fingerprint
-        self._observations, self._failure_log = list(observations), failure_log
+        self._observations, self.failure_log = list(observations), failure_log
 
+    @isolating("write", obs_id=lambda _: MOSAIC_OBS_ID)
     def process(self, payload, *side_inputs):
         rows = self._observations
         if not rows:
             return
-        url = None
-        try:
-            url = product_url(self._working_out, self._product, MOSAIC_OBS_ID)
-            write_product(url, self._hdus_of(payload, rows, *side_inputs),
-                          mosaic_keywords(self._product, rows, self._fingerprint))
-        except Exception as error:  # noqa: BLE001 - recorded, as every writer's faults are
-            if self._failure_log is None:
-                raise
-            message = " ".join(str(error).split())
-            if not isinstance(error, EcpiError):
-                message = f"{type(error).__name__}: {message}"
-            self._failure_log.write_record({
-                "obs_id": None, "stage": STAGE, "product": self._product,
-                "error": f"campaign mosaic: write failed: {message}"})
-            Metrics.counter("ecpi.failures", STAGE).inc()
-            return
+        url = product_url(self._working_out, self._product, MOSAIC_OBS_ID)
+        write_product(url, self._hdus_of(payload, rows, *side_inputs),
+                      mosaic_keywords(self._product, rows, self._fingerprint))
         Metrics.counter("ecpi.write", "products_written").inc()
         yield url

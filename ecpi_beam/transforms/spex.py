@@ -160,18 +160,34 @@ class WriteSourceProducts(beam.DoFn):
         return url
 
 
+def catalogue_name(catalogue, band, occ, index) -> str:
+    """The name of detection `index` of image (band, occ) in the observation's catalogue: its
+    known source's, else 'ECL Jhhmmss.s+ddmmss' ('' without a catalogue)."""
+    label = catalogue.labels.get((band, occ, index)) if catalogue is not None else None
+    if label is None:
+        return ""
+    source = catalogue.sources[label]
+    return source.known_name or source.name
+
+
 @beam.ptransform_fn
 def SourcesFound(sky):  # noqa: N802 - a PTransform
     """((obs_id, band, occ), SkyProducts) -> (obs_id, SpexSources): IMAG's detections of every
-    band and occultation type, one per position (brightest first)."""
-    def merge(obs_id, rows):
-        rows = sorted(rows, key=lambda row: -row.snr)
+    band and occultation type, one per position (brightest first), named as in the
+    observation's catalogue (OBJECT of the spectra and light curves)."""
+    def detections(key, sky_products):
+        obs_id, band, occ = key
+        return [(obs_id, (row, catalogue_name(sky_products.catalogue, band, occ, index)))
+                for index, row in enumerate(sky_products.sources)]
+
+    def merge(obs_id, named_rows):
+        named_rows = sorted(named_rows, key=lambda named: -named[0].snr)
         return obs_id, spectra.distinct_sources(
-            [(row.ra, row.dec) for row in rows], PEAK_MERGE_DEG,
-            names=[getattr(row, "name", "") for row in rows])
+            [(row.ra, row.dec) for row, _ in named_rows], PEAK_MERGE_DEG,
+            names=[name for _, name in named_rows])
 
     return (sky
-            | "Detections" >> beam.FlatMap(lambda kv: [(kv[0][0], row) for row in kv[1].sources])
+            | "Detections" >> beam.FlatMapTuple(detections)
             | "ByObservation" >> beam.GroupByKey()
             | "Distinct" >> beam.MapTuple(merge))
 

@@ -74,10 +74,10 @@ def test_a_full_disk_while_writing_a_campaign_product_leaves_no_campaign_product
     before = snapshot(tmp_path, skip=out)
     code, stdout, stderr = run_in_process(params, pipeline_workspace, capfd, monkeypatch)
     target = out / f"{product}_MOSAIC.fits"
-    assert_one_fault(code, stdout, stderr, ["campaign mosaic: write failed", str(target),
+    assert_one_fault(code, stdout, stderr, ["observation MOSAIC: write failed", str(target),
                                             "No space left on device (errno 28)"])
     records = failure_records(out)
-    assert [(r["stage"], r["product"]) for r in records] == [("mosa", product)], records
+    assert [(r["obs_id"], r["stage"]) for r in records] == [("MOSAIC", "write")], records
     assert campaign_products(out) == []  # nothing partial: not even the products written
     assert snapshot(tmp_path, skip=out) == before
     assert_working_out_clean(out)
@@ -123,7 +123,7 @@ def test_a_refused_link_at_the_mosaics_name_is_one_line_and_touches_nothing_outs
     (out / "ECL-MOS-SOP_MOSAIC.fits").symlink_to(outside / "target.fits")
     before = snapshot(tmp_path, skip=out)
     code, stdout, stderr = run_in_process(params, pipeline_workspace, capfd, monkeypatch)
-    assert_one_fault(code, stdout, stderr, ["campaign mosaic: write failed",
+    assert_one_fault(code, stdout, stderr, ["observation MOSAIC: write failed",
                                             "ECL-MOS-SOP_MOSAIC.fits", "outside working_out"])
     assert snapshot(tmp_path, skip=out) == before
     assert (outside / "target.fits").read_bytes() == b"not ours"
