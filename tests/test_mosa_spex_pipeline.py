@@ -104,7 +104,7 @@ def test_a_rerun_with_mosa_and_spex_skips_everything(campaign_run, pipeline_work
     rerun = run_ecpi(params, workspace=pipeline_workspace, working_out=result.working_out)
     assert rerun.returncode == 0, describe(rerun)
     assert "(2 already done, skipped)" in rerun.stdout
-    assert "campaign mosaic: up to date with its 2 observation(s)" in rerun.stderr
+    assert "campaign: mosaic up to date with its 2 observation(s)" in rerun.stderr
     assert _mtimes(result.working_out) == before
 
 
@@ -150,7 +150,7 @@ def test_spex_extracts_the_sources_of_the_whole_campaigns_mosaic(spex_of_mosaic_
             assert hdul[0].header["SRCHASH"] == sources_hash(found)
             assert angular_offset_arcmin(brightest.ra, brightest.dec, header["RA_OBJ"],
                                          header["DEC_OBJ"]) < 1e-3
-    assert "campaign mosaic: SPEX of its" in result.stderr
+    assert "campaign: SPEX of the mosaic's" in result.stderr
 
 
 def test_spex_of_the_mosaic_is_not_redone_when_nothing_changed(spex_of_mosaic_run,
@@ -160,5 +160,5 @@ def test_spex_of_the_mosaic_is_not_redone_when_nothing_changed(spex_of_mosaic_ru
     rerun = run_ecpi(params, workspace=pipeline_workspace, working_out=result.working_out)
     assert rerun.returncode == 0, describe(rerun)
     assert "(2 already done, skipped)" in rerun.stdout
-    assert "SPEX of its" not in rerun.stderr
+    assert "SPEX of the mosaic" not in rerun.stderr
     assert _mtimes(result.working_out) == before

@@ -293,7 +293,7 @@ def test_the_rerun_skips_everything_in_seconds(survey):
     result, out, elapsed, before = runs["rerun"]
     assert result.returncode == 2, describe(result)  # the corrupt one is tried again, fails
     assert "(10 already done, skipped)" in result.stdout
-    assert "campaign mosaic: up to date with its 10 observation(s), skipped" in result.stderr
+    assert "campaign: mosaic up to date with its 10 observation(s), skipped" in result.stderr
     after = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     touched = {name for name in after if before.get(name) != after[name]}
     assert touched <= {"campaign.json", "failures.jsonl"}, touched

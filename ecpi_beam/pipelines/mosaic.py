@@ -118,21 +118,21 @@ def run_campaign_mosaic(params, caldb_dir: str, entries, run_graph, *, force: bo
                   "not in the mosaic (no events in the good time?)", file=progress)
     failures = failure_log.gather(working_out)
     if not accumulators:
-        report("campaign mosaic: no observation to combine")
+        report("campaign: mosaic: no observation to combine")
         return {}, failures
     obs_ids = [obs_id for obs_id, *_ in accumulators]
     products = campaign_products(params)
     ran = any(entry.status == "done" for entry in entries)
     totals = {}
     if not force and not ran and up_to_date(working_out, products, stamp, obs_ids):
-        report(f"campaign mosaic: up to date with its {len(obs_ids)} observation(s), skipped "
+        report(f"campaign: mosaic up to date with its {len(obs_ids)} observation(s), skipped "
                "(--force redoes it)")
     else:
         totals, failures = _make_mosaic(params, caldb_dir, accumulators, products, stamp,
                                         run_graph)
         if any(_of_the_mosaic(record) for record in failures):
             return totals, failures
-        report(f"campaign mosaic: {len(obs_ids)} observation(s) combined into "
+        report(f"campaign: mosaic of {len(obs_ids)} observation(s) made: "
                f"{', '.join(products)}")
     if params.spex_from_mosaic:
         spex_totals, failures = _spex_of_mosaic(params, caldb_dir, entries, obs_ids, stamp,
@@ -216,7 +216,7 @@ def _spex_of_mosaic(params, caldb_dir, entries, obs_ids, stamp, run_graph, force
         force or not _spectra_current(working_out, entry.obs_id, products, stamp, srchash))]
     if not todo or not any(rows for _, rows in found):
         return {}, failure_log.gather(working_out)
-    report(f"campaign mosaic: SPEX of its {sum(len(r) for _, r in found)} source(s) in "
+    report(f"campaign: SPEX of the mosaic's {sum(len(r) for _, r in found)} source(s) in "
            f"{len(todo)} observation(s)")
     only_spex = dataclasses.replace(
         params, cali=dataclasses.replace(params.cali, out_files=()),

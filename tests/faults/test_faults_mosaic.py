@@ -53,7 +53,7 @@ def assert_one_fault(code, stdout, stderr, words):
     errors = error_lines(stderr)
     assert len(errors) == 1, report
     assert [line for line in stderr_lines(stderr) if not line.startswith(
-        ("error: ", "warning: ", "campaign: ", "campaign mosaic: "))] == [], report
+        ("error: ", "warning: ", "campaign: "))] == [], report
     for word in words:
         assert word in errors[0], f"{word!r} not in {errors[0]!r}"
 
