@@ -1,9 +1,10 @@
 """Campaigns of many observations: resume, progress, and `<working_out>/campaign.json`.
 
-- **Resume.** An observation whose every product is in working_out (`Params.observation_products`:
-  with a mosaic, its accumulator ECL-MOS-ACC; the campaign's own products are made after the
-  waves, docs/mosa.md), stamped with the same parameters (header PARHASH) and the same CALDB
-  (header CALDBHSH), is skipped; the others are (re)done; `ecpi_run --force` redoes all. Products are written under a temporary name and
+- **Resume.** An observation whose every product is in working_out
+  (`Params.observation_products`: with a mosaic, its accumulator ECL-MOS-ACC; the campaign's
+  own products are made after the waves, docs/mosa.md), stamped with the same parameters
+  (header PARHASH) and the same CALDB (header CALDBHSH), is skipped; the others are (re)done;
+  `ecpi_run --force` redoes all. Products are written under a temporary name and
   moved into place (io/products.py), so a killed campaign leaves none that looks complete.
 - **Waves.** The observations to do are run as successive Beam pipelines of `--campaign_batch`
   observations (default: all at once, 4 on the DirectRunner), so that each wave's products,

@@ -233,7 +233,8 @@ def light_curve_hdu(index: int, name: str, row, band: str, occ: str, points) -> 
     columns = [
         fits.Column(name="TIME", format="D", unit="s",
                     array=[0.5 * (p.tstart + p.tstop) for p in points]),
-        fits.Column(name="TIMEDEL", format="D", unit="s", array=[p.tstop - p.tstart for p in points]),
+        fits.Column(name="TIMEDEL", format="D", unit="s",
+                    array=[p.tstop - p.tstart for p in points]),
         fits.Column(name="RATE", format="E", unit="count/(s cm2)", array=[p.flux for p in points]),
         fits.Column(name="ERROR", format="E", unit="count/(s cm2)",
                     array=[p.flux_err for p in points]),
@@ -262,7 +263,8 @@ def light_curve_hdu(index: int, name: str, row, band: str, occ: str, points) -> 
         # readers that take one bin width (stingray) get the typical observation's
         cards["TIMEDEL"] = (float(np.median([p.tstop - p.tstart for p in points])),
                             "[s] median of the TIMEDEL column")
-        cards["TSTART"] = (float(min(p.tstart for p in points)), "[s] start of the first observation")
+        cards["TSTART"] = (float(min(p.tstart for p in points)),
+                           "[s] start of the first observation")
         cards["TSTOP"] = (float(max(p.tstop for p in points)), "[s] end of the last observation")
     for key, value in cards.items():
         header[key] = value
