@@ -76,7 +76,8 @@ def simulate_campaign(root: Path, seed: int, n_fields: int, n_obs: int, duration
         for _ in range(n_obs):
             ra, dec = offset_pointing(rng, quaternion, 2.0, 12.0)
             pointing = Pointing(ra=ra, dec=dec, roll=float(rng.uniform(0, 360)), start=0.0)
-            scenario = scenario_with(base, name=f"obs{index:02d}", obs_id=f"{seed * 100 + index:010d}",
+            scenario = scenario_with(base, name=f"obs{index:02d}",
+                                     obs_id=f"{seed * 100 + index:010d}",
                                      seed=seed * 1000 + index, tstart=3.0e8 + 5000.0 * index,
                                      duration=duration, pointings=(pointing,), sources=sky,
                                      initial_slew_deg=0.0)
@@ -157,8 +158,9 @@ def report(found) -> None:
     for low, high in ((10, 20), (20, 40), (40, 80), (80, np.inf)):
         sel = in_band & (snr >= low) & (snr < high) & (n_single >= 3)
         if sel.any():
-            print(f"  {BAND} SNR {low}-{high}: FLUX / truth {np.mean(flux[sel] / (scale * norm[sel])):.3f}, "
-                  f"mean single FLUX / truth {np.mean(mean_single[sel] / (scale * norm[sel])):.3f} "
+            truth = scale * norm[sel]
+            print(f"  {BAND} SNR {low}-{high}: FLUX / truth {np.mean(flux[sel] / truth):.3f}, "
+                  f"mean single FLUX / truth {np.mean(mean_single[sel] / truth):.3f} "
                   f"({sel.sum()})")
 
 

@@ -15,8 +15,8 @@ and the sums (not the ratios) are what a tile keeps, with the exposure (T x part
 number of contributing images and the sum of their partial codings: two mosaics add exactly.
 
 Directions go through the sky image's own TAN WCS (`_wcs_pixels`, what astropy.wcs gives),
-never through an assumed sign of its axes. The grid is cut into tiles (HEALPix: the pixels of one coarse NSIDE_TILE pixel, which
-are contiguous in the nested scheme; CAR: blocks of CAR_TILE x CAR_TILE pixels), each of which
+never through an assumed sign of its axes. The grid is cut into tiles (HEALPix: the pixels of
+one coarse NSIDE_TILE pixel, which are contiguous in the nested scheme; CAR: blocks of CAR_TILE x CAR_TILE pixels), each of which
 is one key of a Beam CombineFn.
 """
 from __future__ import annotations
