@@ -16,8 +16,8 @@ number of contributing images and the sum of their partial codings: two mosaics 
 
 Directions go through the sky image's own TAN WCS (`_wcs_pixels`, what astropy.wcs gives),
 never through an assumed sign of its axes. The grid is cut into tiles (HEALPix: the pixels of
-one coarse NSIDE_TILE pixel, which are contiguous in the nested scheme; CAR: blocks of CAR_TILE x CAR_TILE pixels), each of which
-is one key of a Beam CombineFn.
+one coarse NSIDE_TILE pixel, which are contiguous in the nested scheme; CAR: blocks of
+CAR_TILE x CAR_TILE pixels), each of which is one key of a Beam CombineFn.
 """
 from __future__ import annotations
 
