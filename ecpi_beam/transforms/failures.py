@@ -37,6 +37,13 @@ class FailureLog:
                            "error": f"observation {obs_id}: {stage} failed: {message}"})
         Metrics.counter(NAMESPACE, stage).inc()
 
+    def record_slice(self, obs_id: str, seq: int, url: str, reason: str) -> None:
+        """A streaming slice that was skipped (docs/streaming.md, "Bad slices"): the file and
+        what is wrong with it, as one line in `error`."""
+        self.write_record({"obs_id": obs_id, "stage": "stream", "slice": int(seq),
+                           "file": url, "reason": reason, "error": f"{url}: {reason}"})
+        Metrics.counter(NAMESPACE, "stream").inc()
+
     def write_record(self, record: dict) -> None:
         """One dead-letter record; the obs_id is in the record, never in the file name."""
         name = f"{record.get('stage', 'failure')}.{uuid.uuid4().hex}.json"
@@ -77,7 +84,8 @@ def with_failure_log(dofn, failure_log):
 
 def collect_failures(working_out: str) -> list[dict]:
     """Gather failures.jsonl and the dead-letter records into failures.jsonl (one record per
-    observation and stage), remove the folder, and return the records."""
+    observation and stage, and per file for streaming slices), remove the folder, and return
+    the records."""
     records = []
     summary = fs.inside(working_out, FAILURES_FILE)
     if fs.exists(summary):
@@ -85,17 +93,35 @@ def collect_failures(working_out: str) -> list[dict]:
             records += [json.loads(line) for line in handle.read().decode().splitlines() if line]
     folder = fs.inside(working_out, FAILURES_FOLDER)
     if fs.exists(folder):
-        for name in fs.listdir(folder):
-            with fs.open_file(fs.inside(folder, name), "rb") as handle:
-                records.append(json.loads(handle.read().decode()))
+        records += [record for _, record in read_dead_letters(working_out)]
         remove_dead_letters(working_out)
-    unique = {}
-    for record in records:
-        unique.setdefault((record.get("obs_dir") or record.get("obs_id"), record.get("stage")),
-                          record)
-    records = sorted(unique.values(), key=lambda r: str(r.get("obs_dir") or r.get("obs_id")))
+    records = unique_failures(records)
     write_failure_records(working_out, records)
     return records
+
+
+def read_dead_letters(working_out: str, skip=frozenset()) -> list[tuple[str, dict]]:
+    """(name, record) of the dead-letter records not in `skip` (names), oldest first."""
+    folder = fs.inside(working_out, FAILURES_FOLDER)
+    if not fs.exists(folder):
+        return []
+    found = []
+    for name in fs.listdir(folder):
+        if name in skip or not name.endswith(".json"):
+            continue
+        with fs.open_file(fs.inside(folder, name), "rb") as handle:
+            found.append((name, json.loads(handle.read().decode())))
+    return found
+
+
+def unique_failures(records) -> list[dict]:
+    """One record per observation and stage (and file, for skipped slices), sorted."""
+    unique = {}
+    for record in records:
+        unique.setdefault((record.get("obs_dir") or record.get("obs_id"), record.get("stage"),
+                           record.get("file")), record)
+    return sorted(unique.values(), key=lambda r: (str(r.get("obs_dir") or r.get("obs_id")),
+                                                   r.get("slice", -1), str(r.get("file"))))
 
 
 def write_failure_records(working_out: str, records) -> None:
