@@ -235,6 +235,7 @@ class SliceWatcher:
         self.watermark: float | None = None  # on the stream's clock, never decreasing
         self.last_new_wall = time.time() if now is None else now
         self.next_poll_wall = 0.0
+        self.polls = 0
         self.finished = False  # a checkpoint's primary: nothing left to watch
 
     @classmethod
@@ -248,6 +249,9 @@ class SliceWatcher:
         """List working_in once: (slice sets completed since the last poll, in (obs_id, seq)
         order, and the files found bad); advances `watermark`."""
         now = time.time() if now is None else now
+        if not self.polls:
+            LOG.info("STREAM watching %s", ", ".join(self.locations))
+        self.polls += 1
         faults = []
         for location in self.locations:
             for name in _listing(location):
@@ -264,7 +268,7 @@ class SliceWatcher:
             self._advance_coverage(observation, now)
             sets, skipped = self._complete(observation)
             ready += sets
-            faults += skipped
+            faults += skipped + self._abandoned(observation, now)
         self._advance_watermark(now)
         for index, slice_set in enumerate(ready):
             fault = self._too_late(slice_set)
@@ -370,6 +374,18 @@ class SliceWatcher:
             ready.append(SliceSet(observation.obs_id, seq, url, att[0], orb[0], tstart, tstop,
                                   observation.clock_offset))
         return ready, faults
+
+    def _abandoned(self, observation: ObservationProgress, now: float) -> list[SliceFault]:
+        """Event slices still without their attitude or orbit once their observation has
+        delivered nothing for `idle_after` seconds: skipped (a late attitude is too late)."""
+        if now - observation.last_new_wall < self.settings.idle_after:
+            return []
+        faults = [SliceFault(observation.obs_id, seq, url,
+                             f"skipped: no attitude and orbit slice {seq} came within "
+                             f"{self.settings.idle_after:g} s")
+                  for seq, (url, _) in sorted(observation.waiting.items())]
+        observation.waiting.clear()
+        return faults
 
     # ------------------------------------------------------------------------------------------
     def is_idle(self, observation: ObservationProgress, now: float) -> bool:

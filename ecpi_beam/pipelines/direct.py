@@ -7,7 +7,7 @@ pipeline to the FnApiRunner with the options as its provision info. The observat
 always batch and always supported by the FnApiRunner (no TestStream, no Pub/Sub, no real-time
 timers), so ecpi_run makes that FnApiRunner itself, exactly as the switch does. The options
 the FnApiRunner reads (direct_num_workers, direct_running_mode) work unchanged. Streaming
-pipelines (pipelines/stream.py) keep Beam's DirectRunner.
+pipelines (pipelines/stream.py) run on Beam's Prism runner instead.
 """
 from __future__ import annotations
 

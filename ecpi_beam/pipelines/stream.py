@@ -140,8 +140,8 @@ class WatchSlices(beam.DoFn, RestrictionProvider):
         now = time.time()
         ready, faults = watcher.poll(now)
         watcher.next_poll_wall = now + self._poll_interval
-        for fault in faults:
-            LOG.error("STREAM %s", fault.line)
+        for fault in faults:  # ecpi_run prints the record (FailureReporter): here, the log only
+            LOG.info("STREAM skipped %s", fault.line)
             if self._failure_log is not None:
                 self._failure_log.record_slice(fault.obs_id, fault.seq, fault.url, fault.reason)
         if ready:
@@ -252,11 +252,16 @@ class FailureReporter:
             write_failure_records(self.working_out, unique_failures(self.records))
 
 
-def run_stream(params, beam_args, caldb_dir: str, idle_timeout: float):
-    """Watch working_in and run the streaming search until `idle_timeout` s without input."""
+def run_stream(params, beam_args, caldb_dir: str, idle_timeout: float) -> dict:
+    """Watch working_in and run the streaming search until `idle_timeout` s without input;
+    returns the metric totals (run.metric_totals) where the runner reports them."""
+    from ecpi_beam.run import metric_totals
+
     options = streaming_options(beam_args)
     with beam.Pipeline(options=options) as pipeline:
         build_stream_pipeline(watched_slices(pipeline, params, idle_timeout), params, caldb_dir)
+    result = getattr(pipeline, "result", None)
+    return metric_totals(result) if result is not None else {}
 
 
 def run_streaming_command(params, beam_args, caldb_dir: str, started: float) -> int:
@@ -276,7 +281,7 @@ def run_streaming_command(params, beam_args, caldb_dir: str, started: float) -> 
     if fs.exists(stale):
         fs.remove(stale)
     with FailureReporter(working_out) as reporter:
-        run_stream(params, beam_args, caldb_dir, idle_timeout)
+        totals = run_stream(params, beam_args, caldb_dir, idle_timeout)
     failures = collect_failures(working_out)
     printed = {(r.get("obs_id"), r.get("stage"), r.get("file")) for r in reporter.records}
     for failure in failures:
@@ -286,7 +291,10 @@ def run_streaming_command(params, beam_args, caldb_dir: str, started: float) -> 
     alerts_dir = fs.join(working_out, ALERTS_FOLDER)
     names = fs.listdir(alerts_dir) if fs.exists(alerts_dir) else []
     first = sum(name.endswith("_0.xml") for name in names)
+    imaged = (f"slices {int(totals.get('ecpi.stream.slices', 0))}, windows imaged "
+              f"{int(totals.get('ecpi.stream.windows_imaged', 0))}, known sources seen "
+              f"{int(totals.get('ecpi.stream.known_sources_seen', 0))}; " if totals else "")
     print(f"ecpi_run --streaming: {first} alert(s), {len(names) - first} update(s), "
-          f"{len(skipped)} slice(s) skipped in {time.time() - started:.1f} s; alerts in "
-          f"{alerts_dir}")
+          f"{len(skipped)} slice(s) skipped in {time.time() - started:.1f} s; {imaged}"
+          f"alerts in {alerts_dir}")
     return 2 if failures else 0

@@ -143,7 +143,7 @@ class SliceTiles(beam.DoFn):
                       if message.startswith(url + ": ")), None)
         url = named or slice_set.evt_url
         reason = message[len(url) + 2:] if named else message
-        LOG.error("STREAM %s: %s", url, reason)
+        LOG.info("STREAM skipped %s: %s", url, reason)  # ecpi_run prints the record
         self._skipped.inc()
         if self.failure_log is not None:
             self.failure_log.record_slice(slice_set.obs_id, slice_set.seq, url, reason)
