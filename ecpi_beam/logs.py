@@ -19,6 +19,11 @@ WORKER_PLUGIN = "ecpi_beam.worker_logging"
 # user's to act on: shown only at `info` and below.
 WORKER_START_UP_LOGGERS = ("__main__", "apache_beam.options.pipeline_options")
 STAGE_ORDER = ("read", "dpco", "cali", "bube", "imag", "write")  # others follow, by name
+# The SDK harness level as Java's LogLevel names it (OFF ERROR WARN INFO DEBUG TRACE): the
+# Flink and Spark job servers parse the option and refuse the job on any other name; the
+# Python SDK worker reads these names too (logging.WARN is logging.WARNING).
+JAVA_LOG_LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARN",
+                   logging.ERROR: "ERROR", logging.CRITICAL: "ERROR"}
 
 def level_number(level_name: str) -> int:
     return getattr(logging, str(level_name).upper())
@@ -43,7 +48,7 @@ def worker_logging_args(level_name: str, beam_args) -> list:
     level = level_number(level_name)
     extra = []
     if not _given(beam_args, "--default_sdk_harness_log_level"):
-        extra.append(f"--default_sdk_harness_log_level={logging.getLevelName(level)}")
+        extra.append(f"--default_sdk_harness_log_level={JAVA_LOG_LEVELS[level]}")
     if level >= logging.WARNING and not _given(beam_args, "--sdk_harness_log_level_overrides"):
         quiet = {name: "ERROR" for name in WORKER_START_UP_LOGGERS}
         extra.append(f"--sdk_harness_log_level_overrides={json.dumps(quiet)}")

@@ -17,7 +17,7 @@ from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
 from ecpi_beam.kernels.calibrate import DROP_REASONS
 from ecpi_beam.logs import configure_logging, log_stage_summary, worker_logging_args
-from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line
+from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line, with_runner_defaults
 from ecpi_beam.params import load_params
 from ecpi_beam.pipelines.observation import build_observation_pipeline
 from ecpi_beam.pipelines import safeguards
@@ -104,7 +104,7 @@ def main(argv) -> int:
     path, beam_args, args = parse_command(argv)
     params = load_params(path)
     configure_logging(params.general.logger_level)
-    beam_args = worker_logging_args(params.general.logger_level, beam_args)
+    beam_args = with_runner_defaults(worker_logging_args(params.general.logger_level, beam_args))
     try:
         # writable, one run at a time, leftovers of earlier runs removed (docs/reliability.md)
         with safeguards.guarded_working_out(params.general.working_out):

@@ -28,7 +28,11 @@ def test_configure_logging_replaces_a_root_handler_set_before_and_sets_beams_lev
 
 def test_workers_get_the_level_unless_the_user_gave_one():
     args = logs.worker_logging_args("warning", ["--runner", "DirectRunner"])
-    assert "--default_sdk_harness_log_level=WARNING" in args
+    # Java's level name (WARN, not WARNING): the Flink and Spark job servers parse it
+    assert "--default_sdk_harness_log_level=WARN" in args
+    for level, java in (("debug", "DEBUG"), ("info", "INFO"), ("error", "ERROR"),
+                        ("critical", "ERROR")):
+        assert f"--default_sdk_harness_log_level={java}" in logs.worker_logging_args(level, [])
     assert f"--beam_plugins={logs.WORKER_PLUGIN}" in args
     assert any(arg.startswith("--sdk_harness_log_level_overrides=") for arg in args)
     mine = logs.worker_logging_args("info", ["--default_sdk_harness_log_level=DEBUG"])
