@@ -31,6 +31,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
+from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.transforms import trigger, userstate, window
 from apache_beam.utils.timestamp import Duration, Timestamp
 
@@ -229,22 +230,49 @@ class WindowSum(beam.CombineFn):
         return accumulator
 
 
-class AccumulatePanes(beam.DoFn):
-    """((key, window) pane of new tiles) -> the window's sum so far: its earlier panes plus
-    this one (state per key and window, dropped by the runner when the window closes).
+PANE_KEY = typing.Tuple[str, str, str, int, int]  # obs_id, band, occ, window start, end (us)
 
-    Equivalent to Beam's ACCUMULATING mode, which on Prism holds every element, and so the
-    watermark downstream, until the window closes (docs/streaming.md, "Runners")."""
+
+class KeyByWindow(beam.DoFn):
+    """((obs_id, band, occ), pane) -> ((obs_id, band, occ, start, end), pane): the window
+    (stream clock, microseconds) in the key, for AccumulatePanes in the global window."""
+
+    def process(self, element, window_param=beam.DoFn.WindowParam):
+        (obs_id, band, occ), pane = element
+        if pane is not None:  # None: nothing new in this window
+            yield (obs_id, band, occ, int(window_param.start.micros),
+                   int(window_param.end.micros)), pane
+
+
+class AccumulatePanes(beam.DoFn):
+    """((obs_id, band, occ, start, end), pane of new tiles) -> the window's sum so far: its
+    earlier panes plus this one, as ((obs_id, band, occ), (start, end) in s, TileSums).
+
+    Beam's ACCUMULATING mode would do it in the GroupByKey, but runners then hold the
+    watermark downstream until each window closes (Prism keeps every element pending; Flink
+    keeps the pane's hold), and DecideAlerts' timers would wait the allowed lateness. Here the
+    state lives in the global window, keyed by window, and is dropped by an event-time timer
+    when the window closes (end + allowed lateness), which holds nothing before then."""
 
     TOTAL = userstate.ReadModifyWriteStateSpec("total", PickleCoder())
+    CLOSE = userstate.TimerSpec("close", userstate.TimeDomain.WATERMARK)
 
-    def process(self, element, total=beam.DoFn.StateParam(TOTAL)):
-        key, pane = element
-        if pane is not None:  # None: nothing new in this window
-            so_far = total.read()
-            window_sum = pane if so_far is None else add_sums(so_far, pane)
-            total.write(window_sum)
-            yield key, window_sum
+    def __init__(self, allowed_lateness: float):
+        self._lateness = float(allowed_lateness)
+
+    def process(self, element, total=beam.DoFn.StateParam(TOTAL),
+                close=beam.DoFn.TimerParam(CLOSE)):
+        (obs_id, band, occ, start, end), pane = element
+        so_far = total.read()
+        if so_far is None:
+            close.set(Timestamp(micros=end) + Duration(seconds=self._lateness))
+        window_sum = pane if so_far is None else add_sums(so_far, pane)
+        total.write(window_sum)
+        yield (obs_id, band, occ), (start / 1e6, end / 1e6), window_sum
+
+    @userstate.on_timer(CLOSE)
+    def closed(self, total=beam.DoFn.StateParam(TOTAL)):
+        total.clear()
 
 
 def unknown_sources(rows, known) -> list:
@@ -258,7 +286,8 @@ def unknown_sources(rows, known) -> list:
 
 
 class SearchWindow(beam.DoFn):
-    """((obs_id, band, occ), summed window) -> WindowDetections of unknown sources."""
+    """((obs_id, band, occ), (start, end), summed window) -> WindowDetections of unknown
+    sources (start and end on the stream's clock)."""
 
     def __init__(self, caldb_dir: str, bube_params, imag_params, stream_params):
         self._caldb_dir = caldb_dir
@@ -276,9 +305,9 @@ class SearchWindow(beam.DoFn):
         self._catalogue = Caldb.open(self._caldb_dir).known_sources()
 
     @isolating("search")
-    def process(self, element, window_param=beam.DoFn.WindowParam):
-        key, (counts, exposure, weighted_quaternion, hidden_seconds, earth_seconds,
-              clock_offset) = element
+    def process(self, element):
+        key, (start, end), (counts, exposure, weighted_quaternion, hidden_seconds,
+                            earth_seconds, clock_offset) = element
         obs_id, band, occ = key
         quaternion = np.asarray(weighted_quaternion, dtype=float)
         quaternion = quaternion / np.linalg.norm(quaternion)
@@ -292,11 +321,34 @@ class SearchWindow(beam.DoFn):
                 unknown = unknown_sources(sky.sources, self._catalogue)
                 self._known.inc(len(sky.sources) - len(unknown))
                 self._found.inc(len(unknown))
-                start = float(window_param.start)
                 for row in unknown:
-                    yield WindowDetection(obs_id, band, occ, start - clock_offset,
-                                          float(window_param.end) - start, row.ra, row.dec,
-                                          row.err_rad_arcmin, row.snr, clock_offset)
+                    yield WindowDetection(obs_id, band, occ, start - clock_offset, end - start,
+                                          row.ra, row.dec, row.err_rad_arcmin, row.snr,
+                                          clock_offset)
+
+
+class _ClosingIfNonEmpty(beam.transforms.core.Windowing):
+    """Beam's windowing with the closing behavior EMIT_IF_NONEMPTY (the Java SDK's default):
+    no final pane when a window closes with nothing new. Python's SDK always asks for one
+    (EMIT_ALWAYS), and for it the runners hold the watermark after the window's end until it
+    closes (Flink's ReduceFnRunner: a hold at end + allowed lateness), so everything
+    downstream (DecideAlerts' timers) would wait the allowed lateness (docs/streaming.md)."""
+
+    def to_runner_api(self, context):
+        proto = super().to_runner_api(context)
+        proto.closing_behavior = beam_runner_api_pb2.ClosingBehavior.EMIT_IF_NONEMPTY
+        return proto
+
+
+class WindowIntoClosingIfNonEmpty(beam.WindowInto):
+    """beam.WindowInto whose windows close without an empty final pane (_ClosingIfNonEmpty)."""
+
+    def __init__(self, windowfn, **kwargs):
+        super().__init__(windowfn, **kwargs)
+        windowing = self.windowing
+        self.windowing = _ClosingIfNonEmpty(
+            windowing.windowfn, windowing.triggerfn, windowing.accumulation_mode,
+            windowing.timestamp_combiner, windowing.allowed_lateness, windowing.environment_id)
 
 
 @dataclasses.dataclass(eq=False)
@@ -317,17 +369,20 @@ class WindowedSearch(DataclassTransform):
                 # end, then one more per late slice; each pane holds the new tiles only, and
                 # AccumulatePanes adds it to the window's earlier ones (a late pane is the
                 # whole window again)
-                | "Window" >> beam.WindowInto(
+                | "Window" >> WindowIntoClosingIfNonEmpty(
                     window.SlidingWindows(self.length, self.period),
                     accumulation_mode=trigger.AccumulationMode.DISCARDING,
                     allowed_lateness=Duration(seconds=self.allowed_lateness))
                 | "Sum" >> beam.CombinePerKey(WindowSum())
-                | "Accumulate" >> beam.ParDo(AccumulatePanes())
+                | "KeyByWindow" >> beam.ParDo(KeyByWindow()).with_output_types(
+                    typing.Tuple[PANE_KEY, typing.Any])
+                # from here on the global window: detections of every length meet in it
+                # (DecideAlerts), and nothing holds the watermark until windows close
+                | "Unwindow" >> beam.WindowInto(window.GlobalWindows())
+                | "Accumulate" >> beam.ParDo(AccumulatePanes(self.allowed_lateness))
                 | "Search" >> beam.ParDo(with_failure_log(
                     SearchWindow(self.caldb_dir, params.bube, params.imag, params.stream),
-                    self.failure_log))
-                # detections of every length meet in one global window (DecideAlerts)
-                | "Unwindow" >> beam.WindowInto(window.GlobalWindows()))
+                    self.failure_log)))
 
 
 # ==============================================================================================
