@@ -20,15 +20,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import voeventparse
+from apache_beam.coders import PickleCoder
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing import test_stream
+from apache_beam.transforms.window import TimestampedValue
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb, default_caldb_dir
-from ecpi_beam.io.slices import slice_name
+from ecpi_beam.io.slices import SliceWatcher, slice_name
 from ecpi_beam.kernels.catalogue import angular_separation_deg
-from ecpi_beam.params import params_text
+from ecpi_beam.params import params_text, parse_params
+from ecpi_beam.pipelines.stream import build_stream_pipeline
 from ecpi_beam.simu import default_scenario, load_scenario, scenario_with
 from ecpi_beam.simu.drip import drip
 
@@ -43,6 +49,7 @@ OBS_ID = "0000000018"
 STRAY_OBS_ID = "0000000077"
 CRAB = (83.633, 22.014)
 ROOT = Path(__file__).resolve().parents[1]
+SLICE_CODER = PickleCoder()
 
 
 def off_axis(pointing, dy_deg: float, dz_deg: float):
@@ -171,7 +178,9 @@ class LiveStream:
     ready_timeout: float = 240.0
     stream_keys: dict = field(default_factory=dict)
 
-    def run(self, scenario, *, truncate=(), on_slice=None, ready=None) -> LiveRun:
+    def run(self, scenario, *, truncate=(), on_slice=None, started=None) -> LiveRun:
+        """Drip `scenario` once the stream has started: its watch's first log line, or
+        `started()` true (for workers whose log is not ecpi_run's)."""
         watched, out = self.root / "in", self.root / "out"
         watched.mkdir(parents=True, exist_ok=True)
         out.mkdir(exist_ok=True)
@@ -199,16 +208,16 @@ class LiveStream:
             if on_slice is not None:
                 on_slice(seq, kind, path, watched, landed)
 
+        is_started = started or watching.is_set
         try:
             deadline = time.time() + self.ready_timeout
-            while not watching.wait(0.5):
+            while not is_started():
                 if runner.poll() is not None or time.time() > deadline:
                     runner.kill()
                     reader.join(10)
                     raise AssertionError("the stream did not start:\n" + "\n".join(
                         line for _, line in lines[-40:]))
-            if ready is not None:
-                ready()
+                time.sleep(0.5)
             truth = drip(scenario, str(watched), Caldb.open(default_caldb_dir()), speed=SPEED,
                          slice_seconds=SLICE_S, truncate=truncate, on_slice=landing)
             stdout = runner.communicate(timeout=self.idle_timeout + 300)[0]
@@ -244,3 +253,49 @@ def stray_slice(tmp_path_factory):
     """(dir, truth) of the stray observation's one slice triplet."""
     directory = tmp_path_factory.mktemp("slices_stray")
     return directory, drip_at_once(stray_scenario(), directory)
+
+
+# ----------------------------------------------------------------------------------------------
+# The graph on a TestStream (DirectRunner): a chosen watermark
+# ----------------------------------------------------------------------------------------------
+def stream_params(working_in, working_out, bkg_cor_mod=("shape",), **stream):
+    return parse_params(params_text(str(working_in), str(working_out), default_caldb_dir(),
+                                    bkg_cor_mod=bkg_cor_mod,
+                                    extra={"stream": {**WINDOWS, **stream}}))
+
+
+def replay(directory, working_out, *, late_seqs=(), late_by_s=0.0, bkg_cor_mod=("shape",),
+           **stream):
+    """Run the streaming graph on a TestStream of the slices of `directory`: each slice's
+    element, then the watermark to its end; slices in late_seqs arrive after the watermark
+    has gone late_by_s beyond them. Returns the alerts written (parsed VOEvents)."""
+    params = stream_params(directory, working_out, bkg_cor_mod, **stream)
+    slice_sets, _ = SliceWatcher([str(directory)]).poll()
+    held = [s for s in slice_sets if s.seq in late_seqs]
+    events = test_stream.TestStream(coder=SLICE_CODER)
+    for slice_set in slice_sets:
+        if slice_set not in held:
+            events = events.add_elements([TimestampedValue(slice_set, slice_set.tstart)])
+        events = events.advance_watermark_to(slice_set.tstop)
+        due = [s for s in held if s.tstop + late_by_s <= slice_set.tstop]
+        for late in due:
+            events = events.add_elements([TimestampedValue(late, late.tstart)])
+            held.remove(late)
+    for late in held:  # past the end of the observation: the watermark goes on, as in a pass
+        events = events.advance_watermark_to(max(late.tstop + late_by_s, slice_sets[-1].tstop))
+        events = events.add_elements([TimestampedValue(late, late.tstart)])
+    events = events.advance_watermark_to_infinity()
+    options = PipelineOptions(["--runner", "DirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as pipeline:
+        build_stream_pipeline(pipeline | events, params, default_caldb_dir())
+    return read_alerts(working_out)
+
+
+@pytest.fixture(scope="session")
+def on_time_alert(dripped, tmp_path_factory):
+    directory, truth = dripped["burst"]
+    alerts = replay(directory, tmp_path_factory.mktemp("out_on_time"))
+    return assert_one_alert_on_the_burst(alerts, truth)
+
+

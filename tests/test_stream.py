@@ -10,63 +10,19 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing import test_stream
 from apache_beam.transforms.window import TimestampedValue
 
 from ecpi_beam.caldb import default_caldb_dir
 from ecpi_beam.io.slices import SliceWatcher
-from ecpi_beam.params import parse_params, params_text
 from ecpi_beam.pipelines.stream import build_stream_pipeline, streaming_options, watched_slices
 from ecpi_beam.transforms.windows import (SliceTiles, TileSums, TransientAlerts,
                                           WindowDetection, add_sums)
-from stream_fixtures import (OBS_ID, WINDOWS, assert_one_alert_on_the_burst, drip_at_once,
-                             read_alerts)
+from stream_fixtures import (OBS_ID, SLICE_CODER, assert_one_alert_on_the_burst, drip_at_once,
+                             read_alerts, replay, stream_params)
 
 BURST_SEQS = (6, 7, 8, 9)  # the slices holding the burst: 60-100 s
-SLICE_CODER = PickleCoder()
-
-
-def stream_params(working_in, working_out, bkg_cor_mod=("shape",), **stream):
-    return parse_params(params_text(str(working_in), str(working_out), default_caldb_dir(),
-                                    bkg_cor_mod=bkg_cor_mod,
-                                    extra={"stream": {**WINDOWS, **stream}}))
-
-
-def replay(directory, working_out, *, late_seqs=(), late_by_s=0.0, bkg_cor_mod=("shape",),
-           **stream):
-    """Run the streaming graph on a TestStream of the slices of `directory`: each slice's
-    element, then the watermark to its end; slices in late_seqs arrive after the watermark
-    has gone late_by_s beyond them. Returns the alerts written (parsed VOEvents)."""
-    params = stream_params(directory, working_out, bkg_cor_mod, **stream)
-    slice_sets, _ = SliceWatcher([str(directory)]).poll()
-    held = [s for s in slice_sets if s.seq in late_seqs]
-    events = test_stream.TestStream(coder=SLICE_CODER)
-    for slice_set in slice_sets:
-        if slice_set not in held:
-            events = events.add_elements([TimestampedValue(slice_set, slice_set.tstart)])
-        events = events.advance_watermark_to(slice_set.tstop)
-        due = [s for s in held if s.tstop + late_by_s <= slice_set.tstop]
-        for late in due:
-            events = events.add_elements([TimestampedValue(late, late.tstart)])
-            held.remove(late)
-    for late in held:  # past the end of the observation: the watermark goes on, as in a pass
-        events = events.advance_watermark_to(max(late.tstop + late_by_s, slice_sets[-1].tstop))
-        events = events.add_elements([TimestampedValue(late, late.tstart)])
-    events = events.advance_watermark_to_infinity()
-    options = PipelineOptions(["--runner", "DirectRunner"])
-    options.view_as(StandardOptions).streaming = True
-    with beam.Pipeline(options=options) as pipeline:
-        build_stream_pipeline(pipeline | events, params, default_caldb_dir())
-    return read_alerts(working_out)
-
-
-@pytest.fixture(scope="session")
-def on_time_alert(dripped, tmp_path_factory):
-    directory, truth = dripped["burst"]
-    alerts = replay(directory, tmp_path_factory.mktemp("out_on_time"))
-    return assert_one_alert_on_the_burst(alerts, truth)
 
 
 def test_tiles_fall_on_window_boundaries_with_the_good_time_as_exposure(dripped):

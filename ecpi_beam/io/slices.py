@@ -400,6 +400,12 @@ class SliceWatcher:
                 return True
         return False
 
+    def holds(self, observation: ObservationProgress, now: float) -> bool:
+        """Whether the observation holds the watermark back (class docstring)."""
+        head = observation.head()
+        return (head is not None and (self.watermark is None or head >= self.watermark)
+                and not self.is_idle(observation, now))
+
     def _advance_watermark(self, now: float) -> None:
         heads, holding = [], []
         for observation in self.observations.values():
@@ -407,8 +413,7 @@ class SliceWatcher:
             if head is None:
                 continue
             heads.append(head)
-            behind = self.watermark is not None and head < self.watermark
-            if not behind and not self.is_idle(observation, now):
+            if self.holds(observation, now):
                 holding.append(head)
         candidate = min(holding) if holding else (max(heads) if heads else None)
         if candidate is not None and (self.watermark is None or candidate > self.watermark):
@@ -431,6 +436,16 @@ class SliceWatcher:
                     "(%g s): only the windows still open use it", slice_set.evt_url, behind,
                     self.settings.allowed_lateness)
         return None
+
+    def status(self, now: float) -> dict:
+        """What the watch stands at (docs/streaming.md, "Watching a stream"): the watermark
+        and, per observation, its progress and whether it still holds the watermark."""
+        return {"watermark": self.watermark, "polls": self.polls, "time": now,
+                "observations": {
+                    obs_id: {"coverage_end": o.coverage_end, "clock_offset": o.clock_offset,
+                             "next_slice": o.next_seq, "holds_watermark": self.holds(o, now),
+                             "quiet_for_s": round(now - o.last_new_wall, 1)}
+                    for obs_id, o in sorted(self.observations.items())}}
 
     def idle_for(self, now: float | None = None) -> float:
         """Wall-clock seconds since the last new file."""

@@ -11,6 +11,7 @@ runner locally (the default: `--runner DirectRunner --streaming` runs on Prism, 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from ecpi_beam.errors import EcpiError
+from ecpi_beam.io import fs
 from ecpi_beam.io.slices import SliceWatcher, WatchSettings
 from ecpi_beam.transforms.failures import (FailureLog, collect_failures, read_dead_letters,
                                            remove_dead_letters, unique_failures,
@@ -103,11 +105,12 @@ class WatchSlices(beam.DoFn, RestrictionProvider):
     for the next poll time, which the watch carries."""
 
     def __init__(self, settings: WatchSettings, poll_interval: float, idle_timeout: float,
-                 failure_log: FailureLog | None = None):
+                 working_out: str | None = None):
         self._settings = settings
         self._poll_interval = float(poll_interval)
         self._idle_timeout = float(idle_timeout)
-        self._failure_log = failure_log
+        self._working_out = working_out
+        self._failure_log = FailureLog(working_out) if working_out else None
 
     # RestrictionProvider: the restriction is the watch
     def initial_restriction(self, locations):
@@ -138,8 +141,12 @@ class WatchSlices(beam.DoFn, RestrictionProvider):
         if wait > 0:
             time.sleep(wait)
         now = time.time()
+        before = watcher.watermark
         ready, faults = watcher.poll(now)
         watcher.next_poll_wall = now + self._poll_interval
+        if self._working_out and (watcher.polls == 1 or ready or faults
+                                  or watcher.watermark != before):
+            write_status(self._working_out, watcher.status(now))
         for fault in faults:  # ecpi_run prints the record (FailureReporter): here, the log only
             LOG.info("STREAM skipped %s", fault.line)
             if self._failure_log is not None:
@@ -160,6 +167,16 @@ class WatchSlices(beam.DoFn, RestrictionProvider):
             tracker.defer_remainder(Duration(seconds=self._poll_interval))
 
 
+STATUS_FILE = "stream-status.json"
+
+
+def write_status(working_out: str, status: dict) -> None:
+    """<working_out>/stream-status.json: where the watch stands, replaced whenever it moves
+    (a slice, a bad file, the watermark): for whoever watches the stream."""
+    fs.put_atomic((json.dumps(status, indent=1) + "\n").encode(),
+                  fs.inside(working_out, STATUS_FILE), durable=False)
+
+
 def watch_settings(stream_params) -> WatchSettings:
     return WatchSettings(
         idle_after=stream_params.idle_after, idle_after_event=stream_params.idle_after_event,
@@ -172,7 +189,7 @@ def watched_slices(pipeline, params, idle_timeout: float):
     """The SliceSets of working_in, through WatchSlices."""
     stream = params.stream
     watch = WatchSlices(watch_settings(stream), stream.poll_interval, idle_timeout,
-                        FailureLog(params.general.working_out))
+                        params.general.working_out)
     return (pipeline
             | "Locations" >> beam.Create([tuple(params.general.working_in)])
             | "WatchSlices" >> beam.ParDo(watch))
@@ -267,8 +284,6 @@ def run_stream(params, beam_args, caldb_dir: str, idle_timeout: float) -> dict:
 def run_streaming_command(params, beam_args, caldb_dir: str, started: float) -> int:
     """`ecpi_run params.ini --streaming [--stream_idle_timeout S]`: run, then one summary line;
     exit code 2 when a slice was skipped or a window failed."""
-    from ecpi_beam.io import fs
-
     position = beam_args.index("--stream_idle_timeout")
     idle_timeout = float(beam_args[position + 1])
     beam_args = beam_args[:position] + beam_args[position + 2:]
@@ -277,9 +292,9 @@ def run_streaming_command(params, beam_args, caldb_dir: str, started: float) -> 
             raise EcpiError(f"working_in = {location}: no such directory to watch")
     working_out = params.general.working_out
     remove_dead_letters(working_out)
-    stale = fs.inside(working_out, "failures.jsonl")
-    if fs.exists(stale):
-        fs.remove(stale)
+    for stale in ("failures.jsonl", STATUS_FILE):
+        if fs.exists(fs.inside(working_out, stale)):
+            fs.remove(fs.inside(working_out, stale))
     with FailureReporter(working_out) as reporter:
         totals = run_stream(params, beam_args, caldb_dir, idle_timeout)
     failures = collect_failures(working_out)
