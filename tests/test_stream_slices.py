@@ -115,6 +115,8 @@ def test_stream_defaults_are_the_image_trigger_time_scales():
     (dict(snr_ths="2"), "[stream] snr_ths = 2: expected a number >= 3"),
     (dict(allowed_lateness="-1"), "[stream] allowed_lateness = -1"),
     (dict(window_lenghts="[20]"), "did you mean 'window_lengths'"),
+    (dict(idle_after="0"), "[stream] idle_after = 0: expected a number > 0"),
+    (dict(idle_after_event="-5"), "[stream] idle_after_event = -5"),
 ])
 def test_stream_mistakes_are_one_line_errors(keys, expected):
     from ecpi_beam.errors import EcpiError
@@ -275,3 +277,65 @@ def test_the_watch_is_the_restriction_a_checkpoint_carries(observations, tmp_pat
     ready, _ = resumed.poll(now=2.0)
     assert [s.seq for s in ready] == [1]  # nothing reported twice
     assert resumed.watermark == pytest.approx(TSTART + 20)
+
+
+# ==============================================================================================
+# Around the stream: the runner it runs on, the failures it reports as they land
+# ==============================================================================================
+def test_streaming_runs_on_the_prism_binary_of_the_setup_never_a_download(tmp_path, monkeypatch):
+    from apache_beam.options.pipeline_options import PrismRunnerOptions, StandardOptions
+
+    from ecpi_beam.errors import EcpiError
+    from ecpi_beam.pipelines.stream import PRISM_ENV, streaming_options
+
+    binary = tmp_path / "prism"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv(PRISM_ENV, str(binary))
+    options = streaming_options(["--runner", "DirectRunner"])
+    assert options.view_as(StandardOptions).runner == "PrismRunner"
+    assert options.view_as(StandardOptions).streaming
+    assert options.view_as(PrismRunnerOptions).prism_location == str(binary)
+    monkeypatch.setenv(PRISM_ENV, str(tmp_path / "missing"))
+    with pytest.raises(EcpiError) as error:
+        streaming_options([])
+    assert "make prism" in str(error.value) and "\n" not in str(error.value)
+    flink = streaming_options(["--runner", "FlinkRunner"])  # another runner: left as given
+    assert flink.view_as(StandardOptions).runner == "FlinkRunner"
+
+
+def test_failures_are_printed_as_they_land_once_and_kept_in_failures_jsonl(tmp_path, capsys):
+    import json
+    import time as clock
+
+    from ecpi_beam.pipelines.stream import FailureReporter
+    from ecpi_beam.transforms.failures import FailureLog
+
+    log = FailureLog(str(tmp_path))
+    with FailureReporter(str(tmp_path), interval=0.05) as reporter:
+        log.record_slice(A, 4, "/in/ECL-EVT-SEC_0000000018_000004.fits", "truncated file")
+        deadline = clock.monotonic() + 10
+        while not (tmp_path / "failures.jsonl").exists() and clock.monotonic() < deadline:
+            clock.sleep(0.05)
+        printed = capsys.readouterr().err
+        assert printed == "error: /in/ECL-EVT-SEC_0000000018_000004.fits: truncated file\n"
+        (record,) = [json.loads(line) for line in
+                     (tmp_path / "failures.jsonl").read_text().splitlines()]
+        assert (record["obs_id"], record["slice"], record["reason"]) == (A, 4, "truncated file")
+    assert capsys.readouterr().err == ""  # each record once
+
+
+def test_a_backlog_found_at_once_is_on_time_and_a_slice_behind_every_window_is_not(
+        observations, tmp_path):
+    """Slices found together in one poll advance the watermark together: none of them is
+    late. One that lands after the watermark has passed its every window is skipped."""
+    for seq in (0, 1, 2):
+        land(observations, tmp_path, A, seq, ("att", "orb") if seq == 0 else ("att", "orb", "evt"))
+    settings = slices.WatchSettings(idle_after=30.0, idle_after_event=15.0,
+                                    allowed_lateness=0.0, longest_window=10.0, clock_step=10.0)
+    watcher = slices.SliceWatcher([str(tmp_path)], settings, now=0.0)
+    ready, faults = watcher.poll(now=1.0)
+    assert [s.seq for s in ready] == [1, 2] and faults == []
+    land(observations, tmp_path, A, 0, ("evt",))  # 30 s behind, windows of 10 s: all closed
+    ready, (fault,) = watcher.poll(now=2.0)
+    assert ready == [] and fault.seq == 0 and "beyond the allowed lateness" in fault.reason

@@ -269,13 +269,16 @@ class SliceWatcher:
             sets, skipped = self._complete(observation)
             ready += sets
             faults += skipped + self._abandoned(observation, now)
-        self._advance_watermark(now)
-        for index, slice_set in enumerate(ready):
+        # late against the watermark the stream had before them (not the one they advance)
+        on_time = []
+        for slice_set in ready:
             fault = self._too_late(slice_set)
-            if fault is not None:
+            if fault is None:
+                on_time.append(slice_set)
+            else:
                 faults.append(fault)
-                ready[index] = None
-        return [s for s in ready if s is not None], faults
+        self._advance_watermark(now)
+        return on_time, faults
 
     def _landed(self, url, kind, obs_id, seq, now) -> list[SliceFault]:
         try:
