@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_campaign import kind_of  # noqa: E402
+from bench_campaign import kind_of, tree_memory  # noqa: E402
 
 from ecpi_beam import instrument  # noqa: E402
 from ecpi_beam.caldb import Caldb, default_caldb_dir  # noqa: E402
@@ -75,33 +74,19 @@ class MemorySampler(threading.Thread):
 
     def run(self):
         while not self.stop.wait(0.2):
-            seen, total = {}, 0.0
-            for pid in self.pids:
-                try:
-                    root = psutil.Process(pid)
-                    tree = [root, *root.children(recursive=True)]
-                except psutil.NoSuchProcess:
-                    continue
-                for proc in tree:
-                    try:
-                        command = " ".join(proc.cmdline())
-                        rss = proc.memory_info().rss / 2**20
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
-                        continue
-                    if proc.pid in seen:
-                        continue
-                    kind = ("prism" if "prism" in command.split(" ")[0] else
-                            "ecpi_run (driver)" if "ecpi_beam.run" in command else
-                            kind_of(command))
-                    seen[proc.pid] = kind
-                    total += rss
-                    self.peaks[kind] = max(self.peaks.get(kind, 0.0), rss)
+            total = 0.0
+            for command, rss in tree_memory(self.pids).values():
+                kind = ("prism" if "prism" in command.split(" ")[0] else
+                        "ecpi_run (driver)" if "ecpi_beam.run" in command else kind_of(command))
+                total += rss
+                self.peaks[kind] = max(self.peaks.get(kind, 0.0), rss)
             self.total = max(self.total, total)
             self.series.append((time.time(), total))
 
     def at(self, wall: float) -> float:
         """RSS of all processes (MiB) sampled last before `wall`."""
-        return max([total for when, total in self.series if when <= wall] or [0.0])
+        before = [total for when, total in self.series if when <= wall]
+        return before[-1] if before else 0.0
 
 
 def start_flink(state: Path) -> tuple[list[str], list[int]]:

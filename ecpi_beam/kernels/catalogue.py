@@ -93,8 +93,8 @@ def match_known_sources(ra_deg, dec_deg, err_rad_arcmin, known: KnownSources) ->
     ra_deg, dec_deg: ICRS positions (deg); err_rad_arcmin: their 90 % error radii (arcmin),
     one per position or one for all. Returns an (n,) int array: the index in `known` of the
     nearest known source within `known_match_radius_arcmin(err_rad)`, or -1. IMAG's catalogue
-    (build_catalogue), the streaming windows and the mosaic all call this, so a source known
-    in one is known in all: one that is matched is never NEW.
+    (build_catalogue) and the streaming windows call this (and the mosaic's source list is
+    to), so a source known in one is known in all: one that is matched is never NEW.
     """
     return match_known(ra_deg, dec_deg, known_match_radius_arcmin(err_rad_arcmin) / 60.0, known)
 
