@@ -167,3 +167,16 @@ def test_the_earth_rising_through_the_field_raises_no_alert(earth_rise_dripped, 
     templates, made from the window's own mean hidden sky: the rising limb is background, not
     a burst (windows without the Earth's track gave 9 false alerts on this field)."""
     assert replay(earth_rise_dripped, tmp_path, bkg_cor_mod=("shape_moretti_earth",)) == []
+
+
+def test_the_stream_gets_its_own_prism_after_a_batch_pipeline_in_the_same_process(tmp_path):
+    """Beam's DirectRunner asks Prism's per-process job server for batch pipelines, made
+    without our binary (it would download one, which fails here); the stream's Prism is its
+    own, made from the binary of the set-up."""
+    with beam.Pipeline(options=PipelineOptions(["--runner", "DirectRunner"])) as pipeline:
+        _ = pipeline | "Batch" >> beam.Create([1, 2]) | beam.Map(lambda value: value)
+    marker = tmp_path / "ran"
+    with beam.Pipeline(options=streaming_options(["--runner", "DirectRunner"])) as pipeline:
+        _ = (pipeline | "Stream" >> beam.Create([str(marker)])
+             | beam.Map(lambda path: open(path, "w").close()))
+    assert marker.exists()

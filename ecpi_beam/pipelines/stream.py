@@ -210,8 +210,8 @@ def streaming_options(beam_args):
     """PipelineOptions for --streaming. The DirectRunner (the default) streams on Beam's Prism
     runner, whose watermark comes from the source: the binary is never downloaded at run
     time (Beam's PrismRunner would), it is `--prism_location` or prism_binary()."""
-    from apache_beam.options.pipeline_options import (PipelineOptions, PrismRunnerOptions,
-                                                      StandardOptions)
+    from apache_beam.options.pipeline_options import (DebugOptions, PipelineOptions,
+                                                      PrismRunnerOptions, StandardOptions)
 
     options = PipelineOptions(beam_args)
     standard = options.view_as(StandardOptions)
@@ -223,6 +223,12 @@ def streaming_options(beam_args):
         prism = options.view_as(PrismRunnerOptions)
         if not prism.prism_location:
             prism.prism_location = prism_binary()
+        # Beam shares one Prism job server per process, made with the options of the first
+        # pipeline that asked for it (the DirectRunner asks for one, without a location, for
+        # any batch pipeline it may hand to Prism): ours is made with ours
+        debug = options.view_as(DebugOptions)
+        if not debug.lookup_experiment("disable_prism_server_singleton"):
+            debug.add_experiment("disable_prism_server_singleton")
         if "://" not in prism.prism_location and not os.access(prism.prism_location, os.X_OK):
             raise EcpiError(f"--streaming runs on Beam's Prism runner: no Prism program at "
                             f"{prism.prism_location}; build it with `make prism` (Go), or give "
