@@ -52,6 +52,8 @@ FLINK_MEMORY = {"jobmanager.memory.process.size": "1024m",
                 "taskmanager.memory.network.min": "512mb",
                 "taskmanager.memory.network.max": "1gb"}
 SPARK_WORKER_MEMORY = "4g"
+# SDK workers are kept this long after a stage, for the next stage of the job (flink_lib)
+ENVIRONMENT_CACHE_MS = 30000
 
 
 @dataclass(frozen=True)
@@ -212,8 +214,26 @@ def _flink_config(ports: dict, slots: int) -> str:
         "taskmanager.bind-host": LOCALHOST, "taskmanager.numberOfTaskSlots": slots,
         "parallelism.default": slots, "rest.address": LOCALHOST,
         "rest.bind-address": LOCALHOST, "rest.port": ports["rest"], **FLINK_MEMORY,
+        "classloader.resolve-order": "parent-first",  # Beam's classes from lib (flink_lib)
     }
     return "".join(f"{key}: {value}\n" for key, value in values.items())
+
+
+def flink_lib(home: Path, state: Path) -> Path:
+    """Flink's lib folder for the cluster: links to Flink's jars and to those of Beam's Flink
+    job server (engine_setup.cluster_jars).
+
+    With Beam's runner classes on the TaskManager's own class path (and parent-first class
+    loading), Beam keeps a job's SDK workers between its stages (`--environment_cache_millis`);
+    loaded with each job instead, it must stop them after every stage, and a new Python worker
+    then starts for each of the graph's ~40 stages."""
+    lib = state / "lib"
+    shutil.rmtree(lib, ignore_errors=True)
+    lib.mkdir(parents=True)
+    job_server_jar("flink")  # made by the set-up, or a one-line error
+    for jar in sorted((home / "lib").glob("*.jar")) + engine_setup.cluster_jars("flink"):
+        (lib / jar.name).symlink_to(jar)
+    return lib
 
 
 def flink_processes(ports: dict, slots: int, state: Path) -> list[Process]:
@@ -224,7 +244,8 @@ def flink_processes(ports: dict, slots: int, state: Path) -> list[Process]:
             (home / "conf").glob("logback*.xml")):
         shutil.copy(shipped, conf / shipped.name)
     (conf / "config.yaml").write_text(_flink_config(ports, slots))
-    env = _java_env({"FLINK_CONF_DIR": str(conf), "FLINK_LOG_DIR": str(state / "logs")})
+    env = _java_env({"FLINK_CONF_DIR": str(conf), "FLINK_LOG_DIR": str(state / "logs"),
+                     "FLINK_LIB_DIR": str(flink_lib(home, state))})
     return [Process("jobmanager", ("bash", str(home / "bin" / "jobmanager.sh"),
                                    "start-foreground"), env, ports["rest"],
                     ("jobmanager.sh", "flink-console.sh", "StandaloneSessionClusterEntrypoint")),
@@ -292,7 +313,8 @@ def run_options(engine: str, ports: dict, parallelism: int) -> list[str]:
                    "--spark_job_server_jar", str(job_server_jar("spark"))]
     return options + ["--environment_type", "EXTERNAL",
                       "--environment_config", f"{LOCALHOST}:{ports['worker-pool']}",
-                      "--sdk_worker_parallelism", str(parallelism)]
+                      "--sdk_worker_parallelism", str(parallelism),
+                      "--environment_cache_millis", str(ENVIRONMENT_CACHE_MS)]
 
 
 # ============================================================================================
