@@ -46,9 +46,13 @@ STOP_TIMEOUT_S = 20.0
 FLINK_HOME_ENV, SPARK_HOME_ENV, STATE_ENV = "ECPI_FLINK_HOME", "ECPI_SPARK_HOME", "ECPI_ENGINE_STATE"
 LOCALHOST = "127.0.0.1"  # nothing of a local cluster listens beyond this machine
 # Flink: a Beam batch graph of ~40 vertices needs more network buffers than Flink's default
-# TaskManager has ("Insufficient number of network buffers"): 4 GiB, 512 MiB-1 GiB of network.
+# TaskManager has ("Insufficient number of network buffers"): 512 MiB-1 GiB of network. Its
+# heap holds the elements in flight between Flink and the SDK workers: Beam buffers up to 100
+# data messages of up to a whole event chunk (~20 MB) per running stage, so the heap gets most
+# of the 4 GiB (managed memory, used by Flink's own sorts, only a tenth).
 FLINK_MEMORY = {"jobmanager.memory.process.size": "1024m",
                 "taskmanager.memory.process.size": "4096m",
+                "taskmanager.memory.managed.fraction": "0.1",
                 "taskmanager.memory.network.min": "512mb",
                 "taskmanager.memory.network.max": "1gb"}
 SPARK_WORKER_MEMORY = "4g"
