@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_campaign import simulate  # noqa: E402
+import psutil  # noqa: E402
+from bench_campaign import kind_of, simulate  # noqa: E402
 from pipeline_fixtures import write_params  # noqa: E402
 
 from ecpi_beam import engines  # noqa: E402
@@ -75,19 +76,52 @@ def known_jobs(engine: str, cluster: dict) -> set:
     return {app["id"] for app in master.get("completedapps", [])}
 
 
-def run(label: str, params: Path, options: list[str], env: dict) -> dict:
+def cpu_seconds(process: subprocess.Popen, cluster_pids=()) -> dict:
+    """Wait for `process`; the CPU seconds used meanwhile by each kind of process of its tree
+    and of the cluster's (sampled every 0.5 s: a process's last sample counts)."""
+    last: dict[int, tuple[str, float]] = {}
+    first: dict[int, float] = {}
+    roots = [process.pid, *cluster_pids]
+    while process.poll() is None:
+        for root in roots:
+            try:
+                parent = psutil.Process(root)
+                tree = [parent, *parent.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for proc in tree:
+                try:
+                    times = proc.cpu_times()
+                    used = times.user + times.system
+                    kind = kind_of(" ".join(proc.cmdline()))
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                first.setdefault(proc.pid, used if root != process.pid else 0.0)
+                last[proc.pid] = (kind, used)
+        time.sleep(0.5)
+    totals: dict[str, float] = {}
+    for pid, (kind, used) in last.items():
+        totals[kind] = totals.get(kind, 0.0) + used - first[pid]
+    return totals
+
+
+def run(label: str, params: Path, options: list[str], env: dict, cluster_pids=()) -> dict:
     load = os.getloadavg()[0]
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "ecpi_beam.run", "--params", str(params),
-                           "--force", *options], env=env, capture_output=True, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "ecpi_beam.run", "--params", str(params),
+                                "--force", *options], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    cpu = cpu_seconds(process, cluster_pids)
+    out, err = process.communicate()
     elapsed = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{label} failed ({done.returncode}):\n{done.stdout}\n"
-                         f"{done.stderr[-4000:]}")
-    events = int(SUMMARY.search(done.stdout).group(1))
-    print(f"  {label}: {elapsed:.1f} s, {events / elapsed:.3g} events/s (load {load:.1f})",
+    if process.returncode != 0:
+        raise SystemExit(f"{label} failed ({process.returncode}):\n{out}\n{err[-4000:]}")
+    events = int(SUMMARY.search(out).group(1))
+    print(f"  {label}: {elapsed:.1f} s, {events / elapsed:.3g} events/s (load {load:.1f}); "
+          "CPU s " + ", ".join(f"{kind} {used:.0f}" for kind, used in sorted(cpu.items())),
           flush=True)
-    return {"configuration": label, "wall_s": elapsed, "events": events, "load": load}
+    return {"configuration": label, "wall_s": elapsed, "events": events, "load": load,
+            "cpu_s": cpu}
 
 
 class Clusters:
@@ -150,7 +184,9 @@ def main(argv=None) -> int:
                 # Flink: one 2-slot cluster for both; Spark: a worker of `slots` cores
                 options, cluster = clusters.options(engine, 2 if engine == "flink" else slots)
                 before = known_jobs(engine, cluster)
-                result = run(label, params, with_parallelism(options, slots), env)
+                pids = [int(entry["pid"]) for entry in
+                        engines.recorded(engines.state_dir(engine)).values()]
+                result = run(label, params, with_parallelism(options, slots), env, pids)
                 result["engine_s"] = engine_job_seconds(engine, cluster, before)
                 results.append(result)
     finally:
