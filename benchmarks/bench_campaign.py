@@ -65,6 +65,7 @@ def peak_memory(process: subprocess.Popen, extra_pids=()) -> dict:
 
 def kind_of(command: str) -> str:
     for marker, kind in (("SdkHarness", "sdk worker"), ("sdk_worker_main", "sdk worker"),
+                         ("CoarseGrainedExecutorBackend", "spark executor"),
                          ("worker_pool_main", "worker pool"),
                          ("local_job_service", "job service"),
                          ("StandaloneSession", "flink jobmanager"),

@@ -48,6 +48,10 @@ DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 ENGINES_CACHE_ENV = "ECPI_ENGINES_CACHE"
 MAVEN_REPOSITORY_ENV = "ECPI_MAVEN_REPOSITORY"
 LAUNCHER = "job-server.jar"
+CLUSTER_LIB = "cluster-lib"     # the job server's jars for the cluster's own class path
+# Not for a cluster's class path: the engine's own jars (in its distribution) and a second
+# SLF4J API and binding (Flink logs through Log4j's binding for SLF4J 1.7)
+NOT_FOR_CLUSTER = ("flink-", "slf4j-api-", "slf4j-simple-")
 COMPLETE = ".complete"          # written last: a folder without it is not used
 # the manifest entries a launcher carries over from the job server's own manifest
 CARRIED_ENTRIES = ("Main-Class", "Add-Opens", "Add-Exports")
@@ -77,6 +81,27 @@ def installed_job_server(engine: str) -> Path | None:
     """The launcher jar of `engine`'s job server, if the set-up made it."""
     folder = job_server_dir(engine)
     return folder / LAUNCHER if (folder / COMPLETE).is_file() else None
+
+
+def cluster_jars(engine: str) -> list[Path]:
+    """The jars of `engine`'s job server that its cluster puts on its own class path
+    (engines.flink_lib), from the job server's folder (made by the set-up)."""
+    folder = job_server_dir(engine) / CLUSTER_LIB
+    return sorted(folder.glob("*.jar"))
+
+
+def write_cluster_lib(folder: Path) -> None:
+    """`folder/cluster-lib`: links to the jars of `folder/lib` but those NOT_FOR_CLUSTER.
+
+    A folder of their own, because Java resolves the `Class-Path` of a jar's manifest (Beam's
+    jars name their dependencies there, slf4j-api 2 among them) next to the real file, even
+    through a symbolic link: here, the jars left out are not found."""
+    lib = folder / CLUSTER_LIB
+    shutil.rmtree(lib, ignore_errors=True)
+    lib.mkdir()
+    for jar in sorted((folder / "lib").glob("*.jar")):
+        if not jar.name.startswith(NOT_FOR_CLUSTER):
+            os.link(jar, lib / jar.name)
 
 
 # ============================================================================================
@@ -168,6 +193,8 @@ def assemble_job_server(engine: str, repositories, mvn: str = "mvn") -> Path:
     there); returns the launcher jar."""
     done = installed_job_server(engine)
     if done is not None:
+        if not (done.parent / CLUSTER_LIB).is_dir():  # a cache made before it was needed
+            write_cluster_lib(done.parent)
         return done
     artifact = JOB_SERVER_ARTIFACTS[engine]
     target = job_server_dir(engine)
@@ -191,6 +218,7 @@ def assemble_job_server(engine: str, repositories, mvn: str = "mvn") -> Path:
                 f"{_maven_error(log.read_text(errors='replace'))} (log: {log}; name a "
                 f"repository that serves it with {MAVEN_REPOSITORY_ENV} or --maven-repository)")
         write_launcher(work, artifact)
+        write_cluster_lib(work)
         (work / "pom.xml").unlink()
         (work / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
         shutil.rmtree(target, ignore_errors=True)

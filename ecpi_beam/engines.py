@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,13 +46,23 @@ STARTUP_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
 FLINK_HOME_ENV, SPARK_HOME_ENV, STATE_ENV = "ECPI_FLINK_HOME", "ECPI_SPARK_HOME", "ECPI_ENGINE_STATE"
 LOCALHOST = "127.0.0.1"  # nothing of a local cluster listens beyond this machine
-# Flink: a Beam batch graph of ~40 vertices needs more network buffers than Flink's default
-# TaskManager has ("Insufficient number of network buffers"): 4 GiB, 512 MiB-1 GiB of network.
+# Flink's TaskManager, sized for Beam's portable batch graph (about 40 vertices):
+# - network 512 MiB-1 GiB: Flink's default is short of buffers for that many exchanges;
+# - task off-heap 1 GiB: the gRPC channels to the SDK workers buffer in direct memory, which
+#   Flink otherwise caps at its network memory plus 128 MiB ("Cannot reserve ... direct
+#   buffer memory", then the SDK worker's channel closes);
+# - heap ~2.9 GiB: Beam holds up to 100 data messages (each up to an event chunk, ~20 MB) per
+#   running stage in the heap, and several stages run at once in one slot;
+# - managed memory (Flink's own sorts) only a tenth.
 FLINK_MEMORY = {"jobmanager.memory.process.size": "1024m",
-                "taskmanager.memory.process.size": "4096m",
+                "taskmanager.memory.process.size": "6144m",
+                "taskmanager.memory.managed.fraction": "0.1",
+                "taskmanager.memory.task.off-heap.size": "1g",
                 "taskmanager.memory.network.min": "512mb",
                 "taskmanager.memory.network.max": "1gb"}
 SPARK_WORKER_MEMORY = "4g"
+# SDK workers are kept this long after a stage, for the next stage of the job (flink_lib)
+ENVIRONMENT_CACHE_MS = 30000
 
 
 @dataclass(frozen=True)
@@ -205,15 +216,48 @@ def worker_pool(port: int) -> Process:
                                    f"--service_port={port}"), env, port, ("worker_pool_main",))
 
 
-def _flink_config(ports: dict, slots: int) -> str:
+def _shipped_java_options(home: Path) -> str:
+    """The JVM options of the distribution's own config.yaml (`env.java.opts.all`: Java 17's
+    --add-opens/--add-exports, without which Flink's own reflection fails and a task's error
+    becomes a fatal TaskManager error)."""
+    try:
+        text = (home / "conf" / "config.yaml").read_text()
+    except OSError:
+        return ""
+    found = re.search(r"^env\.java\.opts\.all:\s*(.+)$", text, re.M) or re.search(
+        r"^env:\s*\n\s+java:\s*\n\s+opts:\s*\n\s+all:\s*(.+)$", text, re.M)
+    return found.group(1).strip() if found else ""
+
+
+def _flink_config(ports: dict, slots: int, java_options: str = "") -> str:
     values = {
         "jobmanager.rpc.address": LOCALHOST, "jobmanager.bind-host": LOCALHOST,
         "jobmanager.rpc.port": ports["rpc"], "taskmanager.host": LOCALHOST,
         "taskmanager.bind-host": LOCALHOST, "taskmanager.numberOfTaskSlots": slots,
         "parallelism.default": slots, "rest.address": LOCALHOST,
         "rest.bind-address": LOCALHOST, "rest.port": ports["rest"], **FLINK_MEMORY,
+        "classloader.resolve-order": "parent-first",  # Beam's classes from lib (flink_lib)
     }
+    if java_options:
+        values["env.java.opts.all"] = java_options
     return "".join(f"{key}: {value}\n" for key, value in values.items())
+
+
+def flink_lib(home: Path, state: Path) -> Path:
+    """Flink's lib folder for the cluster: links to Flink's jars and to those of Beam's Flink
+    job server (engine_setup.cluster_jars).
+
+    With Beam's runner classes on the TaskManager's own class path (and parent-first class
+    loading), Beam keeps a job's SDK workers between its stages (`--environment_cache_millis`);
+    loaded with each job instead, it must stop them after every stage, and a new Python worker
+    then starts for each of the graph's ~40 stages."""
+    lib = state / "lib"
+    shutil.rmtree(lib, ignore_errors=True)
+    lib.mkdir(parents=True)
+    job_server_jar("flink")  # made by the set-up, or a one-line error
+    for jar in sorted((home / "lib").glob("*.jar")) + engine_setup.cluster_jars("flink"):
+        (lib / jar.name).symlink_to(jar)
+    return lib
 
 
 def flink_processes(ports: dict, slots: int, state: Path) -> list[Process]:
@@ -223,8 +267,9 @@ def flink_processes(ports: dict, slots: int, state: Path) -> list[Process]:
     for shipped in list((home / "conf").glob("log4j*.properties")) + list(
             (home / "conf").glob("logback*.xml")):
         shutil.copy(shipped, conf / shipped.name)
-    (conf / "config.yaml").write_text(_flink_config(ports, slots))
-    env = _java_env({"FLINK_CONF_DIR": str(conf), "FLINK_LOG_DIR": str(state / "logs")})
+    (conf / "config.yaml").write_text(_flink_config(ports, slots, _shipped_java_options(home)))
+    env = _java_env({"FLINK_CONF_DIR": str(conf), "FLINK_LOG_DIR": str(state / "logs"),
+                     "FLINK_LIB_DIR": str(flink_lib(home, state))})
     return [Process("jobmanager", ("bash", str(home / "bin" / "jobmanager.sh"),
                                    "start-foreground"), env, ports["rest"],
                     ("jobmanager.sh", "flink-console.sh", "StandaloneSessionClusterEntrypoint")),
@@ -292,7 +337,8 @@ def run_options(engine: str, ports: dict, parallelism: int) -> list[str]:
                    "--spark_job_server_jar", str(job_server_jar("spark"))]
     return options + ["--environment_type", "EXTERNAL",
                       "--environment_config", f"{LOCALHOST}:{ports['worker-pool']}",
-                      "--sdk_worker_parallelism", str(parallelism)]
+                      "--sdk_worker_parallelism", str(parallelism),
+                      "--environment_cache_millis", str(ENVIRONMENT_CACHE_MS)]
 
 
 # ============================================================================================

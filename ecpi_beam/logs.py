@@ -24,6 +24,17 @@ STAGE_ORDER = ("read", "dpco", "cali", "bube", "imag", "write")  # others follow
 # Python SDK worker reads these names too (logging.WARN is logging.WARNING).
 JAVA_LOG_LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARN",
                    logging.ERROR: "ERROR", logging.CRITICAL: "ERROR"}
+# Beam's notices while it starts, waits for and stops a Java job server (FlinkRunner,
+# SparkRunner), logged as warnings though nothing is wrong: shown at `info` and below.
+JOB_SERVER_NOTICES = ("Really starting service at", "Really destroying service at",
+                      "Waiting for grpc channel to be ready at")
+
+
+class _JobServerNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING
+                    and str(record.msg).startswith(JOB_SERVER_NOTICES))
+
 
 def level_number(level_name: str) -> int:
     return getattr(logging, str(level_name).upper())
@@ -36,6 +47,9 @@ def configure_logging(level_name: str) -> int:
     logging.basicConfig(format=LOG_FORMAT, level=level, force=True)
     for name in ("ecpi_beam", "apache_beam"):
         logging.getLogger(name).setLevel(level)
+    if level >= logging.WARNING:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_JobServerNotices())
     return level
 
 
