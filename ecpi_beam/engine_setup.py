@@ -45,6 +45,11 @@ FLINK_MINOR = FLINK_VERSION.rsplit(".", 1)[0]
 JOB_SERVER_ARTIFACTS = {"flink": f"beam-runners-flink-{FLINK_MINOR}-job-server",
                         "spark": "beam-runners-spark-3-job-server"}
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+# Left out of the job servers: Beam's runners bring the Google Cloud Storage file system at
+# runtime, which ecpi-beam does not use (its I/O is fsspec, in Python), and whose classes meet
+# Spark's older Guava on an executor (NoSuchMethodError while it reads the pipeline options).
+EXCLUDED = ("org.apache.beam:beam-sdks-java-extensions-google-cloud-platform-core",)
+ASSEMBLY = 2  # raised whenever what is assembled changes: a cache folder of its own
 ENGINES_CACHE_ENV = "ECPI_ENGINES_CACHE"
 MAVEN_REPOSITORY_ENV = "ECPI_MAVEN_REPOSITORY"
 LAUNCHER = "job-server.jar"
@@ -69,7 +74,7 @@ def cache_dir() -> Path:
 
 
 def job_server_dir(engine: str) -> Path:
-    return cache_dir() / f"{JOB_SERVER_ARTIFACTS[engine]}-{JOB_SERVER_VERSION}"
+    return cache_dir() / f"{JOB_SERVER_ARTIFACTS[engine]}-{JOB_SERVER_VERSION}-a{ASSEMBLY}"
 
 
 def distribution_venv(engine: str) -> Path:
@@ -111,13 +116,17 @@ def _pom(artifact: str, repositories) -> str:
     declared = "".join(
         f"<repository><id>extra-{index}</id><url>{url}</url></repository>"
         for index, url in enumerate(repositories))
+    excluded = "".join(
+        f"<exclusion><groupId>{group}</groupId><artifactId>{name}</artifactId></exclusion>"
+        for group, name in (coordinates.split(":") for coordinates in EXCLUDED))
     return f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>ecpi-beam.engines</groupId><artifactId>{artifact}-classpath</artifactId>
   <version>1</version><packaging>pom</packaging>
   <repositories>{declared}</repositories>
   <dependencies><dependency><groupId>org.apache.beam</groupId><artifactId>{artifact}</artifactId>
-    <version>{JOB_SERVER_VERSION}</version></dependency></dependencies>
+    <version>{JOB_SERVER_VERSION}</version><exclusions>{excluded}</exclusions></dependency>
+  </dependencies>
 </project>
 """
 
@@ -135,7 +144,8 @@ def repository_url(location: str) -> str:
 
 def _maven_error(log_text: str) -> str:
     """The line of mvn's output that says why, shortened."""
-    missing = re.search(r"(Could not (?:find|transfer) artifact \S+)", log_text)
+    missing = re.search(r"(Could not (?:find|transfer) artifact \S+|\S+ was not found in \S+)",
+                        log_text)
     if missing:
         return missing.group(1)[0].lower() + missing.group(1)[1:]
     errors = [line.removeprefix("[ERROR]").strip() for line in log_text.splitlines()
@@ -208,7 +218,9 @@ def assemble_job_server(engine: str, repositories, mvn: str = "mvn") -> Path:
         log = target.parent / f"{target.name}.mvn.log"
         with open(log, "w") as stream:
             resolved = subprocess.run(
-                [mvn, "-B", "-f", str(work / "pom.xml"), f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+                # -U: a "not found" that Maven remembers from an earlier attempt is tried again
+                [mvn, "-B", "-U", "-f", str(work / "pom.xml"),
+                 f"{DEPENDENCY_PLUGIN}:copy-dependencies",
                  "-DincludeScope=runtime", f"-DoutputDirectory={work / 'lib'}"],
                 stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if resolved.returncode != 0:

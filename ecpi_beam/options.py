@@ -43,7 +43,6 @@ class EcpiRunOptions(PipelineOptions):
 
 
 FLINK_BATCH_EXECUTION_MODE = "--execution_mode_for_batch"
-SPARK_STORAGE_LEVEL = "--storage_level"
 
 
 class JobServerOptions(PipelineOptions):
@@ -58,11 +57,6 @@ class JobServerOptions(PipelineOptions):
                                  "ExecutionMode); ecpi_run's default is BATCH_FORCED (every "
                                  "exchange materialized: pipelined exchanges deadlock on the "
                                  "graph's diamonds, docs/runners.md)")
-        parser.add_argument(SPARK_STORAGE_LEVEL, default=None, metavar="LEVEL",
-                            help="SparkRunner: where Spark keeps a collection read by several "
-                                 "stages (Spark's StorageLevel); ecpi_run's default is "
-                                 "MEMORY_AND_DISK_SER (event chunks do not fit in an "
-                                 "executor's memory; Beam's default MEMORY_ONLY fails)")
 
 
 def option_value(args, option: str, default=None):
@@ -78,18 +72,13 @@ def option_value(args, option: str, default=None):
 
 
 def with_runner_defaults(beam_args) -> list:
-    """`beam_args` plus what the graph needs on the runner chosen, unless given: in batch,
-    materialized exchanges on the FlinkRunner (FLINK_BATCH_EXECUTION_MODE) and collections
-    that may spill to disk on the SparkRunner (SPARK_STORAGE_LEVEL)."""
-    if "--streaming" in beam_args:
-        return list(beam_args)
+    """`beam_args` plus what the graph needs on the runner chosen, unless given: on the
+    FlinkRunner in batch, materialized exchanges (FLINK_BATCH_EXECUTION_MODE)."""
     runner = str(option_value(beam_args, "--runner", "")).lower()
-    defaults = {"flinkrunner": (FLINK_BATCH_EXECUTION_MODE, "BATCH_FORCED"),
-                "sparkrunner": (SPARK_STORAGE_LEVEL, "MEMORY_AND_DISK_SER")}
-    option, value = defaults.get(runner.removesuffix("runner") + "runner", (None, None))
-    if option is None or option_value(beam_args, option) is not None:
-        return list(beam_args)
-    return [*beam_args, option, value]
+    if (runner in ("flinkrunner", "flink") and "--streaming" not in beam_args
+            and option_value(beam_args, FLINK_BATCH_EXECUTION_MODE) is None):
+        return [*beam_args, FLINK_BATCH_EXECUTION_MODE, "BATCH_FORCED"]
+    return list(beam_args)
 
 
 class CommandLine(NamedTuple):
