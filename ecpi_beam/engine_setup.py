@@ -45,11 +45,13 @@ FLINK_MINOR = FLINK_VERSION.rsplit(".", 1)[0]
 JOB_SERVER_ARTIFACTS = {"flink": f"beam-runners-flink-{FLINK_MINOR}-job-server",
                         "spark": "beam-runners-spark-3-job-server"}
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
-# Left out of the job servers: Beam's runners bring the Google Cloud Storage file system at
-# runtime, which ecpi-beam does not use (its I/O is fsspec, in Python), and whose classes meet
-# Spark's older Guava on an executor (NoSuchMethodError while it reads the pipeline options).
-EXCLUDED = ("org.apache.beam:beam-sdks-java-extensions-google-cloud-platform-core",)
-ASSEMBLY = 2  # raised whenever what is assembled changes: a cache folder of its own
+# Beam's runners bring Google Cloud Storage at runtime (the job-server drivers set GcsOptions).
+# Its file-system registrar is left out: ecpi-beam's I/O is fsspec, in Python, and on a Spark
+# executor the registrar's classes meet Spark's older Guava (NoSuchMethodError when the
+# executor reads the pipeline options, and the task fails).
+WITHOUT_SERVICES = {"beam-sdks-java-extensions-google-cloud-platform-core-":
+                    ("META-INF/services/org.apache.beam.sdk.io.FileSystemRegistrar",)}
+ASSEMBLY = 3  # raised whenever what is assembled changes: a cache folder of its own
 ENGINES_CACHE_ENV = "ECPI_ENGINES_CACHE"
 MAVEN_REPOSITORY_ENV = "ECPI_MAVEN_REPOSITORY"
 LAUNCHER = "job-server.jar"
@@ -116,17 +118,13 @@ def _pom(artifact: str, repositories) -> str:
     declared = "".join(
         f"<repository><id>extra-{index}</id><url>{url}</url></repository>"
         for index, url in enumerate(repositories))
-    excluded = "".join(
-        f"<exclusion><groupId>{group}</groupId><artifactId>{name}</artifactId></exclusion>"
-        for group, name in (coordinates.split(":") for coordinates in EXCLUDED))
     return f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>ecpi-beam.engines</groupId><artifactId>{artifact}-classpath</artifactId>
   <version>1</version><packaging>pom</packaging>
   <repositories>{declared}</repositories>
   <dependencies><dependency><groupId>org.apache.beam</groupId><artifactId>{artifact}</artifactId>
-    <version>{JOB_SERVER_VERSION}</version><exclusions>{excluded}</exclusions></dependency>
-  </dependencies>
+    <version>{JOB_SERVER_VERSION}</version></dependency></dependencies>
 </project>
 """
 
@@ -176,6 +174,19 @@ def _manifest_line(key: str, value: str) -> str:
         pieces.append(b" " + line[:71])
         line = line[71:]
     return "\r\n".join(piece.decode("utf-8") for piece in pieces)
+
+
+def drop_services(lib: Path) -> None:
+    """Rewrite the jars of WITHOUT_SERVICES without those service entries."""
+    for prefix, services in WITHOUT_SERVICES.items():
+        for jar in lib.glob(f"{prefix}*.jar"):
+            rewritten = jar.with_suffix(".tmp")
+            with zipfile.ZipFile(jar) as source, zipfile.ZipFile(
+                    rewritten, "w", zipfile.ZIP_DEFLATED) as target:
+                for entry in source.infolist():
+                    if entry.filename not in services:
+                        target.writestr(entry, source.read(entry))
+            rewritten.replace(jar)
 
 
 def write_launcher(folder: Path, artifact: str) -> Path:
@@ -229,6 +240,7 @@ def assemble_job_server(engine: str, repositories, mvn: str = "mvn") -> Path:
                 f"cannot obtain org.apache.beam:{artifact}:{JOB_SERVER_VERSION} from {where}: "
                 f"{_maven_error(log.read_text(errors='replace'))} (log: {log}; name a "
                 f"repository that serves it with {MAVEN_REPOSITORY_ENV} or --maven-repository)")
+        drop_services(work / "lib")
         write_launcher(work, artifact)
         write_cluster_lib(work)
         (work / "pom.xml").unlink()
