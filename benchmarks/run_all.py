@@ -11,7 +11,10 @@
    Beam Map, beam_floor.py), the project's kernels without Beam (bare_numpy_chain.py) and
    `ecpi_run`, on the same file: five bands, PEO, background 'shape', ECL-DET-IMA +
    ECL-SKY-IMA + ECL-SOP-IMA;
-4. with --memory-events: peak memory of `ecpi_run` at more observation sizes.
+4. with --memory-events: peak memory of `ecpi_run` at more observation sizes;
+5. scale-out (bench_scaleout.py): a campaign of 16 observations on the in-process DirectRunner,
+   on Flink at parallelism 1 and 2 and on Spark with 1 and 2 worker cores, alternating
+   (`make engines` first; --no-scaleout leaves it out).
 Writes <out>/results.md (the tables) and <out>/results.json (every run); --quick is a smoke run
 (1e6 events, one repetition). Timings on a shared machine are noisy: read the ratios, the CPU
 column and the load column, and run again on a quiet machine for absolute figures.
@@ -49,9 +52,16 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-events", type=float, action="append", default=[],
                         help="also measure ecpi_run's peak memory at this size (repeatable)")
     parser.add_argument("--quick", action="store_true", help="1e6 events, one repetition")
+    parser.add_argument("--no-scaleout", action="store_true",
+                        help="leave out the Flink/Spark scale-out (bench_scaleout.py)")
+    parser.add_argument("--scaleout-observations", type=int, default=16)
+    parser.add_argument("--scaleout-duration", type=float, default=1200.0)
+    parser.add_argument("--scaleout-rounds", type=int, default=2)
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.repeat = 1e6, 1
+        args.scaleout_observations, args.scaleout_duration = 2, 120.0
+        args.scaleout_rounds = 1
     os.makedirs(args.out, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     n_events = str(int(args.events))
@@ -81,6 +91,17 @@ def main(argv=None) -> int:
                                "--modes", "beam", "--repeat", "1", "--cache", args.cache,
                                "--json", memory_json]))
         runs["memory"] = memory_json
+
+    if not args.no_scaleout:
+        print("== scale-out on Flink and Spark", flush=True)
+        scaleout_json = os.path.join(args.out, "scaleout.json")
+        sections.append("## Scale-out on Flink and Spark\n\n" + _captured(
+            "bench_scaleout.py", ["--observations", str(args.scaleout_observations),
+                                  "--duration", str(args.scaleout_duration),
+                                  "--rounds", str(args.scaleout_rounds),
+                                  "--out", os.path.join(args.out, "scaleout"),
+                                  "--json", scaleout_json]))
+        runs["scaleout"] = scaleout_json
 
     results = {}
     for name, path in runs.items():

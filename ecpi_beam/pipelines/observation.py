@@ -27,13 +27,21 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
     failure_log = FailureLog(general.working_out)  # one failing observation stops no other
     written = []  # URLs of every writer: joined at the end (see below)
     fingerprint = products_stamp(params, caldb_dir)  # PARHASH and CALDBHSH (campaign resume)
+    wants_spex = bool(params.spex.out_files)  # SPEX: on the sources IMAG finds, or a list
+    spex_from = params.spex.sources_from if wants_spex else None
+    wants_mosa = bool(params.mosa.out_files) or spex_from == "mosaic"
+    wants_imag = bool(params.imag.out_files) or wants_mosa or spex_from == "imag"
+    wants_bube = bool(params.bube.out_files) or wants_imag or wants_spex
+    # the imaging timelines are made where the chunks are described: the chunks carry their
+    # occultation classes, so that binning fuses with reading (transforms/read.py)
     read = (pipeline
             | "ObservationDirs" >> beam.Create(list(observation_dirs))
-            | "Read" >> ReadObservation(chunk_size=params.cali.chunk_size,
-                                       failure_log=failure_log))
+            | "Read" >> ReadObservation(
+                chunk_size=params.cali.chunk_size, failure_log=failure_log,
+                timelines=ImagingTimelines(params.bube, failure_log) if wants_bube else None))
     observations = read.observations
     failed = failed_obs_ids(read.failures)  # one side input shared by every writer
-    calibrated = read.chunks | "Cali" >> Cali(caldb_dir, observations, failure_log)
+    calibrated = read.chunks | "Cali" >> Cali(caldb_dir, failure_log)
     outputs = {"observations": observations, "calibrated": calibrated}
 
     if params.cali.out_files:
@@ -41,12 +49,8 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             general.working_out, params.cali.out_files, fingerprint, observations, failed,
             failure_log=failure_log))
 
-    wants_spex = bool(params.spex.out_files)  # SPEX: on the sources IMAG finds, or a list
-    spex_from = params.spex.sources_from if wants_spex else None
-    wants_mosa = bool(params.mosa.out_files) or spex_from == "mosaic"
-    wants_imag = bool(params.imag.out_files) or wants_mosa or spex_from == "imag"
-    if params.bube.out_files or wants_imag or wants_spex:
-        timelines = observations | "Timelines" >> ImagingTimelines(params.bube, failure_log)
+    if wants_bube:
+        timelines = read.timelines
         detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines, failure_log,
                                                imag_params=params.imag)
         outputs.update(timelines=timelines, detector=detector)
