@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -171,6 +172,8 @@ def main(argv=None) -> int:
     params = write_params(root / "params.ini", observations, out, **PRODUCTS)
     configurations = args.configurations.split(",")
     clusters = Clusters(root / "engines")
+    # a terminated benchmark still stops its clusters (the `finally` below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
     try:
         for round_index in range(args.rounds):
