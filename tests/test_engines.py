@@ -218,6 +218,54 @@ def test_spark_runs_the_whole_campaign(tmp_path, pipeline_workspace, engine_camp
 
 
 # ============================================================================================
+# What the engines need of the graph and of ecpi_run's options
+# ============================================================================================
+def test_the_event_path_reads_no_side_input(tmp_path, pipeline_workspace, engine_campaign):
+    """Flink's and Spark's job servers start a new stage before every ParDo with a side input:
+    the steps of each event chunk read none, so that they fuse and no chunk is stored between
+    them (docs/runners.md, "What the engines needed", 10.)."""
+    import apache_beam as beam
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    from ecpi_beam.params import load_params
+    from ecpi_beam.pipelines.observation import build_observation_pipeline
+    from ecpi_beam.workspace import resolve_caldb_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    params = load_params(str(write_campaign_params(tmp_path / "p.ini", engine_campaign["input"],
+                                                   out)))
+    pipeline = beam.Pipeline()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ECPI_HOME", str(pipeline_workspace))
+        build_observation_pipeline(pipeline, params, resolve_caldb_dir("@local"), [
+            str(p) for p in sorted(Path(engine_campaign["input"]).parent.glob("obs_*"))])
+    side_inputs = {}
+    for transform in pipeline.to_runner_api().components.transforms.values():
+        if transform.spec.urn == "beam:transform:pardo:v1":
+            payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+            side_inputs[transform.unique_name] = len(payload.side_inputs)
+    event_path = ("Read/ReadChunks", "Read/ReadChunksChunks", "Cali/Calibrate", "Bube/Bin")
+    for name in event_path:
+        matching = [n for n in side_inputs if n == name or n.startswith(name + "/ParDo")]
+        assert matching and all(side_inputs[n] == 0 for n in matching), (name, side_inputs)
+    assert side_inputs["Read/ChunkDescriptors"] == 1  # the timelines, before the reshuffle
+
+
+def test_ecpi_run_adds_what_the_runners_need_unless_given():
+    from ecpi_beam.options import option_value, with_runner_defaults
+
+    assert with_runner_defaults(["--runner", "FlinkRunner"])[-2:] == [
+        "--execution_mode_for_batch", "BATCH_FORCED"]
+    assert with_runner_defaults(["--runner=FlinkRunner", "--execution_mode_for_batch=BATCH"]) \
+        == ["--runner=FlinkRunner", "--execution_mode_for_batch=BATCH"]
+    for args in (["--runner", "FlinkRunner", "--streaming"], ["--runner", "SparkRunner"], []):
+        assert with_runner_defaults(args) == args
+    assert option_value(["--a", "1", "--a=2"], "--a") == "2"
+    assert option_value([], "--a", "none") == "none"
+
+
+# ============================================================================================
 # Ports
 # ============================================================================================
 def test_ports_come_from_options_then_environment_then_defaults(monkeypatch):
