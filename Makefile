@@ -48,8 +48,9 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null; fi; }
 
-# The Flink and Spark engines (docs/runners.md): job-server jars (mvn) and the distributions
-# of apache-flink and pyspark, each in its own venv; engines/setup.sh prints its time.
+# The Flink and Spark engines (docs/runners.md): Beam's job servers resolved by mvn with their
+# dependencies (extra Maven repositories: ECPI_MAVEN_REPOSITORY) and the distributions of
+# apache-flink and pyspark, in a cache outside the project (ECPI_ENGINES_CACHE).
 engines: setup system-deps
 	bash engines/setup.sh $(BIN)/python
 
@@ -63,8 +64,8 @@ test: setup system-deps engines
 test-quick: setup system-deps
 	$(BIN)/python -m pytest -n 2 -q -m "not engine" tests
 
-benchmark: setup
+benchmark: setup engines
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info .venv-flink .venv-spark engines/jars
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

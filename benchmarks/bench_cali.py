@@ -76,7 +76,7 @@ def run_beam(obs_dir: str, chunk_size: int, beam_args: list[str]) -> dict:
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", *beam_args]))
     read = pipeline | beam.Create([obs_dir]) | ReadObservation(chunk_size=chunk_size)
-    _ = read.chunks | Cali(default_caldb_dir(), read.observations)
+    _ = read.chunks | Cali(default_caldb_dir())
     result = pipeline.run()
     result.wait_until_finish()
     totals = {}

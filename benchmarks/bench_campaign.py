@@ -7,9 +7,10 @@ Engines: `inprocess` (DirectRunner, one process, waves of 4 observations: the de
 `inprocess-onewave` (the same as one pipeline, `--campaign_batch 0`), `multiprocess`
 (DirectRunner, 2 worker processes), `pool` (Beam's portable job service with the EXTERNAL
 worker pool that `ecpi_engine start flink` runs; the cluster is started and stopped here),
-`flink` / `spark` (FlinkRunner / SparkRunner on the local clusters; they need the Beam
-job-server jars in engines/jars). Each run is `ecpi_run` in a subprocess with `--force`; the
-resident memory of every process of its tree (and of the cluster's) is sampled every 0.2 s.
+`flink` / `spark` (FlinkRunner / SparkRunner on the local clusters; `make engines` first;
+bench_scaleout.py measures their scale-out). Each run is `ecpi_run` in a subprocess with
+`--force`; the resident memory of every process of its tree (and of the cluster's) is sampled
+every 0.2 s.
 Prints a Markdown table (BENCHMARKS.md, "Campaigns on engines").
 """
 from __future__ import annotations
@@ -87,16 +88,40 @@ def simulate(root: Path, home: Path, count: int, duration: float) -> str:
     return str(root / "input" / "obs_*")
 
 
-def run_campaign(label, beam_args, params, env, extra_pids=()) -> dict:
+def prepare_campaign(root: Path, count: int, duration: float, products: dict):
+    """(environment of the runs, parameter file) of a campaign of `count` simulated
+    observations under `root` (workspace with the default CALDB, input, out), made once."""
+    home = root / "home"
+    env = dict(os.environ, ECPI_HOME=str(home), PYTHONPATH=str(ROOT))
+    os.environ["ECPI_HOME"] = str(home)
+    if not (home / ".ect" / "caldb").exists():
+        from ecpi_beam.caldb.init import main as caldb_init
+
+        caldb_init(["-s"])
+    glob = simulate(root, home, count, duration)
+    out = root / "out"
+    out.mkdir(exist_ok=True)
+    return env, write_params(root / "params.ini", glob, out, **products)
+
+
+def timed_run(label, beam_args, params, env, watch):
+    """`ecpi_run --params PARAMS --force BEAM_ARGS` in a fresh process, `watch(process)`
+    sampling it until it ends; (wall seconds, its standard output, what watch returned)."""
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "ecpi_beam.run", "--params", str(params),
                                 "--force", *beam_args], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    peaks = peak_memory(process, extra_pids)
+    watched = watch(process)
     out, err = process.communicate()
     elapsed = time.monotonic() - started
     if process.returncode != 0:
-        raise SystemExit(f"{label} failed:\n{out}\n{err[-3000:]}")
+        raise SystemExit(f"{label} failed ({process.returncode}):\n{out}\n{err[-4000:]}")
+    return elapsed, out, watched
+
+
+def run_campaign(label, beam_args, params, env, extra_pids=()) -> dict:
+    elapsed, out, peaks = timed_run(label, beam_args, params, env,
+                                    lambda process: peak_memory(process, extra_pids))
     return {"engine": label, "elapsed_s": elapsed, "peaks_mib": peaks, "summary": out.strip()}
 
 
@@ -108,17 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--engines", default="inprocess,multiprocess,pool")
     args = parser.parse_args(argv)
     root = Path(args.out or tempfile.mkdtemp(prefix="ecpi-campaign-bench-"))
-    home = root / "home"
-    env = dict(os.environ, ECPI_HOME=str(home), PYTHONPATH=str(ROOT))
-    os.environ["ECPI_HOME"] = str(home)
-    if not (home / ".ect" / "caldb").exists():
-        from ecpi_beam.caldb.init import main as caldb_init
-
-        caldb_init(["-s"])
-    glob = simulate(root, home, args.observations, args.duration)
-    out = root / "out"
-    out.mkdir(exist_ok=True)
-    params = write_params(root / "params.ini", glob, out, **PRODUCTS)
+    env, params = prepare_campaign(root, args.observations, args.duration, PRODUCTS)
     results = []
     for engine in args.engines.split(","):
         if engine == "inprocess":

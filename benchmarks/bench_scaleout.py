@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,8 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import psutil  # noqa: E402
-from bench_campaign import kind_of, simulate  # noqa: E402
-from pipeline_fixtures import write_params  # noqa: E402
+from bench_campaign import kind_of, prepare_campaign, timed_run  # noqa: E402
 
 from ecpi_beam import engines  # noqa: E402
 
@@ -107,15 +107,8 @@ def cpu_seconds(process: subprocess.Popen, cluster_pids=()) -> dict:
 
 def run(label: str, params: Path, options: list[str], env: dict, cluster_pids=()) -> dict:
     load = os.getloadavg()[0]
-    started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "ecpi_beam.run", "--params", str(params),
-                                "--force", *options], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    cpu = cpu_seconds(process, cluster_pids)
-    out, err = process.communicate()
-    elapsed = time.monotonic() - started
-    if process.returncode != 0:
-        raise SystemExit(f"{label} failed ({process.returncode}):\n{out}\n{err[-4000:]}")
+    elapsed, out, cpu = timed_run(label, options, params, env,
+                                  lambda process: cpu_seconds(process, cluster_pids))
     events = int(SUMMARY.search(out).group(1))
     print(f"  {label}: {elapsed:.1f} s, {events / elapsed:.3g} events/s (load {load:.1f}); "
           "CPU s " + ", ".join(f"{kind} {used:.0f}" for kind, used in sorted(cpu.items())),
@@ -158,19 +151,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write every run here")
     args = parser.parse_args(argv)
     root = Path(args.out or tempfile.mkdtemp(prefix="ecpi-scaleout-")).absolute()
-    home = root / "home"
-    env = dict(os.environ, ECPI_HOME=str(home), PYTHONPATH=str(ROOT))
-    os.environ["ECPI_HOME"] = str(home)
-    if not (home / ".ect" / "caldb").exists():
-        from ecpi_beam.caldb.init import main as caldb_init
-
-        caldb_init(["-s"])
-    observations = simulate(root, home, args.observations, args.duration)
-    out = root / "out"
-    out.mkdir(exist_ok=True)
-    params = write_params(root / "params.ini", observations, out, **PRODUCTS)
+    env, params = prepare_campaign(root, args.observations, args.duration, PRODUCTS)
     configurations = args.configurations.split(",")
     clusters = Clusters(root / "engines")
+    # a terminated benchmark still stops its clusters (the `finally` below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
     try:
         for round_index in range(args.rounds):

@@ -15,6 +15,9 @@
 5. the survey mosaic (bench_mosaic.py): the campaign mosaic of 100, 300 and 1000 observations'
    stored accumulators (synthetic, made once in the cache), time per observation and peak
    memory (--quick: 10 and 30; --mosaic-observations to choose).
+6. scale-out (bench_scaleout.py): a campaign of 16 observations on the in-process DirectRunner,
+   on Flink at parallelism 1 and 2 and on Spark with 1 and 2 worker cores, alternating
+   (`make engines` first; --no-scaleout leaves it out).
 Writes <out>/results.md (the tables) and <out>/results.json (every run); --quick is a smoke run
 (1e6 events, one repetition). Timings on a shared machine are noisy: read the ratios, the CPU
 column and the load column, and run again on a quiet machine for absolute figures.
@@ -54,9 +57,16 @@ def main(argv=None) -> int:
     parser.add_argument("--mosaic-observations", type=int, action="append", default=[],
                         help="campaign sizes of the survey mosaic (default 100, 300, 1000)")
     parser.add_argument("--quick", action="store_true", help="1e6 events, one repetition")
+    parser.add_argument("--no-scaleout", action="store_true",
+                        help="leave out the Flink/Spark scale-out (bench_scaleout.py)")
+    parser.add_argument("--scaleout-observations", type=int, default=16)
+    parser.add_argument("--scaleout-duration", type=float, default=1200.0)
+    parser.add_argument("--scaleout-rounds", type=int, default=2)
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.repeat = 1e6, 1
+        args.scaleout_observations, args.scaleout_duration = 2, 120.0
+        args.scaleout_rounds = 1
     mosaic_sizes = args.mosaic_observations or ([10, 30] if args.quick else [100, 300, 1000])
     os.makedirs(args.out, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -94,6 +104,17 @@ def main(argv=None) -> int:
     sections.append("## The survey mosaic\n\n```\n" + _captured(
         "bench_mosaic.py", [*sizes, "--cache", args.cache, "--json", mosaic_json]) + "```")
     runs["mosaic"] = mosaic_json
+
+    if not args.no_scaleout:
+        print("== scale-out on Flink and Spark", flush=True)
+        scaleout_json = os.path.join(args.out, "scaleout.json")
+        sections.append("## Scale-out on Flink and Spark\n\n" + _captured(
+            "bench_scaleout.py", ["--observations", str(args.scaleout_observations),
+                                  "--duration", str(args.scaleout_duration),
+                                  "--rounds", str(args.scaleout_rounds),
+                                  "--out", os.path.join(args.out, "scaleout"),
+                                  "--json", scaleout_json]))
+        runs["scaleout"] = scaleout_json
 
     results = {}
     for name, path in runs.items():

@@ -45,6 +45,13 @@ FLINK_MINOR = FLINK_VERSION.rsplit(".", 1)[0]
 JOB_SERVER_ARTIFACTS = {"flink": f"beam-runners-flink-{FLINK_MINOR}-job-server",
                         "spark": "beam-runners-spark-3-job-server"}
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+# Beam's runners bring Google Cloud Storage at runtime (the job-server drivers set GcsOptions).
+# Its file-system registrar is left out: ecpi-beam's I/O is fsspec, in Python, and on a Spark
+# executor the registrar's classes meet Spark's older Guava (NoSuchMethodError when the
+# executor reads the pipeline options, and the task fails).
+WITHOUT_SERVICES = {"beam-sdks-java-extensions-google-cloud-platform-core-":
+                    ("META-INF/services/org.apache.beam.sdk.io.FileSystemRegistrar",)}
+ASSEMBLY = 3  # raised whenever what is assembled changes: a cache folder of its own
 ENGINES_CACHE_ENV = "ECPI_ENGINES_CACHE"
 MAVEN_REPOSITORY_ENV = "ECPI_MAVEN_REPOSITORY"
 LAUNCHER = "job-server.jar"
@@ -69,7 +76,7 @@ def cache_dir() -> Path:
 
 
 def job_server_dir(engine: str) -> Path:
-    return cache_dir() / f"{JOB_SERVER_ARTIFACTS[engine]}-{JOB_SERVER_VERSION}"
+    return cache_dir() / f"{JOB_SERVER_ARTIFACTS[engine]}-{JOB_SERVER_VERSION}-a{ASSEMBLY}"
 
 
 def distribution_venv(engine: str) -> Path:
@@ -135,7 +142,8 @@ def repository_url(location: str) -> str:
 
 def _maven_error(log_text: str) -> str:
     """The line of mvn's output that says why, shortened."""
-    missing = re.search(r"(Could not (?:find|transfer) artifact \S+)", log_text)
+    missing = re.search(r"(Could not (?:find|transfer) artifact \S+|\S+ was not found in \S+)",
+                        log_text)
     if missing:
         return missing.group(1)[0].lower() + missing.group(1)[1:]
     errors = [line.removeprefix("[ERROR]").strip() for line in log_text.splitlines()
@@ -166,6 +174,19 @@ def _manifest_line(key: str, value: str) -> str:
         pieces.append(b" " + line[:71])
         line = line[71:]
     return "\r\n".join(piece.decode("utf-8") for piece in pieces)
+
+
+def drop_services(lib: Path) -> None:
+    """Rewrite the jars of WITHOUT_SERVICES without those service entries."""
+    for prefix, services in WITHOUT_SERVICES.items():
+        for jar in lib.glob(f"{prefix}*.jar"):
+            rewritten = jar.with_suffix(".tmp")
+            with zipfile.ZipFile(jar) as source, zipfile.ZipFile(
+                    rewritten, "w", zipfile.ZIP_DEFLATED) as target:
+                for entry in source.infolist():
+                    if entry.filename not in services:
+                        target.writestr(entry, source.read(entry))
+            rewritten.replace(jar)
 
 
 def write_launcher(folder: Path, artifact: str) -> Path:
@@ -208,7 +229,9 @@ def assemble_job_server(engine: str, repositories, mvn: str = "mvn") -> Path:
         log = target.parent / f"{target.name}.mvn.log"
         with open(log, "w") as stream:
             resolved = subprocess.run(
-                [mvn, "-B", "-f", str(work / "pom.xml"), f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+                # -U: a "not found" that Maven remembers from an earlier attempt is tried again
+                [mvn, "-B", "-U", "-f", str(work / "pom.xml"),
+                 f"{DEPENDENCY_PLUGIN}:copy-dependencies",
                  "-DincludeScope=runtime", f"-DoutputDirectory={work / 'lib'}"],
                 stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if resolved.returncode != 0:
@@ -217,6 +240,7 @@ def assemble_job_server(engine: str, repositories, mvn: str = "mvn") -> Path:
                 f"cannot obtain org.apache.beam:{artifact}:{JOB_SERVER_VERSION} from {where}: "
                 f"{_maven_error(log.read_text(errors='replace'))} (log: {log}; name a "
                 f"repository that serves it with {MAVEN_REPOSITORY_ENV} or --maven-repository)")
+        drop_services(work / "lib")
         write_launcher(work, artifact)
         write_cluster_lib(work)
         (work / "pom.xml").unlink()

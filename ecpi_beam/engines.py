@@ -60,7 +60,10 @@ FLINK_MEMORY = {"jobmanager.memory.process.size": "1024m",
                 "taskmanager.memory.task.off-heap.size": "1g",
                 "taskmanager.memory.network.min": "512mb",
                 "taskmanager.memory.network.max": "1gb"}
-SPARK_WORKER_MEMORY = "4g"
+# Spark: a worker of 4 GiB, whose executor asks for 3 GiB (Spark's default, 1 GiB, is short
+# of heap for the elements in flight to and from the SDK workers); the executor's memory is
+# the application's setting, so the job server's JVM (Spark's driver) gets it as a property.
+SPARK_WORKER_MEMORY, SPARK_EXECUTOR_MEMORY = "4g", "3g"
 # SDK workers are kept this long after a stage, for the next stage of the job (flink_lib)
 ENVIRONMENT_CACHE_MS = 30000
 
@@ -334,7 +337,8 @@ def run_options(engine: str, ports: dict, parallelism: int) -> list[str]:
     else:
         options = ["--runner", "SparkRunner",
                    "--spark_master_url", f"spark://{LOCALHOST}:{ports['master']}",
-                   "--spark_job_server_jar", str(job_server_jar("spark"))]
+                   "--spark_job_server_jar", str(job_server_jar("spark")),
+                   f"--job_server_jvm_property=-Dspark.executor.memory={SPARK_EXECUTOR_MEMORY}"]
     return options + ["--environment_type", "EXTERNAL",
                       "--environment_config", f"{LOCALHOST}:{ports['worker-pool']}",
                       "--sdk_worker_parallelism", str(parallelism),

@@ -13,6 +13,7 @@ from ecpi_beam.kernels.timeline import POINTING_TOLERANCE_DEG, ImagingTimeline, 
 from ecpi_beam.params import BubeParams, ImagParams
 from ecpi_beam.transforms.bube import Bube, DetectorImageSum
 from ecpi_beam.transforms.imag import Imag
+from ecpi_beam.transforms.read import ChunkContext, EventChunk
 
 BANDS = ((13, 60), (61, 300), (13, 300))
 
@@ -25,6 +26,12 @@ def random_chunk(rng, n, t0=0.0, t1=100.0):
     chunk["PI"] = rng.integers(0, 400, n)
     chunk["FLAG"] = np.where(rng.random(n) < 0.01, instrument.FLAG_FORCED_TRIGGER, 0)
     return chunk
+
+
+def with_classes(events, class_gti):
+    """A calibrated chunk as the graph carries it: with its occultation classes' good time
+    (None: its observation has no imaging timeline)."""
+    return EventChunk(events, ChunkContext(np.array([[0.0, 100.0]]), class_gti))
 
 
 def test_detector_image_sum_is_associative_and_commutative():
@@ -53,15 +60,16 @@ def timeline_with(class_gti):
 
 def test_bube_keys_every_band_and_class_and_images_every_photon_but_no_forced_trigger():
     rng = np.random.default_rng(2)
-    chunks = [("obs1", random_chunk(rng, 5000)), ("obs1", random_chunk(rng, 7000)),
-              ("obs2", random_chunk(rng, 3000))]
     gti = {"NEO": np.array([[0.0, 40.0]]), "PEO": np.array([[0.0, 70.0]]),
            "TEO": np.array([[0.0, 100.0]])}
+    chunks = [("obs1", with_classes(random_chunk(rng, 5000), gti)),
+              ("obs1", with_classes(random_chunk(rng, 7000), gti)),
+              ("obs2", with_classes(random_chunk(rng, 3000), gti))]
     params = BubeParams(energy_channels=BANDS, ear_occ_bub=("NEO", "PEO", "TEO"),
                         bkg_cor_mod=("flat", "shape", "no_correction"))
 
     def expected_counts(obs_id, band, occ):
-        events = np.concatenate([c for o, c in chunks if o == obs_id])
+        events = np.concatenate([c.events for o, c in chunks if o == obs_id])
         lo, hi = band
         t0, t1 = gti[occ][0]
         photons = (events["FLAG"] & instrument.FLAG_FORCED_TRIGGER) == 0
@@ -163,7 +171,8 @@ def test_bube_physics_modes_carry_the_earth_geometry_of_the_key():
                         bkg_cor_mod=("shape_moretti_earth", "shape_moretti_smart"))
     with BeamTestPipeline() as pipeline:
         timelines = pipeline | "Timelines" >> beam.Create([("obs1", timeline)])
-        products = (pipeline | "Chunks" >> beam.Create([("obs1", random_chunk(rng, 20000))])
+        products = (pipeline | "Chunks" >> beam.Create(
+                        [("obs1", with_classes(random_chunk(rng, 20000), timeline.class_gti))])
                     | Bube(params, default_caldb_dir(), timelines, imag_params=ImagParams()))
         summary = products | beam.MapTuple(lambda key, p: (
             key[2], p.mode, sorted(p.correction.coefficients),

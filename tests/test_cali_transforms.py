@@ -59,11 +59,13 @@ def test_read_observation_chunks_cover_every_row_once(observation_dir, input_eve
     assert_that(read.observations | beam.Map(lambda kv: (kv[0], kv[1].n_events)),
                 equal_to([(OBS_ID, len(events))]), label="Observations")
     assert_that(read.failures, equal_to([]), label="NoFailures")
-    sizes = read.chunks | beam.MapTuple(lambda obs_id, chunk: (obs_id, len(chunk), chunk.dtype))
+    sizes = read.chunks | beam.MapTuple(
+        lambda obs_id, chunk: (obs_id, len(chunk.events), chunk.events.dtype))
     expected_sizes = [(OBS_ID, min(CHUNK_SIZE, len(events) - first), EVENT_DTYPE)
                       for first in range(0, len(events), CHUNK_SIZE)]
     assert_that(sizes, equal_to(expected_sizes), label="ChunkSizes")
-    first_times = read.chunks | beam.MapTuple(lambda obs_id, chunk: float(chunk["TIME"][0]))
+    first_times = read.chunks | beam.MapTuple(
+        lambda obs_id, chunk: float(chunk.events["TIME"][0]))
     assert_that(first_times, equal_to([float(t) for t in events["TIME"][::CHUNK_SIZE]]),
                 label="ChunkStarts")
     result = pipeline.run()
@@ -81,12 +83,12 @@ def cali_run(observation_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("output"))
     pipeline = test_pipeline.TestPipeline()
     read = pipeline | beam.Create([observation_dir]) | ReadObservation(chunk_size=CHUNK_SIZE)
-    calibrated = read.chunks | Cali(default_caldb_dir(), read.observations)
+    calibrated = read.chunks | Cali(default_caldb_dir())
     urls = calibrated | WriteCaliProducts(out, ("ECL-GTI-CAL", "ECL-EVT-CAL"), "f00d",
                                           read.observations, failed_obs_ids(read.failures))
     assert_that(urls | beam.Map(os.path.basename),
                 equal_to([f"ECL-GTI-CAL_{OBS_ID}.fits", f"ECL-EVT-CAL_{OBS_ID}.fits"]))
-    dtypes = (calibrated | beam.MapTuple(lambda obs_id, chunk: (obs_id, str(chunk.dtype)))
+    dtypes = (calibrated | beam.MapTuple(lambda obs_id, chunk: (obs_id, str(chunk.events.dtype)))
               | beam.Distinct())
     assert_that(dtypes, equal_to([(OBS_ID, str(CALIBRATED_DTYPE))]), label="CalibratedDtype")
     result = pipeline.run()
@@ -175,7 +177,7 @@ def test_products_go_to_an_fsspec_location_without_local_parts(observation_dir, 
     out = f"memory://cali-{uuid.uuid4().hex}/out"
     pipeline = test_pipeline.TestPipeline()
     read = pipeline | beam.Create([observation_dir]) | ReadObservation(chunk_size=CHUNK_SIZE)
-    _ = (read.chunks | Cali(default_caldb_dir(), read.observations)
+    _ = (read.chunks | Cali(default_caldb_dir())
          | WriteCaliProducts(out, ("ECL-EVT-CAL",), "f00d", read.observations))
     pipeline.run().wait_until_finish()
     assert fs.listdir(out) == [f"ECL-EVT-CAL_{OBS_ID}.fits"]  # parts folder gone, no GTI-CAL

@@ -358,7 +358,7 @@ def test_bad_triplets_fail_alone_and_write_no_product(good_triplet, bad_triplets
     directories = [good_triplet] + [directory for directory, _ in bad_triplets.values()]
     pipeline = test_pipeline.TestPipeline()
     read = (pipeline | beam.Create(directories) | ReadObservation(chunk_size=4000))
-    calibrated = read.chunks | Cali(default_caldb_dir(), read.observations)
+    calibrated = read.chunks | Cali(default_caldb_dir())
     _ = calibrated | WriteCaliProducts(out, ("ECL-GTI-CAL", "ECL-EVT-CAL"), "test",
                                        read.observations, failed_obs_ids(read.failures))
     failures = read.failures | beam.Map(lambda f: (f["obs_dir"], f["error"]))

@@ -187,8 +187,10 @@ def test_flink_runs_the_whole_campaign(tmp_path, pipeline_workspace, engine_camp
 
     jobs = [job for job in flink_cluster.rest("/jobs/overview")["jobs"]
             if job["jid"] not in before]
-    assert [job["state"] for job in jobs] == ["FINISHED"], jobs
-    assert jobs[0]["tasks"]["finished"] == jobs[0]["tasks"]["total"] > 40, jobs
+    # two jobs: the observations' pipeline, then the campaign's mosaic (pipelines/mosaic.py)
+    assert [job["state"] for job in jobs] == ["FINISHED", "FINISHED"], jobs
+    assert all(job["tasks"]["finished"] == job["tasks"]["total"] for job in jobs), jobs
+    assert max(job["tasks"]["total"] for job in jobs) > 40, jobs
     assert_same_campaign(result.working_out, Path(engine_campaign["reference"]),
                          engine_campaign["good"])
     assert_same_summary(result, engine_campaign)
@@ -210,11 +212,60 @@ def test_spark_runs_the_whole_campaign(tmp_path, pipeline_workspace, engine_camp
 
     apps = [app for app in spark_cluster.rest("/json/")["completedapps"]
             if app["id"] not in before]
-    assert [app["state"] for app in apps] == ["FINISHED"], apps
-    assert apps[0]["name"].startswith("BeamApp"), apps
+    # two applications: the observations' pipeline, then the campaign's mosaic
+    assert [app["state"] for app in apps] == ["FINISHED", "FINISHED"], apps
+    assert all(app["name"].startswith("BeamApp") for app in apps), apps
     assert_same_campaign(result.working_out, Path(engine_campaign["reference"]),
                          engine_campaign["good"])
     assert_same_summary(result, engine_campaign)
+
+
+# ============================================================================================
+# What the engines need of the graph and of ecpi_run's options
+# ============================================================================================
+def test_the_event_path_reads_no_side_input(tmp_path, pipeline_workspace, engine_campaign):
+    """Flink's and Spark's job servers start a new stage before every ParDo with a side input:
+    the steps of each event chunk read none, so that they fuse and no chunk is stored between
+    them (docs/runners.md, "What the engines needed", 10.)."""
+    import apache_beam as beam
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    from ecpi_beam.params import load_params
+    from ecpi_beam.pipelines.observation import build_observation_pipeline
+    from ecpi_beam.workspace import resolve_caldb_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    params = load_params(str(write_campaign_params(tmp_path / "p.ini", engine_campaign["input"],
+                                                   out)))
+    pipeline = beam.Pipeline()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ECPI_HOME", str(pipeline_workspace))
+        build_observation_pipeline(pipeline, params, resolve_caldb_dir("@local"), [
+            str(p) for p in sorted(Path(engine_campaign["input"]).parent.glob("obs_*"))])
+    side_inputs = {}
+    for transform in pipeline.to_runner_api().components.transforms.values():
+        if transform.spec.urn == "beam:transform:pardo:v1":
+            payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+            side_inputs[transform.unique_name] = len(payload.side_inputs)
+    event_path = ("Read/ReadChunks", "Read/ReadChunksChunks", "Cali/Calibrate", "Bube/Bin")
+    for name in event_path:
+        matching = [n for n in side_inputs if n == name or n.startswith(name + "/ParDo")]
+        assert matching and all(side_inputs[n] == 0 for n in matching), (name, side_inputs)
+    assert side_inputs["Read/ChunkDescriptors"] == 1  # the timelines, before the reshuffle
+
+
+def test_ecpi_run_adds_what_the_runners_need_unless_given():
+    from ecpi_beam.options import option_value, with_runner_defaults
+
+    assert with_runner_defaults(["--runner", "FlinkRunner"])[-2:] == [
+        "--execution_mode_for_batch", "BATCH_FORCED"]
+    assert with_runner_defaults(["--runner=FlinkRunner", "--execution_mode_for_batch=BATCH"]) \
+        == ["--runner=FlinkRunner", "--execution_mode_for_batch=BATCH"]
+    for args in (["--runner", "FlinkRunner", "--streaming"], ["--runner", "SparkRunner"], []):
+        assert with_runner_defaults(args) == args
+    assert option_value(["--a", "1", "--a=2"], "--a") == "2"
+    assert option_value([], "--a", "none") == "none"
 
 
 # ============================================================================================

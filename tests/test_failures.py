@@ -11,7 +11,7 @@ from ecpi_beam.caldb import default_caldb_dir
 from ecpi_beam.params import BubeParams
 from ecpi_beam.transforms.bube import Bube
 from ecpi_beam.io.failures import FAILURES_FILE, FAILURES_FOLDER, FailureLog, gather
-from test_bube_imag_transforms import random_chunk, timeline_with
+from test_bube_imag_transforms import random_chunk, timeline_with, with_classes
 
 GTI = {"PEO": np.array([[0.0, 100.0]]), "TEO": np.array([[0.0, 100.0]])}
 PARAMS = BubeParams(energy_channels=((13, 60),), ear_occ_bub=("PEO",), bkg_cor_mod=("flat",))
@@ -23,8 +23,9 @@ def run_bube(failure_log):
         # obs2 has no timeline: every one of its chunks fails in BUBE
         timelines = pipeline | "Timelines" >> beam.Create([("obs1", timeline_with(GTI))])
         chunks = pipeline | "Chunks" >> beam.Create(
-            [("obs1", random_chunk(rng, 2000)), ("obs2", random_chunk(rng, 2000)),
-             ("obs2", random_chunk(rng, 1000))])
+            [("obs1", with_classes(random_chunk(rng, 2000), GTI)),
+             ("obs2", with_classes(random_chunk(rng, 2000), None)),
+             ("obs2", with_classes(random_chunk(rng, 1000), None))])
         products = chunks | Bube(PARAMS, default_caldb_dir(), timelines, failure_log)
         assert_that(products | beam.Keys(), equal_to([("obs1", "13-60", "PEO")]))
 

@@ -38,13 +38,24 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
     written = []  # URLs of every writer: joined at the end (see below)
     # PARHASH and CALDBHSH (campaign resume)
     fingerprint = stamp or products_stamp(params, caldb_dir)
+    # SPEX: on the sources IMAG finds, a list, or the mosaic's (once the mosaic is made)
+    wants_spex = bool(params.spex.out_files) and (not params.spex_from_mosaic
+                                                  or mosaic_sources is not None)
+    spex_from = params.spex.sources_from if wants_spex else None
+    wants_mosa = params.wants_mosaic and mosaic_sources is None
+    wants_imag = bool(params.imag.out_files) or wants_mosa or spex_from == "imag"
+    wants_detector = bool(params.bube.out_files) or wants_imag  # SPEX alone: good time only
+    # the imaging timelines are made where the chunks are described: the chunks carry their
+    # occultation classes, so that binning fuses with reading (transforms/read.py)
+    wants_timelines = wants_detector or wants_spex
     read = (pipeline
             | "ObservationDirs" >> beam.Create(list(observation_dirs))
-            | "Read" >> ReadObservation(chunk_size=params.cali.chunk_size,
-                                       failure_log=failure_log))
+            | "Read" >> ReadObservation(
+                chunk_size=params.cali.chunk_size, failure_log=failure_log,
+                timelines=ImagingTimelines(params.bube, failure_log) if wants_timelines else None))
     observations = read.observations
     failed = failed_obs_ids(read.failures)  # one side input shared by every writer
-    calibrated = read.chunks | "Cali" >> Cali(caldb_dir, observations, failure_log)
+    calibrated = read.chunks | "Cali" >> Cali(caldb_dir, failure_log)
     outputs = {"observations": observations, "calibrated": calibrated}
 
     if params.cali.out_files:
@@ -52,16 +63,10 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             general.working_out, params.cali.out_files, fingerprint, observations, failed,
             failure_log=failure_log))
 
-    # SPEX: on the sources IMAG finds, a list, or the mosaic's (once the mosaic is made)
-    wants_spex = bool(params.spex.out_files) and (not params.spex_from_mosaic
-                                                  or mosaic_sources is not None)
-    spex_from = params.spex.sources_from if wants_spex else None
-    wants_mosa = params.wants_mosaic and mosaic_sources is None
-    wants_imag = bool(params.imag.out_files) or wants_mosa or spex_from == "imag"
-    if params.bube.out_files or wants_imag or wants_spex:
-        timelines = observations | "Timelines" >> ImagingTimelines(params.bube, failure_log)
+    if wants_timelines:
+        timelines = read.timelines
         outputs["timelines"] = timelines
-        if params.bube.out_files or wants_imag:  # SPEX alone needs the good time only
+        if wants_detector:
             detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines,
                                                    failure_log, imag_params=params.imag)
             outputs["detector"] = detector

@@ -1,6 +1,6 @@
 """BUBE as Beam transforms: Earth-occultation timelines, keyed detector images, background.
 
-Calibrated chunks (obs_id, events) become partial 80 x 80 images keyed (obs_id, band, occ);
+Calibrated chunks (obs_id, EventChunk) become partial 80 x 80 images keyed (obs_id, band, occ);
 a CombineFn with an image-sized accumulator sums them, so memory does not grow with the
 observation; the background is then fitted per key (docs/science.md, "Backgrounds").
 """
@@ -15,11 +15,13 @@ from apache_beam.metrics import Metrics
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
+from ecpi_beam.errors import EcpiError
 from ecpi_beam.kernels import background, binning, bube, earth, intervals
 from ecpi_beam.kernels.gti import good_time
 from ecpi_beam.kernels.timeline import ImagingTimeline, imaging_timeline
 from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms.failures import isolating, with_failure_log
+from ecpi_beam.transforms.read import chunk_events
 
 NAMESPACE = "ecpi.bube"
 LOG = logging.getLogger(__name__)
@@ -59,13 +61,20 @@ class BinDetectorImages(beam.DoFn):
         self._keyed = binning.keyed_binning(self._bands)  # a few small arrays
 
     @isolating("bube")
-    def process(self, element, timelines):
-        obs_id, events = element
-        timeline = timelines[obs_id]
+    def process(self, element, timelines=None):
+        """(obs_id, EventChunk) with its occultation classes, or (obs_id, events) and
+        {obs_id: ImagingTimeline} (the streaming windows)."""
+        obs_id, chunk = element
+        events = chunk_events(chunk)
+        class_gti = (timelines[obs_id].class_gti if timelines is not None
+                     else chunk.context.class_gti)
+        if class_gti is None:
+            raise EcpiError(f"{obs_id}: no imaging timeline (its failure is recorded), "
+                            "nothing to bin")
         # forced triggers are electronic test events, not photons: kept in ECL-EVT-CAL, not imaged
         photon = (events["FLAG"] & instrument.FLAG_FORCED_TRIGGER) == 0
         self._forced.inc(int(len(events) - photon.sum()))
-        classes = [photon & intervals.mask_times(events["TIME"], timeline.class_gti[occ])
+        classes = [photon & intervals.mask_times(events["TIME"], class_gti[occ])
                    for occ in self._occ_types]
         images = binning.keyed_histograms(self._keyed, events["IDET"], events["JDET"],
                                           events["PI"], classes)
@@ -169,10 +178,11 @@ class Bube(DataclassTransform):
     def expand(self, calibrated):
         params = self.bube_params
         side = beam.pvalue.AsDict(self.timelines)
+        # the chunks carry their occultation classes (transforms/read.py): binning reads no
+        # side input, and fuses with reading and calibration on every runner
         images = (calibrated
                   | "Bin" >> beam.ParDo(with_failure_log(
-                      BinDetectorImages(params.energy_channels, params.ear_occ_bub), self.failure_log),
-                      side)
+                      BinDetectorImages(params.energy_channels, params.ear_occ_bub), self.failure_log))
                   | "Sum" >> beam.CombinePerKey(DetectorImageSum()))
         mode_by_occ = {occ: params.correction_for(occ) for occ in params.ear_occ_bub}
         return images | "Background" >> beam.ParDo(

@@ -1,7 +1,8 @@
 """CALI as Beam transforms: calibrated event chunks, ECL-GTI-CAL and ECL-EVT-CAL (ICD section 4).
 
-- `Cali`: (obs_id, event chunk) -> (obs_id, calibrated chunk), the pixel calibration loaded
-  once per worker in `CalibrateChunk.setup`, the good time of each observation a side input.
+- `Cali`: (obs_id, EventChunk) -> (obs_id, calibrated EventChunk), the pixel calibration loaded
+  once per worker in `CalibrateChunk.setup`, the good time of each observation carried by the
+  chunk (transforms/read.py: no side input, so that reading and calibration fuse).
 - `WriteCaliProducts`: ECL-GTI-CAL from the observations; ECL-EVT-CAL without gathering the
   events: every calibrated chunk is written as a part (raw FITS rows) under a temporary folder
   of working_out, then one finalize step per observation streams the parts, in time order,
@@ -33,6 +34,7 @@ from ecpi_beam.kernels.calibrate import DROP_REASONS, calibrate_events
 from ecpi_beam.kernels.gti import good_time
 from ecpi_beam.transforms.base import DataclassTransform
 from ecpi_beam.transforms.failures import isolating, with_failure_log
+from ecpi_beam.transforms.read import EventChunk, chunk_events
 from ecpi_beam.transforms.write import failed_obs_ids
 
 NAMESPACE = "ecpi.cali"
@@ -61,7 +63,9 @@ EVENT_COLUMNS = {
 # Calibration
 # ==============================================================================================
 class CalibrateChunk(beam.DoFn):
-    """(obs_id, events) -> (obs_id, calibrated events); drops counted by reason."""
+    """(obs_id, EventChunk) -> (obs_id, calibrated EventChunk), with the chunk's good time; or
+    (obs_id, events), {obs_id: good time} -> (obs_id, calibrated events). Drops counted by
+    reason."""
 
     def __init__(self, caldb_dir: str):
         self._caldb_dir = caldb_dir
@@ -75,31 +79,30 @@ class CalibrateChunk(beam.DoFn):
         self._pixcal = Caldb.open(self._caldb_dir).pixel_calibration()
 
     @isolating("cali")
-    def process(self, element, good_times):
-        obs_id, events = element
-        calibrated, drops = calibrate_events(events, self._pixcal, good_times[obs_id])
+    def process(self, element, good_times=None):
+        obs_id, chunk = element
+        events = chunk_events(chunk)
+        good = good_times[obs_id] if good_times is not None else chunk.context.good
+        calibrated, drops = calibrate_events(events, self._pixcal, good)
         self._chunks.inc()
         self._events_in.inc(len(events))
         self._events_out.inc(len(calibrated))
         for reason, count in drops.items():
             self._dropped[reason].inc(count)
-        yield obs_id, calibrated
+        yield obs_id, (EventChunk(calibrated, chunk.context) if isinstance(chunk, EventChunk)
+                       else calibrated)
 
 
 @dataclasses.dataclass(eq=False)
 class Cali(DataclassTransform):
-    """(obs_id, event chunk) -> (obs_id, calibrated chunk), given (obs_id, Observation)."""
+    """(obs_id, EventChunk) -> (obs_id, calibrated EventChunk)."""
 
     caldb_dir: str
-    observations: beam.PCollection
     failure_log: object = None  # failures.FailureLog
 
     def expand(self, chunks):
-        good = self.observations | "GoodTime" >> beam.MapTuple(
-            lambda obs_id, observation: (obs_id, good_time(observation)["ALL"]))
         return chunks | "Calibrate" >> beam.ParDo(
-            with_failure_log(CalibrateChunk(self.caldb_dir), self.failure_log),
-            beam.pvalue.AsDict(good))
+            with_failure_log(CalibrateChunk(self.caldb_dir), self.failure_log))
 
 
 # ==============================================================================================
@@ -251,7 +254,7 @@ class WriteEventPart(beam.DoFn):
     @isolating("cali")
     def process(self, element):
         obs_id, calibrated = element
-        part = write_event_part(self._working_out, obs_id, calibrated)
+        part = write_event_part(self._working_out, obs_id, chunk_events(calibrated))
         self._bytes.inc(part.n_rows * ROW_DTYPE.itemsize)
         yield obs_id, part
 

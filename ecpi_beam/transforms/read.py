@@ -5,6 +5,13 @@ and the small GTI, attitude and orbit tables, checked by DPCO); its EVENTS table
 descriptors (obs_id, evt_url, first_row, n_rows), reshuffled so that chunks spread over
 workers, then each descriptor's rows are fetched by byte ranges. No step holds a whole event
 file. A failing observation becomes a failure record and does not stop the others.
+
+Each chunk travels as an `EventChunk`: its events and a `ChunkContext`, what the steps after
+reading need of its observation (the good time to calibrate, the occultation classes' good time
+to bin). Carried with the chunk rather than read from side inputs, so that on every runner
+reading, calibration and binning run in one fused stage: the job servers of Flink and Spark
+start a new stage before every step that reads a side input, which would store every event
+chunk (the bulk of the data) between those steps.
 """
 from __future__ import annotations
 
@@ -63,6 +70,26 @@ class Observation:
     telemetry_gti: np.ndarray  # (n, 2) the event file's GTI extension, sorted and merged
 
 
+class ChunkContext(NamedTuple):
+    """What the steps after reading need of a chunk's observation."""
+
+    good: np.ndarray  # (n, 2) the observation's good time (kernels.gti 'ALL'): calibration
+    class_gti: dict | None = None  # occ -> (n, 2) good time of each occultation class: binning
+
+
+class EventChunk(NamedTuple):
+    """A chunk of an observation's events (EVENT_DTYPE, or CALIBRATED_DTYPE once calibrated)
+    and its observation's ChunkContext."""
+
+    events: np.ndarray
+    context: ChunkContext
+
+
+def chunk_events(chunk) -> np.ndarray:
+    """The events of an EventChunk (or of a bare events array)."""
+    return chunk.events if isinstance(chunk, EventChunk) else chunk
+
+
 class ChunkDescriptor(NamedTuple):
     """Rows [first_row, first_row + n_rows) of an observation's EVENTS table."""
 
@@ -70,6 +97,9 @@ class ChunkDescriptor(NamedTuple):
     evt_url: str
     first_row: int
     n_rows: int
+    tstart: float = float("-inf")  # the observation's TSTART and TSTOP: DPCO's time checks
+    tstop: float = float("inf")
+    context: ChunkContext | None = None
 
 
 def _plain(value):
@@ -117,9 +147,14 @@ def with_pointing_keywords(observation: Observation) -> Observation:
         **observation.keywords, **pointing_keywords(reference)})
 
 
-def chunk_descriptors(observation: Observation, chunk_size: int):
-    """The ChunkDescriptors covering an observation's EVENTS rows."""
-    return [ChunkDescriptor(observation.obs_id, observation.evt_url, first, n)
+def chunk_descriptors(observation: Observation, chunk_size: int, timeline=None):
+    """The ChunkDescriptors covering an observation's EVENTS rows, with its ChunkContext
+    (the occultation classes' good time when its imaging `timeline` is given)."""
+    context = ChunkContext(good_time(observation)["ALL"],
+                           None if timeline is None else timeline.class_gti)
+    keywords = observation.keywords
+    return [ChunkDescriptor(observation.obs_id, observation.evt_url, first, n,
+                            float(keywords["TSTART"]), float(keywords["TSTOP"]), context)
             for first, n in event_io.chunk_ranges(observation.n_events, chunk_size)]
 
 
@@ -157,7 +192,8 @@ class InspectObservation(beam.DoFn):
 
 
 class ReadEventChunk(beam.DoFn):
-    """ChunkDescriptor -> (obs_id, EVENT_DTYPE array), and its DPCO EventCheck to 'checks'.
+    """ChunkDescriptor -> (obs_id, EventChunk of EVENT_DTYPE rows), and its DPCO EventCheck to
+    'checks'.
 
     A chunk with DPCO problems is not passed on (its bad rows would fail calibration); the
     observation then fails as a whole in dpco.SummarizeEventChecks.
@@ -174,8 +210,7 @@ class ReadEventChunk(beam.DoFn):
         self._layouts = {}  # evt_url -> TableLayout: the header walk is done once per file
 
     @isolating("read")
-    def process(self, descriptor: ChunkDescriptor, observations):
-        observation = observations[descriptor.obs_id]
+    def process(self, descriptor: ChunkDescriptor):
         layout = self._layouts.get(descriptor.evt_url)
         if layout is None:
             layout = self._layouts[descriptor.evt_url] = event_io.table_layout(
@@ -190,31 +225,34 @@ class ReadEventChunk(beam.DoFn):
         check = consistency.check_event_chunk(
             events, descriptor.first_row,
             float(rows_before["TIME"][-1]) if len(rows_before) else None,
-            float(observation.keywords["TSTART"]), float(observation.keywords["TSTOP"]),
-            previous_rows=rows_before)
+            descriptor.tstart, descriptor.tstop, previous_rows=rows_before)
         yield CHECKS, (descriptor.obs_id, check)
         if any(kind != "duplicate" for kind in check.findings):  # rows calibration cannot take
             self._bad_chunks.inc()
             return
-        yield CHUNKS, (descriptor.obs_id, events)
+        yield CHUNKS, (descriptor.obs_id, EventChunk(events, descriptor.context))
 
 
 class ReadResult(NamedTuple):
     observations: beam.PCollection  # (obs_id, Observation), header-level DPCO passed
-    chunks: beam.PCollection  # (obs_id, EVENT_DTYPE array)
+    chunks: beam.PCollection  # (obs_id, EventChunk of EVENT_DTYPE rows)
     failures: beam.PCollection  # {obs_dir, obs_id (None if unknown), error}
+    timelines: beam.PCollection | None = None  # (obs_id, ImagingTimeline), when asked for
 
 
 @dataclasses.dataclass(eq=False)
 class ReadObservation(DataclassTransform):
-    """Observation directory URLs -> ReadResult(observations, chunks, failures).
+    """Observation directory URLs -> ReadResult(observations, chunks, failures, timelines).
 
     An observation whose EVENTS rows fail DPCO appears in `failures` once all its chunks are
-    read; writers of products skip the obs_ids listed there.
+    read; writers of products skip the obs_ids listed there. With `timelines` (a transform
+    (obs_id, Observation) -> (obs_id, ImagingTimeline), for binning), the chunks carry the
+    occultation classes' good time and the result holds the timelines.
     """
 
     chunk_size: int = 1_000_000
     failure_log: object = None  # failures.FailureLog: isolate a failing chunk's observation
+    timelines: beam.PTransform | None = None
 
     def expand(self, obs_dirs):
         inspected = split_outputs(
@@ -222,18 +260,30 @@ class ReadObservation(DataclassTransform):
                 typing.Tuple[str, typing.Any]), "Inspect",
             OBSERVATIONS, FAILURES)
         observations = inspected[OBSERVATIONS]
+        # The per-observation side input is read here, before the reshuffle, where the data
+        # are descriptors: the chunks' steps read none (see the module's docstring).
+        timelines = None if self.timelines is None else (
+            observations | "Timelines" >> self.timelines)
+        side = [] if timelines is None else [beam.pvalue.AsDict(timelines)]
         read = (observations
-                | "ChunkDescriptors" >> beam.FlatMap(
-                    lambda keyed, size: chunk_descriptors(keyed[1], size), self.chunk_size)
+                | "ChunkDescriptors" >> beam.FlatMap(describe_chunks, self.chunk_size, *side)
                 | "Reshuffle" >> beam.Reshuffle()
-                | "ReadChunks" >> beam.ParDo(
-                    with_failure_log(ReadEventChunk(), self.failure_log),
-                    beam.pvalue.AsDict(observations))
+                | "ReadChunks" >> beam.ParDo(with_failure_log(ReadEventChunk(),
+                                                              self.failure_log))
                 .with_output_types(typing.Tuple[str, typing.Any]))
         read = split_outputs(read, "ReadChunks", CHUNKS, CHECKS)
         event_failures = read[CHECKS] | "Dpco" >> dpco.SummarizeEventChecks(observations)
         failures = (inspected[FAILURES], event_failures) | "Failures" >> beam.Flatten()
-        return ReadResult(observations, read[CHUNKS], failures)
+        return ReadResult(observations, read[CHUNKS], failures, timelines)
+
+
+def describe_chunks(keyed, chunk_size: int, timelines=None):
+    """(obs_id, Observation) -> its ChunkDescriptors; with `timelines` ({obs_id: timeline}),
+    the occultation classes in their context (none when the observation has no timeline: its
+    timeline's failure is recorded, and its chunks' binning fails)."""
+    obs_id, observation = keyed
+    timeline = None if timelines is None else timelines.get(obs_id)
+    return chunk_descriptors(observation, chunk_size, timeline)
 
 
 def split_outputs(tagged, label, *tags):

@@ -26,6 +26,7 @@ from ecpi_beam.kernels import background, lightcurves, spectra
 from ecpi_beam.kernels.mosaic import PEAK_MERGE_DEG
 from ecpi_beam.transforms.base import DataclassTransform, SumCombineFn
 from ecpi_beam.transforms.failures import isolating, with_failure_log
+from ecpi_beam.transforms.read import chunk_events
 
 NAMESPACE = "ecpi.spex"
 
@@ -64,7 +65,8 @@ class _WeightsCache:
 
 
 class WeightEvents(beam.DoFn):
-    """(obs_id, events) -> ((obs_id, source index, occ), SourceSums) for each source and occ."""
+    """(obs_id, EventChunk) -> ((obs_id, source index, occ), SourceSums) for each source and
+    occ."""
 
     def __init__(self, caldb_dir, spex_params, bands, occ_types):
         self._caldb_dir, self._params = caldb_dir, spex_params
@@ -77,7 +79,8 @@ class WeightEvents(beam.DoFn):
 
     @isolating("spex")
     def process(self, element, timelines, sources):
-        obs_id, events = element
+        obs_id, chunk = element
+        events = chunk_events(chunk)
         if obs_id not in sources:
             return
         timeline = timelines[obs_id]
