@@ -145,7 +145,8 @@ def detect_and_clean(plan, pattern, data, variance, weights, *, snr_threshold, p
     detections = []
     for (row, col), amplitude in zip(positions, amplitudes):
         alone = _with_intensity(sky, residual_sky.intensity + amplitude * unit_image(row, col))
-        measured = detection.measure_source(alone, row, col, snr_threshold, **measure)
+        measured = detection.measure_source(alone, row, col, snr_threshold,
+                                            detector_variance=variance, **measure)
         if measured is not None and np.hypot(measured.row - row,
                                              measured.col - col) < SAME_SOURCE_PIXELS:
             detections.append(measured)
