@@ -32,8 +32,10 @@ from ecpi_beam.io.image_products import parse_band
 from ecpi_beam.kernels.sky_analysis import SourceRow
 from ecpi_beam.params import params_text
 from ecpi_beam.simu import simulate
-from ecpi_beam.simu.fields import FieldSimulator
-from ecpi_beam.simu.scoring import TABLE_HEADER, score_source, summarise
+from ecpi_beam.kernels.error_model import ERROR_MODEL
+from ecpi_beam.simu.fields import FieldSimulator, analysed_fields
+from ecpi_beam.simu.scoring import (TABLE_HEADER, calibrate_error_model, calibration_points,
+                                    score_source, scores_with, summarise)
 
 
 REPORTED_BINS = ((0.0, 7.0), (7.0, 10.0), (10.0, 20.0), (20.0, np.inf))
@@ -46,17 +48,16 @@ def field_scenarios(simulator, args):
             for index in range(args.fields)]
 
 
-def kernel_scores(simulator, scenarios, args):
-    scores = []
-    for scenario in scenarios:
-        rng = np.random.default_rng(scenario.seed)
-        for band in args.bands:
-            field = simulator.image(scenario, band, rng)
-            analysed = simulator.analyse(field, scenario.obs_id)
-            scores += [(instrument.band_name(band),
-                        score_source(source, analysed.rows, field.exposure, analysed.variance))
-                       for source in field.sources]
-    return scores
+def kernel_fields(simulator, args):
+    return analysed_fields(simulator, args.seed, args.fields, args.sources, args.snr,
+                           args.bands, args.duration, args.min_pcode)
+
+
+def kernel_scores(simulator, args):
+    return [(instrument.band_name(analysed.field.band),
+             score_source(source, analysed.rows, analysed.field.exposure, analysed.variance))
+            for _, analysed in kernel_fields(simulator, args)
+            for source in analysed.field.sources]
 
 
 def product_rows(sop: Path, band: str):
@@ -118,27 +119,34 @@ def main(argv=None):
                              "their SNR in the first")
     parser.add_argument("--min-pcode", type=float, default=0.3,
                         help="sources where at least this fraction of the detector sees them")
-    parser.add_argument("--snr", type=float, nargs=2, default=(5.0, 100.0),
-                        help="range of the aimed SNR (log-uniform)")
+    parser.add_argument("--snr", type=float, nargs=2, action="append",
+                        help="range of the aimed SNR (log-uniform; default 5 100); repeated, "
+                             "the sources of a field take the ranges in turn")
     parser.add_argument("--out", type=Path, default=None,
                         help="working folder of the pipeline path (default: a temporary one)")
     parser.add_argument("--reuse", action="store_true",
                         help="pipeline path: score the products already in --out")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="kernel path: fit the error model's terms on these fields and "
+                             "print them with the coverage and pulls they give")
     parser.add_argument("--scores", type=Path, default=None,
                         help="write every source's score to this JSON file")
     args = parser.parse_args(argv)
     args.bands = tuple(args.bands or [(13, 300)])
+    args.snr = tuple(map(tuple, args.snr or [(5.0, 100.0)]))
     started = time.time()
     simulator = FieldSimulator(Caldb.open(default_caldb_dir()))
-    scenarios = field_scenarios(simulator, args)
+    if args.calibrate:
+        return calibrate(simulator, args, started)
     if args.path == "kernels":
-        scores = kernel_scores(simulator, scenarios, args)
+        scores = kernel_scores(simulator, args)
     elif args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        scores = pipeline_scores(simulator, scenarios, args, args.out)
+        scores = pipeline_scores(simulator, field_scenarios(simulator, args), args, args.out)
     else:
         with tempfile.TemporaryDirectory() as folder:
-            scores = pipeline_scores(simulator, scenarios, args, Path(folder))
+            scores = pipeline_scores(simulator, field_scenarios(simulator, args), args,
+                                     Path(folder))
     print(f"{args.path}: {args.fields} fields x {args.sources} sources, seed {args.seed}, "
           f"{args.duration:g} s, bands {', '.join(map(instrument.band_name, args.bands))}, "
           f"{time.time() - started:.0f} s")
@@ -148,6 +156,21 @@ def main(argv=None):
     print(TABLE_HEADER)
     for summary in summarise([score for _, score in scores], REPORTED_BINS):
         print(summary.line())
+    return 0
+
+
+def calibrate(simulator, args, started):
+    points = [point for _, analysed in kernel_fields(simulator, args)
+              for point in calibration_points(analysed)]
+    model = calibrate_error_model(points, ERROR_MODEL)
+    print(f"calibration: {args.fields} fields x {args.sources} sources, seed {args.seed}, "
+          f"{len(points)} found, {time.time() - started:.0f} s")
+    for name, value in (("shipped", ERROR_MODEL), ("fitted", model)):
+        print(f"{name}: {value}")
+        print(TABLE_HEADER)
+        for summary in summarise(scores_with(points, value), REPORTED_BINS[1:]
+                                 + ((20.0, 40.0), (40.0, 80.0), (80.0, np.inf))):
+            print(summary.line())
     return 0
 
 

@@ -30,7 +30,7 @@ from astropy_healpix import HEALPix
 
 from ecpi_beam import instrument
 from ecpi_beam.errors import EcpiError
-from ecpi_beam.kernels import detection
+from ecpi_beam.kernels import detection, error_model
 from ecpi_beam.kernels.sky_analysis import SourceRow
 
 PSF_FWHM_DEG = float(np.degrees(instrument.MASK_PITCH_MM / instrument.MASK_HEIGHT_MM))  # 1.46
@@ -342,8 +342,8 @@ def find_mosaic_sources(grid, mosaic: MosaicMap, snr_threshold: float,
     """Local maxima of the significance over each pixel's 8 neighbours, above snr_threshold,
     brightest first; peaks within PEAK_MERGE_DEG of a brighter one are dropped. Position: the
     significance-weighted mean direction of the peak and its neighbours; FLUX: the intensity
-    of the peak pixel (count s-1 cm-2); ERR_RAD: docs/science.md's rule of thumb for the PSF at that
-    significance, with the systematic in quadrature."""
+    of the peak pixel (count s-1 cm-2); ERR_RAD: the error model's radius for that significance
+    without a fit (kernels/error_model.py)."""
     candidates = np.flatnonzero(mosaic.significance >= snr_threshold)
     if not len(candidates):
         return []
@@ -368,7 +368,7 @@ def find_mosaic_sources(grid, mosaic: MosaicMap, snr_threshold: float,
         kept_vectors.append(vector)
         peak_ra, peak_dec = instrument.unit_to_radec(vector)
         significance = float(mosaic.significance[index])
-        radius = detection.error_radius_arcmin(significance, np.nan, np.nan)
+        radius = error_model.error_radius_arcmin(significance, np.nan, np.nan)
         rows.append(SourceRow(ra=float(peak_ra), dec=float(peak_dec),
                               err_rad_arcmin=float(radius), snr=significance,
                               flux=float(mosaic.intensity[index]),

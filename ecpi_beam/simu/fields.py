@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ecpi_beam import instrument
-from ecpi_beam.kernels import imaging
+from ecpi_beam.kernels import error_model, imaging
 from ecpi_beam.kernels.bube import BackgroundCorrector
 from ecpi_beam.kernels.occultation import geometric_partial_coding
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
@@ -59,7 +59,8 @@ class FieldImage:
 @dataclass(frozen=True)
 class AnalysedField:
     field: FieldImage
-    rows: tuple  # of sky_analysis.SourceRow, brightest first
+    rows: tuple  # of sky_analysis.SourceRow, brightest first (ERR_RAD, FLUX_ERR of the model)
+    detections: tuple  # of detection.Detection, the same sources: the fits' statistical errors
     variance: np.ndarray  # (199, 199) variance of the corrected intensity (the SNR's noise)
 
 
@@ -77,13 +78,15 @@ class FieldSimulator:
         self.analyser = SkyAnalyser(caldb.mask_pattern(), pixcal, imag_params or ImagParams(),
                                     irf=caldb.irf(), arf=caldb.arf())
 
-    def field_scenario(self, rng, index: int, n_sources: int, snr_range, band,
+    def field_scenario(self, rng, index: int, n_sources: int, snr_ranges, band,
                        duration: float = 150.0, min_pcode: float = MIN_PCODE) -> Scenario:
         """A random field: a pointing (RA, Dec, roll) held from the start with the Earth
         behind the instrument, and n_sources Crab-like sources (photon index 2.1) at least
-        MIN_SEPARATION_PIXELS apart where the partial coding is at least min_pcode, each aimed
-        at an SNR drawn log-uniformly in snr_range in the band (from the background's noise;
-        the measured SNR scatters about it). OBS_ID and seed are `index`."""
+        MIN_SEPARATION_PIXELS apart where the partial coding is at least min_pcode. Source k
+        is aimed at an SNR in the band drawn log-uniformly in snr_ranges[k % len(snr_ranges)]
+        (ranges (low, high); from the background's noise, the measured SNR scatters about
+        it). OBS_ID and seed are `index`."""
+        snr_ranges = np.reshape(np.asarray(snr_ranges, dtype=float), (-1, 2))
         base = None
         while base is None:  # a pointing the orbit can keep the Earth well away from
             pointing = Pointing(ra=float(rng.uniform(0.0, 360.0)),
@@ -101,7 +104,7 @@ class FieldSimulator:
             if float(geometric_partial_coding(los)) < min_pcode or any(
                     np.hypot(row - r, col - c) < MIN_SEPARATION_PIXELS for r, c in positions):
                 continue
-            snr = float(np.exp(rng.uniform(*np.log(snr_range))))
+            snr = float(np.exp(rng.uniform(*np.log(snr_ranges[len(sources) % len(snr_ranges)]))))
             # corrected intensity n = flux x exposure x pixel area; its noise is V / cos^2
             sigma = np.sqrt(noise[int(round(row)), int(round(col))]) / los[0]
             flux = snr * sigma / (duration * instrument.PIXEL_AREA_CM2)
@@ -140,9 +143,10 @@ class FieldSimulator:
         """The truth of the scenario's point sources in the band (no image)."""
         return injected_sources(scenario, build_components(scenario, self.response, (band,)))
 
-    def analyse(self, field: FieldImage, obs_id: str = "0000000000") -> AnalysedField:
+    def analyse(self, field: FieldImage, obs_id: str = "0000000000",
+                model=error_model.ERROR_MODEL) -> AnalysedField:
         """The key's background fit, then IMAG, as the pipeline runs them (occultation type
-        NEO, the whole exposure)."""
+        NEO, the whole exposure); the rows' ERR_RAD and FLUX_ERR of the error `model`."""
         good_time = np.array([[0.0, field.exposure]])
         timeline = ImagingTimeline(reference_quaternion=field.quaternion, good_time=good_time,
                                    class_gti={"NEO": good_time})
@@ -152,7 +156,8 @@ class FieldSimulator:
                                          self.good, self.efficiency, self.mode, band=field.band,
                                          model_terms=key.correction.terms)
         return AnalysedField(field, source_rows(analysis.detections, field.quaternion,
-                                                key.exposure), analysis.images.variance)
+                                                key.exposure, model),
+                             analysis.detections, analysis.images.variance)
 
 
 
@@ -196,3 +201,19 @@ def _earth_behind(scenario: Scenario) -> Scenario | None:
     if clearance(phase) < EARTH_CLEARANCE_DEG:
         return None
     return replace(scenario, orbit=replace(scenario.orbit, phase_deg=float(phase)))
+
+
+def analysed_fields(simulator: FieldSimulator, seed: int, n_fields: int, n_sources: int,
+                    snr_ranges, bands, duration: float = 150.0, min_pcode: float = MIN_PCODE,
+                    model=error_model.ERROR_MODEL):
+    """Random fields from `seed` (simulator.field_scenario, OBS_ID and seed seed x 10000 +
+    index, sources aimed at their SNR in bands[0]), each band drawn and analysed: yields
+    (scenario, AnalysedField) per field and band."""
+    rng = np.random.default_rng(seed)
+    for index in range(n_fields):
+        scenario = simulator.field_scenario(rng, seed * 10000 + index, n_sources, snr_ranges,
+                                            bands[0], duration, min_pcode)
+        draws = np.random.default_rng(scenario.seed)
+        for band in bands:
+            yield scenario, simulator.analyse(simulator.image(scenario, band, draws),
+                                              scenario.obs_id, model)

@@ -11,12 +11,14 @@ coverage, 0.90 if the radii are right), and the standard deviation of the flux p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ecpi_beam import instrument
 from ecpi_beam.kernels.catalogue import angular_separation_deg
+from ecpi_beam.kernels.error_model import RADIUS_90_PER_SIGMA, local_pixel_scale_arcmin
 
 MATCH_PIXELS = 2.5  # one PSF half-width (2.6 pixels): beyond it a detection is not this source
 SNR_BINS = ((7.0, 10.0), (10.0, 20.0), (20.0, np.inf))  # the bins the goals are set in
@@ -101,3 +103,93 @@ def summarise(scores, bins=SNR_BINS) -> list[BinSummary]:
                                     stat(np.mean, pull), stat(np.median, offset),
                                     stat(np.median, radius), stat(np.mean, ratio)))
     return summaries
+
+
+# ------------------------------------------------------------------------------------------
+# Calibrating the error model (kernels/error_model.py) on found sources' statistical errors
+# ------------------------------------------------------------------------------------------
+CALIBRATION_BINS = ((7.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, 80.0), (80.0, np.inf))
+COVERAGE_TARGET = 0.915  # the middle of the goal, 0.88 to 0.95
+SNR_KNEE_GRID = np.arange(0.0, 12.01, 0.25)
+GRID_PIXELS_GRID = np.arange(0.0, 0.0601, 0.0025)
+FLUX_RELATIVE_GRID = np.arange(0.0, 0.0301, 0.0005)
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    """A found source: its fit's statistical errors and its truth."""
+
+    reference_snr: float
+    snr: float
+    row: float  # found, 0-based sky grid
+    col: float
+    row_err: float  # the fit's 1-sigma, sky pixels
+    col_err: float
+    offset_arcmin: float
+    flux: float  # any unit, the same for the three
+    flux_err: float
+    true_flux: float
+
+
+def calibration_points(analysed) -> list[CalibrationPoint]:
+    """The found sources of a simu.fields.AnalysedField (rows and detections in the same
+    order), matched to its injected sources."""
+    field, points = analysed.field, []
+    scale = 1.0 / (field.exposure * instrument.PIXEL_AREA_CM2)
+    for source in field.sources:
+        score = score_source(source, analysed.rows, field.exposure, analysed.variance)
+        if not score.found:
+            continue
+        index = min(range(len(analysed.rows)), key=lambda k: np.hypot(
+            analysed.rows[k].row - source.row, analysed.rows[k].col - source.col))
+        det = analysed.detections[index]
+        points.append(CalibrationPoint(score.reference_snr, det.snr, det.row, det.col,
+                                       det.row_err, det.col_err, score.offset_arcmin,
+                                       det.flux * scale, det.flux_err * scale, source.flux))
+    return points
+
+
+def _columns(points):
+    return {name: np.array([getattr(p, name) for p in points], dtype=float)
+            for name in CalibrationPoint.__dataclass_fields__}
+
+
+def scores_with(points, model) -> list[SourceScore]:
+    """The points scored with the ERR_RAD and FLUX_ERR of an error model."""
+    c = _columns(points)
+    radius = model.error_radius_arcmin(c["snr"], c["row_err"], c["col_err"], c["row"], c["col"])
+    flux_err = model.flux_error(c["flux"], c["flux_err"])
+    return [SourceScore(p.reference_snr, p.row, p.col, True, p.snr, p.offset_arcmin,
+                        float(r), float((p.flux - p.true_flux) / e), float(p.flux / p.true_flux))
+            for p, r, e in zip(points, radius, flux_err)]
+
+
+def calibrate_error_model(points, base, bins=CALIBRATION_BINS, target=COVERAGE_TARGET):
+    """The error model whose coverage is closest to `target` in every bin of reference SNR
+    (least squares weighted by the bins' numbers of sources) and whose flux pulls at SNR >= 10
+    have a standard deviation closest to 1: snr_knee and grid_pixels on a grid of values,
+    flux_relative on another; the attitude term is `base`'s (the simulator has none)."""
+    c = _columns(points)
+    in_bin = [(c["reference_snr"] >= low) & (c["reference_snr"] < high) for low, high in bins]
+    in_bin = [b for b in in_bin if b.any()]
+    sigma2 = 0.5 * (c["row_err"] ** 2 + c["col_err"] ** 2)
+    scale = RADIUS_90_PER_SIGMA * local_pixel_scale_arcmin(c["row"], c["col"])
+    snr = np.maximum(c["snr"], 1e-9)
+
+    def coverage_cost(knee, grid):
+        radius = np.hypot(scale * np.sqrt((1.0 + (knee / snr) ** 2) * sigma2 + grid**2),
+                          base.attitude_arcmin)
+        inside = c["offset_arcmin"] <= radius
+        return sum(b.sum() * (inside[b].mean() - target) ** 2 for b in in_bin)
+
+    knee, grid = min(itertools.product(SNR_KNEE_GRID, GRID_PIXELS_GRID),
+                     key=lambda pair: coverage_cost(*pair))
+    residual = c["flux"] - c["true_flux"]
+    flux_bins = [b for b in (b & (c["reference_snr"] >= 10.0) for b in in_bin) if b.sum() > 1]
+
+    def pull_cost(relative):
+        error = np.hypot(c["flux_err"], relative * c["flux"])
+        return sum(b.sum() * (np.std(residual[b] / error[b]) - 1.0) ** 2 for b in flux_bins)
+
+    return replace(base, snr_knee=float(knee), grid_pixels=float(grid),
+                   flux_relative=float(min(FLUX_RELATIVE_GRID, key=pull_cost)))
