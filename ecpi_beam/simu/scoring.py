@@ -110,9 +110,12 @@ def summarise(scores, bins=SNR_BINS) -> list[BinSummary]:
 # ------------------------------------------------------------------------------------------
 CALIBRATION_BINS = ((7.0, 10.0), (10.0, 20.0), (20.0, 40.0), (40.0, 80.0), (80.0, np.inf))
 COVERAGE_TARGET = 0.915  # the middle of the goal, 0.88 to 0.95
-SNR_KNEE_GRID = np.arange(0.0, 12.01, 0.25)
-GRID_PIXELS_GRID = np.arange(0.0, 0.0601, 0.0025)
-FLUX_RELATIVE_GRID = np.arange(0.0, 0.0301, 0.0005)
+# the values tried for each term (a grid search: the cost is a step function of the radii)
+POSITION_SCALES = np.arange(0.90, 1.3001, 0.02)
+SNR_KNEES = np.arange(0.0, 10.01, 0.5)
+GRID_PIXELS = np.arange(0.0, 0.0301, 0.0025)
+FLUX_SCALES = np.arange(0.90, 1.3001, 0.01)
+FLUX_RELATIVES = np.arange(0.0, 0.0201, 0.0005)
 
 
 @dataclass(frozen=True)
@@ -167,29 +170,31 @@ def scores_with(points, model) -> list[SourceScore]:
 def calibrate_error_model(points, base, bins=CALIBRATION_BINS, target=COVERAGE_TARGET):
     """The error model whose coverage is closest to `target` in every bin of reference SNR
     (least squares weighted by the bins' numbers of sources) and whose flux pulls at SNR >= 10
-    have a standard deviation closest to 1: snr_knee and grid_pixels on a grid of values,
-    flux_relative on another; the attitude term is `base`'s (the simulator has none)."""
+    have a standard deviation closest to 1, its terms searched on grids of values; the
+    attitude term is `base`'s (the simulator has none)."""
     c = _columns(points)
     in_bin = [(c["reference_snr"] >= low) & (c["reference_snr"] < high) for low, high in bins]
     in_bin = [b for b in in_bin if b.any()]
     sigma2 = 0.5 * (c["row_err"] ** 2 + c["col_err"] ** 2)
-    scale = RADIUS_90_PER_SIGMA * local_pixel_scale_arcmin(c["row"], c["col"])
+    radius_per_sigma = RADIUS_90_PER_SIGMA * local_pixel_scale_arcmin(c["row"], c["col"])
     snr = np.maximum(c["snr"], 1e-9)
 
-    def coverage_cost(knee, grid):
-        radius = np.hypot(scale * np.sqrt((1.0 + (knee / snr) ** 2) * sigma2 + grid**2),
-                          base.attitude_arcmin)
-        inside = c["offset_arcmin"] <= radius
+    def coverage_cost(scale, knee, grid):
+        sigma = np.sqrt(scale**2 * (1.0 + (knee / snr) ** 2) * sigma2 + grid**2)
+        inside = c["offset_arcmin"] <= np.hypot(radius_per_sigma * sigma, base.attitude_arcmin)
         return sum(b.sum() * (inside[b].mean() - target) ** 2 for b in in_bin)
 
-    knee, grid = min(itertools.product(SNR_KNEE_GRID, GRID_PIXELS_GRID),
-                     key=lambda pair: coverage_cost(*pair))
+    scale, knee, grid = min(itertools.product(POSITION_SCALES, SNR_KNEES, GRID_PIXELS),
+                            key=lambda terms: coverage_cost(*terms))
     residual = c["flux"] - c["true_flux"]
     flux_bins = [b for b in (b & (c["reference_snr"] >= 10.0) for b in in_bin) if b.sum() > 1]
 
-    def pull_cost(relative):
-        error = np.hypot(c["flux_err"], relative * c["flux"])
+    def pull_cost(flux_scale, relative):
+        error = np.hypot(flux_scale * c["flux_err"], relative * c["flux"])
         return sum(b.sum() * (np.std(residual[b] / error[b]) - 1.0) ** 2 for b in flux_bins)
 
-    return replace(base, snr_knee=float(knee), grid_pixels=float(grid),
-                   flux_relative=float(min(FLUX_RELATIVE_GRID, key=pull_cost)))
+    flux_scale, relative = min(itertools.product(FLUX_SCALES, FLUX_RELATIVES),
+                               key=lambda terms: pull_cost(*terms))
+    return replace(base, position_scale=float(scale), snr_knee=float(knee),
+                   grid_pixels=float(grid), flux_scale=float(flux_scale),
+                   flux_relative=float(relative))
