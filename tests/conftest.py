@@ -1,6 +1,13 @@
 """Shared fixtures."""
+import os
 import shutil
 import subprocess
+
+# One BLAS thread per test process (before numpy is first imported): pytest-xdist already runs
+# one worker per core, and BLAS threads on top of it only oversubscribe the cores; the kernels'
+# many small fits then wait on thread wake-ups (the cleaning and flux tests took 6 times longer
+# on a busy 2-core machine). An explicit setting in the environment wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest
 

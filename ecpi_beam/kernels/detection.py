@@ -11,19 +11,22 @@ pcode_min. Each peak is measured in a (2 win_dim + 1)^2 window in two steps (doc
    separable profile: the autocorrelation of one mask element (a triangle of half-width
    540/46/4.5 = 2.609 sky pixels) convolved with that of one 4.5 mm cell (a triangle of
    half-width 1), sampled at integer offsets and linearly interpolated.
-2. Flux: a linear generalised least-squares fit of amplitude x template + constant, the
-   template being the balanced image of the shadowgram of a unit source AT the fitted
-   sub-pixel position (`shadow`, by default the exact thin-mask shadow the caller models the
-   data with). The interpolated PSF of step 1 is not the response of a source between pixel
-   centres: the shadow of a 4.0 mm active pixel is sharper than the 4.5 mm cells the image is
-   made of, so the true peak is higher and narrower than the interpolated one, and fluxes
-   fitted with it came out 1-13 % high depending on the sub-pixel offset.
+2. Position and flux: a generalised least-squares fit of flux x response(row, col) +
+   constant, the response being the image of the shadowgram of a unit source AT the
+   fractional position (`shadow`, by default the exact thin-mask shadow the caller models the
+   data with), the position refined from step 1's by Gauss-Newton steps. The interpolated PSF
+   of step 1 is not the response of a source between pixel centres: the shadow of a 4.0 mm
+   active pixel is sharper than the 4.5 mm cells the image is made of, so the true peak is
+   higher and narrower than the interpolated one; fluxes fitted with it came out 1-13 % high
+   and positions were pulled towards pixel centres by up to 0.025 pixel.
 
 Errors: neighbouring sky pixels are strongly correlated (the PSF spans ~5 pixels), so both fits
 are generalised least squares: the noise correlation of two sky pixels is the PSF at their
-offset (exact for a balanced estimator and a uniform detector variance), scaled by their V.
-Parameter errors come from the Jacobian of the whitened residuals; the flux pulls over random
-sub-pixel positions have a standard deviation within 10 % of 1 (tests/test_detection.py).
+offset (exact for a balanced estimator and a uniform detector variance), scaled by their V, a
+tenth of it made white for step 2 (robust where that model fails). Given the detector
+variance, the errors are the exact covariance of the estimates (each window pixel a linear
+combination of independent detector pixels, imaging.estimator_coefficients); otherwise the
+fits' model covariance. kernels/error_model.py turns them into ERR_RAD and FLUX_ERR.
 """
 from __future__ import annotations
 
