@@ -2,15 +2,18 @@
 pulls per reference-SNR bin on simulated fields (docs/imaging.md, "Error model").
 
     python benchmarks/error_bars.py [--path pipeline|kernels] [--fields 16] [--sources 5]
-                                    [--seed 26] [--duration 150] [--band 13-300] [--out DIR]
+        [--seed 26] [--duration 150] [--band 13-300 ...] [--snr 5 100 ...] [--min-pcode 0.3]
+        [--out DIR [--reuse]] [--scores FILE] [--bare] [--calibrate]
 
 --path pipeline (default): each field is simulated as an event file (ecpi_simulate's
 simulator), the whole chain runs once over the campaign (ecpi_run, DirectRunner, the seed's
-defaults but the one band), and ECL-SOP-IMA / ECL-SKY-IMA are compared with the truth.
+defaults but the bands), and ECL-SOP-IMA / ECL-SKY-IMA are compared with the truth.
 --path kernels: the same fields as detector images drawn from the simulator's expectation,
 through the BUBE and IMAG kernels the pipeline calls (ecpi_beam.simu.fields): fast, for
-hundreds of sources. Fields are random (ecpi_beam.simu.fields.FieldSimulator.field_scenario)
-from --seed: pointing, roll, source positions and SNR (log-uniform in --snr).
+thousands of sources; --bare scores the fits' statistical errors alone, --calibrate fits the
+error model's terms (ecpi_beam.simu.scoring.calibrate_error_model) and prints the shipped and
+the fitted model's tables. Fields are random (FieldSimulator.field_scenario) from --seed:
+pointing, roll, source positions and SNR (log-uniform in each --snr range, taken in turn).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from ecpi_beam.io.image_products import parse_band
 from ecpi_beam.kernels.sky_analysis import SourceRow
 from ecpi_beam.params import params_text
 from ecpi_beam.simu import simulate
-from ecpi_beam.kernels.error_model import ERROR_MODEL
+from ecpi_beam.kernels.error_model import ERROR_MODEL, ErrorModel
 from ecpi_beam.simu.fields import FieldSimulator, analysed_fields
 from ecpi_beam.simu.scoring import (TABLE_HEADER, calibrate_error_model, calibration_points,
                                     score_source, scores_with, summarise)
@@ -49,8 +52,9 @@ def field_scenarios(simulator, args):
 
 
 def kernel_fields(simulator, args):
+    model = ErrorModel() if args.bare else ERROR_MODEL
     return analysed_fields(simulator, args.seed, args.fields, args.sources, args.snr,
-                           args.bands, args.duration, args.min_pcode)
+                           args.bands, args.duration, args.min_pcode, model)
 
 
 def kernel_scores(simulator, args):
@@ -126,6 +130,9 @@ def main(argv=None):
                         help="working folder of the pipeline path (default: a temporary one)")
     parser.add_argument("--reuse", action="store_true",
                         help="pipeline path: score the products already in --out")
+    parser.add_argument("--bare", action="store_true",
+                        help="kernel path: ERR_RAD and FLUX_ERR from the fits' statistical "
+                             "errors alone (no error-model terms)")
     parser.add_argument("--calibrate", action="store_true",
                         help="kernel path: fit the error model's terms on these fields and "
                              "print them with the coverage and pulls they give")
@@ -147,7 +154,8 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as folder:
             scores = pipeline_scores(simulator, field_scenarios(simulator, args), args,
                                      Path(folder))
-    print(f"{args.path}: {args.fields} fields x {args.sources} sources, seed {args.seed}, "
+    print(f"{args.path}{' (bare)' if args.bare else ''}: {args.fields} fields x "
+          f"{args.sources} sources, seed {args.seed}, "
           f"{args.duration:g} s, bands {', '.join(map(instrument.band_name, args.bands))}, "
           f"{time.time() - started:.0f} s")
     if args.scores:

@@ -301,35 +301,46 @@ def _fit_response(data, window, model, row, col, unwhitener):
     it pulls positions towards pixel centres by up to 0.025 pixel and fluxes up by 1-13 %.
     The exact response has neither bias."""
     whitened, constant = unwhitener @ data, unwhitener @ np.ones_like(data)
-    start = np.array([row, col])
-    for _ in range(_RESPONSE_STEPS):
+
+    def linearised(row, col):
+        """(flux, constant) solved at (row, col), and the Jacobian of the whitened model in
+        (flux, constant, row, col); None where the response is not measurable."""
         response = unwhitener @ model.response(window, row, col)
         design = np.column_stack([response, constant])
         normal = design.T @ design
         if not np.all(np.isfinite(normal)) or np.linalg.cond(normal) > 1e12:
             return None
-        flux, offset = np.linalg.solve(normal, design.T @ whitened)
-        along_row = unwhitener @ model.response(window, row + _RESPONSE_STEP, col)
-        along_col = unwhitener @ model.response(window, row, col + _RESPONSE_STEP)
-        jacobian = np.column_stack([response, constant, flux * (along_row - response) / _RESPONSE_STEP,
-                                    flux * (along_col - response) / _RESPONSE_STEP])
-        step, *_ = np.linalg.lstsq(jacobian, whitened - design @ [flux, offset], rcond=None)
+        amplitudes = np.linalg.solve(normal, design.T @ whitened)
+        slopes = [amplitudes[0] * (unwhitener @ model.response(window, *shifted) - response)
+                  / _RESPONSE_STEP
+                  for shifted in ((row + _RESPONSE_STEP, col), (row, col + _RESPONSE_STEP))]
+        return amplitudes, np.column_stack([design, *slopes]), design
+
+    start = (row, col)
+    for _ in range(_RESPONSE_STEPS):
+        current = linearised(row, col)
+        if current is None:
+            return None
+        amplitudes, jacobian, design = current
+        step, *_ = np.linalg.lstsq(jacobian, whitened - design @ amplitudes, rcond=None)
         shift = np.clip(step[2:], -_RESPONSE_MAX_STEP, _RESPONSE_MAX_STEP)
         row, col = row + shift[0], col + shift[1]
         if np.hypot(row - start[0], col - start[1]) > 1.0:
             return None  # not this peak's source any more
         if np.all(np.abs(shift) < _RESPONSE_TOLERANCE):
             break
-    response = unwhitener @ model.response(window, row, col)
-    design = np.column_stack([response, constant])
-    flux, _ = np.linalg.lstsq(design, whitened, rcond=None)[0]
+    final = linearised(row, col)
+    if final is None:
+        return None
+    amplitudes, jacobian, _ = final
     try:
         normal_inverse = np.linalg.inv(jacobian.T @ jacobian)
     except np.linalg.LinAlgError:
         return None
     order = [0, 2, 3]  # flux, row, col
     sensitivity = (normal_inverse @ jacobian.T @ unwhitener)[order]
-    return (np.array([flux, row, col]), normal_inverse[np.ix_(order, order)], sensitivity)
+    return (np.array([amplitudes[0], row, col]), normal_inverse[np.ix_(order, order)],
+            sensitivity)
 
 
 def source_model(plan, weights, terms=None, shadow=None) -> SourceModel:
