@@ -15,8 +15,8 @@ error_bars.py) and is added here, each term a field of ErrorModel:
   sigma is further scaled by sqrt(1 + (snr_knee / SNR)^2);
 - grid_pixels: a floor per axis (sky pixels) for what the response model cannot place. The
   PSF interpolated between pixel centres pulled positions towards them by up to 0.025 pixel;
-  positions refined with the exact response have no such bias, and the simulations need no
-  floor (0); it stays a term so that a model mismatch found later has its place;
+  positions refined with the exact response have no such bias, and the simulations need
+  hardly any floor (0.0025 pixel, 0.08 arcmin on axis);
 - attitude_arcmin: 90 %, in quadrature with the radius. The simulator holds each pointing
   exactly and the pipeline images it in that attitude: 0 here; a known attitude or alignment
   uncertainty of real data goes here (ECLAIRs' flight radii add 2 arcmin, GCN 41243, 44181);
@@ -90,9 +90,10 @@ class ErrorModel:
         }
 
 
-# calibrated on 2228 simulated sources (docs/imaging.md, "Error model": seeds 104 and 106 of
-# benchmarks/error_bars.py --calibrate), verified on others (tests/test_error_model.py)
-ERROR_MODEL = ErrorModel(position_scale=1.08, snr_knee=4.0, grid_pixels=0.0,
+# fitted on 2556 simulated sources (docs/imaging.md, "Error model": benchmarks/error_bars.py
+# --path kernels --calibrate --seed 26 ...), verified on others (tests/test_error_model.py,
+# and through the whole pipeline)
+ERROR_MODEL = ErrorModel(position_scale=1.08, snr_knee=4.0, grid_pixels=0.0025,
                          attitude_arcmin=0.0, flux_scale=1.03, flux_relative=0.0)
 
 
