@@ -4,7 +4,8 @@ from setuptools import find_packages, setup
 setup(
     name="ecpi-beam",
     version="0.1.0",
-    description="ECLAIRs coded-mask telescope pipeline (DPCO, CALI, BUBE, IMAG) on Apache Beam",
+    description="ECLAIRs coded-mask telescope pipeline (DPCO, CALI, BUBE, IMAG, MOSA, SPEX) on "
+                "Apache Beam",
     python_requires=">=3.10",
     packages=find_packages(include=["ecpi_beam", "ecpi_beam.*"]),
     package_data={"ecpi_beam": ["caldb/data/*/*", "simu/scenarios/*.toml"]},

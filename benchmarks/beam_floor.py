@@ -7,7 +7,7 @@
 No ecpi_beam kernel runs: the pipeline is Create([arguments]) | Map(minimal chain), so the time
 above bare_numpy_minimal.py's is what any Beam pipeline pays before doing the same science
 (importing Beam, building and translating the graph, starting the runner). The process ends
-as `ecpi_run` does (cli.exit_without_teardown), so that the interpreter's teardown of Beam's
+as `ecpi_run` does (run.exit_without_teardown), so that the interpreter's teardown of Beam's
 modules is not counted against Beam here and not in ecpi_run. It is the lower bound of
 `ecpi_run` against the minimal chain (BENCHMARKS.md).
 """
@@ -42,6 +42,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ecpi_beam.cli import exit_without_teardown
+    from ecpi_beam.run import exit_without_teardown
 
     exit_without_teardown(main())

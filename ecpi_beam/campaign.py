@@ -1,8 +1,10 @@
 """Campaigns of many observations: resume, progress, and `<working_out>/campaign.json`.
 
-- **Resume.** An observation whose every wanted product is in working_out, stamped with the
-  same parameters (header PARHASH) and the same CALDB (header CALDBHSH), is skipped; the others
-  are (re)done; `ecpi_run --force` redoes all. Products are written under a temporary name and
+- **Resume.** An observation whose every product is in working_out
+  (`Params.observation_products`: with a mosaic, its accumulator ECL-MOS-ACC; the campaign's
+  own products are made after the waves, docs/mosa.md), stamped with the same parameters
+  (header PARHASH) and the same CALDB (header CALDBHSH), is skipped; the others are (re)done;
+  `ecpi_run --force` redoes all. Products are written under a temporary name and
   moved into place (io/products.py), so a killed campaign leaves none that looks complete.
 - **Waves.** The observations to do are run as successive Beam pipelines of `--campaign_batch`
   observations (default: all at once, 4 on the DirectRunner), so that each wave's products,
@@ -24,12 +26,13 @@ import time
 
 from ecpi_beam.caldb.manifest import MANIFEST_NAME, parse_manifest
 from ecpi_beam.errors import EcpiError
-from ecpi_beam.io import fs
+from ecpi_beam.io import fs, workdir
 from ecpi_beam.io.events import read_primary_header, table_layout
 from ecpi_beam.io.products import STAMP_SEPARATOR, product_url
 from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
+from ecpi_beam.params import SPEX_PRODUCTS
+from ecpi_beam.options import option_value
 from ecpi_beam.transforms.dpco import discover_triplet
-from ecpi_beam.transforms.failures import FAILURES_FILE, write_failure_records
 
 CAMPAIGN_FILE = "campaign.json"
 DIRECT_RUNNER_BATCH = 4
@@ -86,12 +89,23 @@ def _identify(obs_dir: str, obs_id: str | None = None) -> tuple[str | None, int]
         return None, 0
 
 
-def _stamp_of(url: str) -> str | None:
+def stamp_of(url: str) -> str | None:
     try:
         header = read_primary_header(url)
     except Exception:  # noqa: BLE001 - missing or damaged: not complete
         return None
     return f"{header.get('PARHASH')}{STAMP_SEPARATOR}{header.get('CALDBHSH')}"
+
+
+def _files_of(working_out: str, obs_id: str, product: str) -> list[str]:
+    """The files of `product` for `obs_id`: '<PRODUCT>_<OBS_ID>.fits', or for SPEX's
+    per-source products every '<PRODUCT>_<OBS_ID>_S<k>_....fits' there is."""
+    if product not in SPEX_PRODUCTS:
+        url = product_url(working_out, product, obs_id)
+        return [url] if fs.exists(url) else []
+    prefix = f"{product}_{obs_id}_S"
+    return [url for url in workdir.products_of(working_out, obs_id)
+            if fs.basename(url).startswith(prefix) and url.endswith(".fits")]
 
 
 def _made(working_out: str, obs_id: str | None, products) -> list[str]:
@@ -102,7 +116,7 @@ def _made(working_out: str, obs_id: str | None, products) -> list[str]:
     made = []
     for product in products:
         try:
-            if fs.exists(product_url(working_out, product, obs_id)):
+            if _files_of(working_out, obs_id, product):
                 made.append(product)
         except EcpiError:  # e.g. a link leading out of working_out: the pipeline refuses it
             continue
@@ -110,10 +124,13 @@ def _made(working_out: str, obs_id: str | None, products) -> list[str]:
 
 
 def is_complete(working_out: str, obs_id: str, products, stamp: str) -> bool:
-    """Every product of `obs_id` is in place and carries `stamp`."""
+    """Every product of `obs_id` is in place and carries `stamp` (SPEX's: at least one file,
+    all stamped; an observation where SPEX found no source to extract is therefore redone)."""
     products = list(products)
-    return bool(products) and _made(working_out, obs_id, products) == products and all(
-        _stamp_of(product_url(working_out, product, obs_id)) == stamp for product in products)
+    if not products or _made(working_out, obs_id, products) != products:
+        return False
+    return all(stamp_of(url) == stamp for product in products
+               for url in _files_of(working_out, obs_id, product))
 
 
 def plan(params, observation_dirs, stamp: str, force: bool, ids=None,
@@ -124,7 +141,7 @@ def plan(params, observation_dirs, stamp: str, force: bool, ids=None,
     `ids` (obs_dir -> OBS_ID, as safeguards.observation_ids reads them) saves a header read.
     """
     entries = []
-    products = list(params.wanted_products)
+    products = list(params.observation_products)
     errors = {record.get("obs_dir"): record.get("error") for record in set_aside}
     for obs_dir in observation_dirs:
         obs_id, events = _identify(obs_dir, (ids or {}).get(obs_dir))
@@ -144,27 +161,41 @@ def plan(params, observation_dirs, stamp: str, force: bool, ids=None,
 def default_batch(beam_args) -> int:
     """All observations in one pipeline, but waves of 4 on the DirectRunner (local: the cost
     of a pipeline is small there, and the progress line comes after each wave)."""
-    runner = next((beam_args[i + 1] for i, arg in enumerate(beam_args[:-1])
-                   if arg == "--runner"), "")
-    runner = next((arg.split("=", 1)[1] for arg in beam_args if arg.startswith("--runner=")),
-                  runner)
+    runner = option_value(beam_args, "--runner", "")
     return DIRECT_RUNNER_BATCH if runner in ("", "DirectRunner") else 0
 
 
-def _record_wave(entries, wave, failures, working_out, products, elapsed):
+def made_products(working_out: str, obs_ids, products) -> dict[str, list[str]]:
+    """obs_id -> which of `products` are in working_out for it (SPEX's per-source files and
+    the mosaic's 'MOSAIC' included), from one listing."""
+    valid = [obs_id for obs_id in obs_ids if obs_id and OBS_ID_PATTERN.fullmatch(obs_id)]
+    files = workdir.products_by_observation(working_out, valid)
+    names = {obs_id: {workdir.product_name(url) for url in urls} for obs_id, urls in files.items()}
+    return {obs_id: [product for product in products if product in names.get(obs_id, ())]
+            for obs_id in obs_ids}
+
+
+def settle(entries, failures, working_out: str, products) -> None:
+    """Each entry that ran: 'failed' with its error when a record names it, else 'done' with
+    the products really in working_out (after a run, the failed ones' are gone)."""
     failed = {}
     for failure in failures:
         failed.setdefault(failure.get("obs_dir") or failure.get("obs_id"), failure)
-    events = sum(entry.events for entry in wave) or 1
-    for entry in wave:
+    ran = [entry for entry in entries if entry.status in ("done", "failed", "pending")]
+    made = made_products(working_out, [entry.obs_id for entry in ran], products)
+    for entry in ran:
         failure = failed.get(entry.obs_dir) or failed.get(entry.obs_id)
-        # the wave's time shared by events: exact for a wave of one observation
-        entry.time_s = round(elapsed * max(entry.events, 1) / events, 3)
         if failure is not None:
-            entry.status, entry.error = "failed", failure.get("error")
+            entry.status, entry.error, entry.products = "failed", failure.get("error"), []
         else:
-            entry.status = "done"
-            entry.products = _made(working_out, entry.obs_id, products)
+            entry.status, entry.products = "done", made.get(entry.obs_id, [])
+
+
+def _record_wave(entries, wave, failures, working_out, products, elapsed):
+    events = sum(entry.events for entry in wave) or 1
+    for entry in wave:  # the wave's time shared by events: exact for a wave of one observation
+        entry.time_s = round(elapsed * max(entry.events, 1) / events, 3)
+    settle(wave, failures, working_out, products)
 
 
 def progress_line(entries, events_per_s: float, elapsed: float) -> str:
@@ -178,7 +209,11 @@ def progress_line(entries, events_per_s: float, elapsed: float) -> str:
             f"{events_per_s:.0f} events/s; ETA {eta}")
 
 
-def write_summary(working_out: str, entries, started: float, stamp: str, totals: dict):
+def write_summary(working_out: str, entries, started: float, stamp: str, totals: dict,
+                  **extra):
+    """campaign.json (two or more observations); `extra` adds top-level keys (the mosaic).
+    A failure to write it (a full disk) is a warning: the products and failures.jsonl are
+    what counts."""
     if len(entries) < 2:  # one observation is no campaign: its working_out holds products only
         return
     parhash, _, caldb = stamp.partition(STAMP_SEPARATOR)
@@ -186,17 +221,21 @@ def write_summary(working_out: str, entries, started: float, stamp: str, totals:
              for status in ("done", "failed", "skipped", "pending")}
     summary = {"total": len(entries), **count, "parhash": parhash, "caldbhsh": caldb,
                "events": int(totals.get("ecpi.read.events", 0)),
-               "elapsed_s": round(time.time() - started, 3),
+               "elapsed_s": round(time.time() - started, 3), **extra,
                "observations": [dataclasses.asdict(entry) for entry in entries]}
-    with fs.atomic_write(fs.join(working_out, CAMPAIGN_FILE)) as stream:
-        stream.write((json.dumps(summary, indent=1) + "\n").encode())
+    try:
+        with fs.atomic_write(fs.join(working_out, CAMPAIGN_FILE)) as stream:
+            stream.write((json.dumps(summary, indent=1) + "\n").encode())
+    except fs.WriteError as error:
+        print(f"warning: {error}", file=sys.stderr)
 
 
 def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *,
                  force: bool = False, batch: int | None = None, stamp: str | None = None,
-                 ids=None, set_aside=(), progress=sys.stderr):
-    """Plan (see `plan`), then `run_pipeline(dirs)` -> (metric totals, failure records) wave
-    by wave. Returns (entries, summed metric totals, the failure records of the waves).
+                 ids=None, set_aside=(), progress=None):
+    """Plan (see `plan`), then `run_pipeline(dirs)` -> (metric totals, the run's failure
+    records so far: failures.jsonl gathers every wave's, io/failures.py) wave by wave.
+    Returns (entries, summed metric totals, the failure records of the waves).
     """
     started = time.time()
     working_out = params.general.working_out
@@ -204,6 +243,7 @@ def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *
     entries = plan(params, observation_dirs, stamp, force, ids, set_aside)
     todo = [entry for entry in entries if entry.status == "pending"]
     skipped = sum(entry.status == "skipped" for entry in entries)
+    progress = progress or sys.stderr  # looked up now: a test may have replaced it
     if len(entries) < 2:  # one observation: ecpi_run's summary line says it all
         progress = None
     if skipped and progress:
@@ -220,16 +260,13 @@ def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *
         run_time += elapsed
         for name, value in wave_totals.items():
             totals[name] = totals.get(name, 0) + value
-        failures += wave_failures
-        _record_wave(entries, wave, wave_failures, working_out, params.wanted_products,
-                     elapsed)
-        # a wave's pipeline rewrites failures.jsonl with its own: keep the campaign's
-        write_failure_records(working_out, failures)
+        failures = wave_failures
+        _record_wave(entries, wave, wave_failures, working_out,
+                     params.observation_products, elapsed)
         write_summary(working_out, entries, started, stamp, totals)
         if progress:
             print(progress_line(entries, totals.get("ecpi.read.events", 0) / max(run_time, 1e-9),
                                 run_time), file=progress, flush=True)
-    if not todo:  # nothing ran: a failures.jsonl left there is about no observation now
-        fs.remove(fs.join(working_out, FAILURES_FILE))
+    if not todo:
         write_summary(working_out, entries, started, stamp, totals)
     return entries, totals, failures

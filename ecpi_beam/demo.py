@@ -2,7 +2,8 @@
 
 A workspace with the default CALDB (`caldb_init -s`), a simulated observation (`ecpi_simulate`),
 a seed-style parameter file, `ecpi_run` on the DirectRunner, then a table of injected against
-found sources and a quick-look PNG of the SNR sky image with both marked, axes in RA/Dec.
+found sources and a quick-look PNG: the cleaned SNR sky image in RA/Dec with the found sources
+named and the injected ones drawn, beside the noise of the raw image against the residual.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import argparse
 import io
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,39 +67,13 @@ def print_table(pairs, out=sys.stdout):
                   f"{row['ERR_RAD']:7.1f} '", file=out)
 
 
-def quicklook_png(sky_file, sources_found, injected, band, occ, png_path):
-    """SNR sky image in RA/Dec with injected (circles) and found (crosses) sources."""
-    import matplotlib
+def quicklook_png(sky_file, sop_file, injected, band, occ, png_path):
+    """ecpi_quicklook's sky panel (the cleaned SNR map with the sources named, the noise of the
+    raw image against the residual) with the injected sources (name, ra, dec) drawn too."""
+    from ecpi_beam import quicklook
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from astropy.wcs import WCS, FITSFixedWarning
-
-    with fits.open(sky_file) as hdul, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)  # DATEREF derived from MJDREF: fine
-        panels = [(hdul[f"{name}_{band}_{occ}"].data, title) for name, title in
-                  (("SNR", "SNR"), ("RESIDUAL_SNR", "SNR, found sources removed"))]
-        wcs = WCS(hdul[f"SNR_{band}_{occ}"].header)
-    fig = plt.figure(figsize=(15, 7))
-    for index, (data, title) in enumerate(panels, 1):
-        ax = fig.add_subplot(1, 2, index, projection=wcs)
-        image = ax.imshow(data, origin="lower", cmap="magma", vmin=-4, vmax=12)
-        if np.linalg.det(wcs.pixel_scale_matrix) > 0:
-            ax.invert_xaxis()  # show east to the left, as on the sky
-        transform = ax.get_transform("icrs")
-        ax.scatter([ra for _, ra, _ in injected], [dec for _, _, dec in injected],
-                   transform=transform, s=250, facecolors="none", edgecolors="cyan",
-                   linewidths=1.5, label="injected")
-        ax.scatter([row["RA"] for row in sources_found], [row["DEC"] for row in sources_found],
-                   transform=transform, marker="x", s=80, color="lime", label="found")
-        ax.set_xlabel("RA (ICRS)")
-        ax.set_ylabel("Dec (ICRS)")
-        ax.set_title(f"ECL-SKY-IMA {title}, PI {band} ({occ})")
-        ax.legend(loc="upper right", framealpha=0.6)
-        ax.coords.grid(color="white", alpha=0.3, linestyle=":")
-    fig.colorbar(image, ax=fig.axes, label="SNR (clipped at 12)", shrink=0.8)
-    fig.savefig(png_path, dpi=90)
-    plt.close(fig)
+    return quicklook.sky_png(str(sky_file), str(sop_file), band, occ, png_path,
+                             injected=injected)
 
 
 def main(argv) -> int:
@@ -148,9 +122,12 @@ def main(argv) -> int:
     print(table.getvalue(), end="")
     (out / "sources.txt").write_text(table.getvalue())
     png = out / "quicklook_snr.png"
-    quicklook_png(working_out / f"ECL-SKY-IMA_{obs_id}.fits", found, injected, QUICKLOOK_BAND,
-                  "PEO", png)
-    print(f"quick-look: {png}")
+    view = quicklook_png(working_out / f"ECL-SKY-IMA_{obs_id}.fits",
+                         working_out / f"ECL-SOP-IMA_{obs_id}.fits", injected, QUICKLOOK_BAND,
+                         "PEO", png)
+    print(f"quick-look: {png} (cleaned SNR, sources named; raw SNR std "
+          f"{float(np.std(view.raw[view.raw != 0])):.1f} from the bright sources' coding "
+          f"noise, residual std {float(np.std(view.residual[view.raw != 0])):.2f})")
     from ecpi_beam import quicklook  # every product's PNGs and the DS9 regions
 
     quicklook.main([str(working_out), "--out", str(out / "quicklook")])
@@ -158,6 +135,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    from ecpi_beam.cli import ecpi_demo
+    from ecpi_beam.errors import exit_code_of
 
-    sys.exit(ecpi_demo(sys.argv[1:]))
+    sys.exit(exit_code_of(main))

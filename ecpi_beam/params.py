@@ -29,7 +29,8 @@ BACKGROUND_CORRECTIONS = ("no_correction", "flat", "shape", "flat_moretti", "sha
                           "shape_moretti_earth", "shape_moretti_earth_ref",
                           "shape_moretti_smart")
 IRF_CORRECTIONS = ("no_correction", "cos_theta", "irf")
-MOSA_PRODUCTS = ("ECL-MOS-IMA", "ECL-MOS-SOP")
+MOSA_PRODUCTS = ("ECL-MOS-IMA", "ECL-MOS-SOP", "ECL-MOS-LCS")  # one per campaign
+MOSA_ACCUMULATOR = "ECL-MOS-ACC"  # one per observation, whenever the campaign has a mosaic
 SPEX_PRODUCTS = ("ECL-SPS-S1", "ECL-LCS-S1")
 MOSAIC_GRIDS = ("healpix", "car")
 SPEX_SOURCE_ORIGINS = ("imag", "mosaic")  # or a list of [RA, Dec]
@@ -114,11 +115,19 @@ class StreamParams:
     energy_channels: tuple[tuple[int, int], ...] = ((13, 1260),)  # PI bands searched
     match_radius: float = 60.0  # arcmin: one transient, several windows -> one alert
     poll_interval: float = 1.0  # s between two listings of working_in
+    idle_after: float = 30.0  # wall s without a new slice: an observation stops holding
+    idle_after_event: float = 60.0  # mission s covered by a later observation: likewise
 
     @property
     def tile_seconds(self) -> int:
         """Event-time step of the partial images: divides every window length and period."""
         return math.gcd(*self.window_lengths, *self.window_periods)
+
+    @property
+    def clock_step(self) -> int:
+        """A multiple of every window period (s): shifting an observation by it keeps its
+        windows (docs/streaming.md, "Watermark")."""
+        return math.lcm(*self.window_periods)
 
 
 # Parameters that only say where data lives or how the work is split: they never change a
@@ -157,6 +166,27 @@ class Params:
         return (self.dpco.out_files + self.cali.out_files + self.bube.out_files
                 + self.imag.out_files + self.mosa.out_files + self.spex.out_files)
 
+    @property
+    def spex_from_mosaic(self) -> bool:
+        """SPEX extracts the mosaic's sources: it runs once the campaign's mosaic is made."""
+        return bool(self.spex.out_files) and self.spex.sources_from == "mosaic"
+
+    @property
+    def wants_mosaic(self) -> bool:
+        return bool(self.mosa.out_files) or self.spex_from_mosaic
+
+    @property
+    def observation_products(self) -> tuple[str, ...]:
+        """What each observation leaves in working_out once done in a campaign's waves: the
+        products named after it, its mosaic accumulator instead of the campaign's MOSA
+        products (made after the waves), and SPEX's unless it extracts the mosaic's sources
+        (made after the mosaic)."""
+        own = (self.dpco.out_files + self.cali.out_files + self.bube.out_files
+               + self.imag.out_files)
+        mosaic = (MOSA_ACCUMULATOR,) if self.wants_mosaic else ()
+        spex = () if self.spex_from_mosaic else self.spex.out_files
+        return own + mosaic + spex
+
 
 # ============================================================================================
 # Reading
@@ -171,7 +201,8 @@ SECTIONS = {
     "mosa": ("out_files", "grid", "nside", "car_pixel_deg", "pcode_min", "snr_ths"),
     "spex": ("out_files", "sources", "time_bin", "pi_per_channel"),
     "stream": ("window_lengths", "window_periods", "snr_ths", "allowed_lateness",
-               "energy_channels", "match_radius", "poll_interval"),
+               "energy_channels", "match_radius", "poll_interval", "idle_after",
+               "idle_after_event"),
 }
 MANDATORY = {("general", "working_in"), ("general", "working_out"), ("dpco", "out_files"),
              ("cali", "out_files"), ("bube", "out_files"), ("imag", "out_files")}
@@ -324,22 +355,22 @@ class _SectionReader:
 
     def number(self, section, key, default, minimum=None, maximum=None, integer=False,
                low_open=False):
+        """A finite number (never inf or nan: either would silently turn a stage off or make
+        its arithmetic nonsense), within [minimum, maximum] where given."""
         value = self.raw(section, key)
         if not value:
             return default
         kind = "an integer" if integer else "a number"
+        bounds = _range_text(minimum, maximum, low_open)
         try:
             number = int(value.replace("_", "")) if integer else float(value)
         except ValueError:
-            self.fail(section, key, value, f"expected {kind}")
-        if number != number or (minimum is not None and (
-                number < minimum or (low_open and number == minimum))) or (
+            self.fail(section, key, value, f"expected {kind}{bounds}")
+        if not math.isfinite(number):
+            self.fail(section, key, value, f"expected a finite number{bounds}")
+        if (minimum is not None and (number < minimum or (low_open and number == minimum))) or (
                 maximum is not None and number > maximum):
-            if maximum is None:
-                allowed = f"{'>' if low_open else '>='} {minimum}"
-            else:
-                allowed = f"in {'(' if low_open else '['}{minimum}, {maximum}]"
-            self.fail(section, key, value, f"expected {kind} {allowed}")
+            self.fail(section, key, value, f"expected {kind}{bounds}")
         return number
 
     def literal(self, section, key, example):
@@ -413,12 +444,23 @@ class _SectionReader:
         return modes
 
     def snr_threshold(self) -> float:
-        value = self.number("imag", "snr_ths", 0.0)
-        if value != 0 and value < DETECTION_SNR_DEFAULT:
-            self.fail("imag", "snr_ths", self.raw("imag", "snr_ths"),
-                      f"expected 0 (use the default {DETECTION_SNR_DEFAULT:g}) or a number "
-                      f">= {DETECTION_SNR_DEFAULT:g}")
-        return float(value)
+        """[imag] snr_ths: 0 (the default: 7) or a finite number >= 7."""
+        value = self.raw("imag", "snr_ths")
+        if not value:
+            return 0.0
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is None or (number != 0 and number < DETECTION_SNR_DEFAULT):
+            self.fail("imag", "snr_ths", value, f"expected 0 (use the default "
+                      f"{DETECTION_SNR_DEFAULT:g}) or a number >= {DETECTION_SNR_DEFAULT:g}")
+        if not math.isfinite(number):  # inf would silently turn detection off
+            self.fail("imag", "snr_ths", value, f"expected 0 (use the default "
+                      f"{DETECTION_SNR_DEFAULT:g}) or a finite number >= "
+                      f"{DETECTION_SNR_DEFAULT:g}" + ("; inf would turn detection off"
+                                                      if number > 0 else ""))
+        return number
 
     def nside(self) -> int:
         """[mosa] nside: 0 (automatic) or a power of two from 16 to 1024."""
@@ -495,7 +537,11 @@ class _SectionReader:
             match_radius=self.number("stream", "match_radius", StreamParams.match_radius, 0.0,
                                      low_open=True),
             poll_interval=self.number("stream", "poll_interval", StreamParams.poll_interval,
-                                      0.0, low_open=True))
+                                      0.0, low_open=True),
+            idle_after=self.number("stream", "idle_after", StreamParams.idle_after, 0.0,
+                                   low_open=True),
+            idle_after_event=self.number("stream", "idle_after_event",
+                                         StreamParams.idle_after_event, 0.0, low_open=True))
 
     def locations(self, section, key) -> tuple[str, ...]:
         """working_in: one directory, a glob, or several (comma-separated or a Python list)."""
@@ -523,6 +569,17 @@ class _SectionReader:
         if not fs.output_location_exists(url):
             self.fail("general", "working_out", url, "expected an existing directory "
                       "(create it first)")
+
+
+def _range_text(minimum, maximum, low_open) -> str:
+    """' >= 3.0', ' in (0.0, 1.0]' or '' (no bound)."""
+    if minimum is None and maximum is None:
+        return ""
+    if maximum is None:
+        return f" {'>' if low_open else '>='} {minimum}"
+    if minimum is None:
+        return f" <= {maximum}"
+    return f" in {'(' if low_open else '['}{minimum}, {maximum}]"
 
 
 def _absolute(location: str) -> str:

@@ -2,10 +2,13 @@
 
 For every observation whose products are in DIR (ecpi_run's working_out, local or a bucket):
 - `<OBS_ID>_detector.png`: ECL-DET-IMA counts and ECL-DET-UBC background-corrected counts;
-- `<OBS_ID>_sky_snr.png`: ECL-SKY-IMA SNR in RA/Dec (east left), an asinh stretch whose
-  range comes from the cleaned image (RESIDUAL_SNR: the noise, not the sources, sets the
-  contrast), the ECL-SOP-IMA sources marked: known ones (KNOWN_NAME) green squares, new ones
-  (NEW) red circles, others cyan circles;
+- `<OBS_ID>_sky_snr.png`: what a coded-mask quick-look shows. Left, the cleaned SNR in
+  RA/Dec (east left): RESIDUAL_SNR (the noise, unit standard deviation) with each ECL-SOP-IMA
+  source of the image put back as a clean PSF of its SNR, marked and named beside its mark
+  (known ones, KNOWN_NAME, in green squares; new ones, NEW, red circles; others cyan) with its
+  SNR. The raw SNR is not shown as a map: a bright source's coding noise and side lobes make it
+  look full of sources. Right, the pixel distributions of the raw and residual SNR against
+  N(0, 1), with their standard deviations: the raw one's width is that coding noise;
 - `<OBS_ID>_gti.png`: the good-time intervals of ECL-GTI-CAL and ECL-GTI-UBC on one time axis;
 - `<OBS_ID>_lightcurve.png`: the count rate of ECL-EVT-CAL, good time shaded;
 - `ECL-SOP-IMA_<OBS_ID>.reg` beside the source list if missing (io/regions.py).
@@ -18,6 +21,7 @@ import contextlib
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from astropy.io import fits
@@ -31,6 +35,15 @@ PRODUCT_FILE = re.compile(r"^(ECL-[A-Z]{3}-[A-Z]{3})_(.+)\.fits$")
 MARKERS = {"known": dict(marker="s", label="known"), "new": dict(marker="o", label="new"),
            "other": dict(marker="o", label="found")}  # colours: those of the region files
 LIGHT_CURVE_BIN_S = 1.0
+MARK_SIZE = 160  # points^2, the sources' marks: no label covers one
+INJECTED_MATCH_DEG = 1.0  # a found source this close to an injected one is named after it too
+
+
+def angular_distance_deg(ra1, dec1, ra2, dec2) -> float:
+    from ecpi_beam.instrument import radec_to_unit
+
+    cosine = float(np.clip(radec_to_unit(ra1, dec1) @ radec_to_unit(ra2, dec2), -1.0, 1.0))
+    return float(np.degrees(np.arccos(cosine)))
 
 
 def _pyplot():
@@ -59,17 +72,16 @@ def _open(url):
         yield hdul
 
 
-def _hdu_name(hdul, prefix, band, occ):
-    """`<prefix>_<band>_<occ>`, or the first HDU of that prefix when band/occ are not given."""
-    names = [hdu.name for hdu in hdul if hdu.name.startswith(prefix + "_")]
-    wanted = f"{prefix}_{band}_{occ}" if band and occ else None
-    if wanted:
-        if wanted not in names:
-            raise EcpiError(f"no HDU {wanted} (has {', '.join(names) or 'none'})")
-        return wanted
-    if not names:
-        raise EcpiError(f"no {prefix}_* HDU")
-    return names[0]
+def _hdu_name(hdul, prefix, band=None, occ=None):
+    """`<prefix>_<band>_<occ>`: the first HDU of that prefix whose band and occultation type
+    are those given (either, both or none)."""
+    names = [hdu.name for hdu in hdul if re.fullmatch(rf"{prefix}_[0-9]+-[0-9]+_[A-Z]+", hdu.name)]
+    chosen = [name for name in names
+              if (not band or name.split("_")[-2] == band) and (not occ or name.endswith("_" + occ))]
+    if not chosen:
+        wanted = f"{prefix}_{band or '*'}_{occ or '*'}"
+        raise EcpiError(f"no HDU {wanted} (has {', '.join(names) or 'none'})")
+    return chosen[0]
 
 
 def detector_png(det_url, ubc_url, band, occ, png):
@@ -91,49 +103,179 @@ def detector_png(det_url, ubc_url, band, occ, png):
     plt.close(fig)
 
 
-def sky_png(sky_url, sop_url, band, occ, png):
-    from astropy.visualization import AsinhStretch, ImageNormalize
+class SkyView(NamedTuple):
+    """What the sky quick-look shows of one image: the cleaned SNR with the sources restored,
+    the raw SNR and the residual (for the noise panel), the WCS, the sources of the image."""
+
+    name: str
+    restored: np.ndarray
+    raw: np.ndarray
+    residual: np.ndarray | None
+    wcs: object
+    sources: list  # (ra, dec, label, kind, snr)
+
+
+def source_label(row, names) -> str:
+    """'Crab' or 'ECL J190423.1-194800': the catalogue's name of a source row."""
+    return next((cell_text(row[column]) for column in ("KNOWN_NAME", "NAME")
+                 if column in names and cell_text(row[column])), "")
+
+
+def sky_view(sky_url, sop_url, band=None, occ=None) -> SkyView:
     from astropy.wcs import WCS
 
-    plt = _pyplot()
+    from ecpi_beam.kernels.sky_analysis import restored_snr
+
     with _open(sky_url) as hdul:
         name = _hdu_name(hdul, "SNR", band, occ)
-        snr = np.array(hdul[name].data, dtype=float)
+        raw = np.array(hdul[name].data, dtype=float)
         header = hdul[name].header
         cleaned_name = name.replace("SNR_", "RESIDUAL_SNR_", 1)
-        cleaned = np.array(hdul[cleaned_name].data, dtype=float) if cleaned_name in hdul else snr
+        residual = (np.array(hdul[cleaned_name].data, dtype=float) if cleaned_name in hdul
+                    else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # products written before DATEREF was added
         wcs = WCS(header)
-    measured = cleaned[cleaned != 0]
-    low = float(np.percentile(measured, 1)) if measured.size else -3.0
-    norm = ImageNormalize(vmin=low, vmax=max(float(snr.max()), low + 1.0),
-                          stretch=AsinhStretch(0.1))
-    fig = plt.figure(figsize=(8, 7))
-    ax = fig.add_subplot(projection=wcs)
-    image = ax.imshow(snr, origin="lower", cmap="magma", norm=norm)
+    sources = []
     if sop_url:
         rows = read_sources(sop_url)
         names = rows.colnames
         band_name = header.get("BAND")
         if "BAND" in names and band_name:
             rows = rows[np.array([cell_text(b) == band_name for b in rows["BAND"]], dtype=bool)]
-        for kind, style in MARKERS.items():
-            chosen = [row for row in rows if source_kind(row, names) == kind]
-            if chosen:
-                ax.scatter([row["RA"] for row in chosen], [row["DEC"] for row in chosen],
-                           transform=ax.get_transform("icrs"), s=160, facecolors="none",
-                           edgecolors=COLOURS[kind], marker=style["marker"],
-                           label=f"{style['label']} ({len(chosen)})")
-        if len(rows):
-            ax.legend(loc="upper right", framealpha=0.6)
-    ax.coords.grid(color="white", alpha=0.3, linestyle=":")
+        if "OCC_TYPE" in names and header.get("OCC_TYPE"):
+            rows = rows[np.array([cell_text(o) == header["OCC_TYPE"] for o in rows["OCC_TYPE"]],
+                                 dtype=bool)]
+        sources = [(float(row["RA"]), float(row["DEC"]), source_label(row, names),
+                    source_kind(row, names), float(row["SNR"]), float(row["SKY_X"]) - 1.0,
+                    float(row["SKY_Y"]) - 1.0) for row in rows]
+    if residual is None:  # an older product: the raw image is all there is
+        restored = raw
+    else:  # SKY_X, SKY_Y: 1-based FITS pixels of the stored image (x the column)
+        restored = restored_snr(residual, [s[6] for s in sources], [s[5] for s in sources],
+                                [s[4] for s in sources])
+    return SkyView(name, restored, raw, residual, wcs, [s[:5] for s in sources])
+
+
+def draw_sky(fig, position, view: SkyView, injected=()):
+    """The cleaned SNR map in RA/Dec (east left), each source marked and named beside its
+    mark; `injected`: (name, ra, dec) of a simulation's truth, drawn as dashed circles, its
+    name added to the label of the source found there (or beside the circle if none)."""
+    from astropy.visualization import AsinhStretch, ImageNormalize
+
+    ax = fig.add_subplot(position, projection=view.wcs)
+    peak = float(np.nanmax(view.restored)) if view.restored.size else 5.0
+    vmax = max(peak, 10.0)
+    # asinh: linear over the noise (-5 to 5 sigma), logarithmic up to the brightest source
+    norm = ImageNormalize(vmin=-5.0, vmax=vmax, stretch=AsinhStretch(10.0 / (vmax + 5.0)))
+    image = ax.imshow(view.restored, origin="lower", cmap="magma", norm=norm)
+    if np.linalg.det(view.wcs.pixel_scale_matrix) > 0:
+        ax.invert_xaxis()  # east to the left, as on the sky
+    transform = ax.get_transform("icrs")
+    for kind, style in MARKERS.items():
+        chosen = [source for source in view.sources if source[3] == kind]
+        if chosen:
+            ax.scatter([s[0] for s in chosen], [s[1] for s in chosen], transform=transform,
+                       s=MARK_SIZE, facecolors="none", edgecolors=COLOURS[kind],
+                       marker=style["marker"], label=f"{style['label']} ({len(chosen)})")
+    from matplotlib.transforms import Bbox
+
+    named = set()
+    centre_x = ax.transAxes.transform((0.5, 0.5))[0]
+    renderer = fig.canvas.get_renderer()
+    mark = MARK_SIZE ** 0.5 * fig.dpi / 72.0 / 2.0 + 2.0  # half a mark, in pixels
+    placed = [Bbox.from_extents(x - mark, y - mark, x + mark, y + mark) for x, y in
+              (transform.transform((ra, dec)) for ra, dec, *_ in view.sources)]
+    for ra, dec, name, kind, snr in sorted(view.sources, key=lambda s: -s[4]):
+        truth = next((injected_name for injected_name, ra_in, dec_in in injected
+                      if angular_distance_deg(ra, dec, ra_in, dec_in) < INJECTED_MATCH_DEG),
+                     None)
+        named.add(truth)
+        label = f"{name}\nSNR {snr:.0f}" + (f", injected {truth}" if truth else "")
+        right_half = transform.transform((ra, dec))[0] > centre_x  # labels stay in the image
+        text = ax.annotate(label, (ra, dec), xycoords=transform,
+                           xytext=(-11 if right_half else 11, 6), textcoords="offset points",
+                           color="white", fontsize=7.5, ha="right" if right_half else "left",
+                           arrowprops=dict(arrowstyle="-", color=COLOURS[kind], lw=0.6),
+                           bbox=dict(boxstyle="round,pad=0.2", fc="black", ec=COLOURS[kind],
+                                     alpha=0.7, lw=0.8))
+        _clear_of(text, placed, renderer)
+    if injected:
+        ax.scatter([ra for _, ra, _ in injected], [dec for _, _, dec in injected],
+                   transform=transform, s=420, facecolors="none", edgecolors="white",
+                   linestyles="--", linewidths=1.0, label=f"injected ({len(injected)})")
+        for name, ra, dec in injected:
+            if name not in named:  # an injected source not found: its name, in italics
+                ax.annotate(f"{name} (not found)", (ra, dec), xycoords=transform,
+                            xytext=(0, -18), textcoords="offset points", color="white",
+                            fontsize=7.5, style="italic", ha="center")
+    if view.sources or injected:
+        ax.legend(loc="upper right", framealpha=0.6, fontsize=8)
+    ax.coords.grid(color="white", alpha=0.25, linestyle=":")
     ax.set_xlabel("RA (ICRS)")
     ax.set_ylabel("Dec (ICRS)")
-    ax.set_title(f"ECL-SKY-IMA {name}")
-    fig.colorbar(image, ax=ax, label="SNR (asinh stretch)")
+    cleaned = "cleaned SNR, sources restored" if view.residual is not None else "SNR"
+    ax.set_title(f"ECL-SKY-IMA {view.name}: {cleaned}", fontsize=10)
+    ticks = [tick for tick in (-5, 0, 5, 10, 25, 50, 100, 250, 500, 1000) if tick <= vmax]
+    fig.colorbar(image, ax=ax, label="SNR (asinh: linear over the noise)", shrink=0.85,
+                 ticks=ticks)
+    return ax
+
+
+def _clear_of(text, placed: list, renderer, tries: int = 12) -> None:
+    """Move a label down by its height until it overlaps no mark and no label already placed
+    (brightest sources first, so theirs stay by their marks)."""
+    from matplotlib.text import Text
+
+    def box():  # the label alone: an Annotation's extent holds its (growing) leader line too
+        text.update_positions(renderer)
+        return Text.get_window_extent(text, renderer)
+
+    for _ in range(tries):
+        extent = box()
+        if not any(extent.overlaps(other) for other in placed):
+            break
+        x, y = text.xyann
+        text.xyann = (x, y - extent.height * 72.0 / text.figure.dpi - 3.0)
+    placed.append(box())
+
+
+def draw_noise(fig, position, view: SkyView):
+    """Pixel SNR distributions: the raw image (its width is the bright sources' coding noise)
+    against the residual (the noise, which should be a unit Gaussian) and N(0, 1)."""
+    ax = fig.add_subplot(position)
+    bins = np.linspace(-12.0, 12.0, 97)
+    centre = 0.5 * (bins[1:] + bins[:-1])
+    measured = view.raw != 0
+    for values, label, colour in ((view.raw, "raw SNR", "tab:orange"),
+                                  (view.residual, "residual SNR", "tab:blue")):
+        if values is None:
+            continue
+        values = values[measured & np.isfinite(values)]
+        std = float(np.std(values)) if values.size else float("nan")
+        ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, histtype="step",
+                color=colour, lw=1.5, label=f"{label}: std {std:.2f}")
+    ax.plot(centre, np.exp(-0.5 * centre ** 2) / np.sqrt(2.0 * np.pi), "k:", label="N(0, 1)")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-5, 1.0)
+    ax.set_xlabel("pixel SNR (clipped at +-12)")
+    ax.set_ylabel("fraction of the coded pixels")
+    ax.set_title("noise: raw image against residual", fontsize=10)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def sky_png(sky_url, sop_url, band, occ, png, injected=()):
+    """The sky quick-look: the cleaned SNR map with the sources named, and the noise panel."""
+    plt = _pyplot()
+    view = sky_view(sky_url, sop_url, band, occ)
+    fig = plt.figure(figsize=(15, 6.5))
+    grid = fig.add_gridspec(1, 2, width_ratios=(1.35, 1.0))
+    draw_sky(fig, grid[0], view, injected)
+    draw_noise(fig, grid[1], view)
     fig.savefig(png, dpi=80)
     plt.close(fig)
+    return view
 
 
 def _gti_rows(url):
@@ -208,11 +350,11 @@ def main(argv) -> int:
     parser.add_argument("products", help="folder of the products (ecpi_run's working_out)")
     parser.add_argument("--out", help="folder for the PNGs (default: <products>/quicklook, or "
                                       "./quicklook for products in a bucket)")
-    parser.add_argument("--band", help="PI band of the images, e.g. 13-60 (default: the first)")
-    parser.add_argument("--occ", default=None, help="occultation type (default: the first)")
+    parser.add_argument("--band", help="PI band of the images, e.g. 13-60 (default: the first "
+                                       "one, of the occultation type given)")
+    parser.add_argument("--occ", help="occultation type, NEO, PEO or TEO (default: the first "
+                                      "one, of the band given)")
     args = parser.parse_args(argv)
-    if bool(args.band) != bool(args.occ):
-        raise EcpiError("ecpi_quicklook: give --band and --occ together")
     if not fs.isdir(args.products):
         raise EcpiError(f"{args.products}: no such folder of products")
     default_out = Path(args.products) / "quicklook" if fs.is_local(args.products) \
@@ -232,6 +374,6 @@ def main(argv) -> int:
 if __name__ == "__main__":
     import sys
 
-    from ecpi_beam.cli import ecpi_quicklook
+    from ecpi_beam.errors import exit_code_of
 
-    sys.exit(ecpi_quicklook(sys.argv[1:]))
+    sys.exit(exit_code_of(main))

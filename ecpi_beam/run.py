@@ -4,27 +4,31 @@ The options (ours and Beam's: runner, workers, ...) are those of ecpi_beam/optio
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
+import os
 import sys
+import threading
 import time
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from ecpi_beam.campaign import run_campaign
-from ecpi_beam.errors import EcpiError
-from ecpi_beam.io import fs
-from ecpi_beam.kernels.calibrate import DROP_REASONS
+from ecpi_beam import campaign, progress
+from ecpi_beam.errors import EcpiError, exit_code_of
+from ecpi_beam.io import failures as failure_log, fs
+from ecpi_beam.io.products import MOSAIC_OBS_ID
+from ecpi_beam.io.progress import ProgressMarks
 from ecpi_beam.logs import configure_logging, log_stage_summary, worker_logging_args
-from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line
+from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line, with_runner_defaults
 from ecpi_beam.params import load_params
+from ecpi_beam.pipelines.metrics import metric_totals  # noqa: F401 - also run.metric_totals
 from ecpi_beam.pipelines.observation import build_observation_pipeline
 from ecpi_beam.pipelines import safeguards
 from ecpi_beam.pipelines.direct import runner_for
 from ecpi_beam.pipelines.preflight import check_capabilities, preflight_observations
-from ecpi_beam.transforms.failures import (FAILURES_FILE, collect_failures,
-                                           remove_dead_letters)
+from ecpi_beam.summary import summary_line
 from ecpi_beam.workspace import resolve_caldb_dir
 
 log = logging.getLogger("ecpi_beam")
@@ -71,40 +75,34 @@ def with_params_file(err: EcpiError, path: str) -> EcpiError:
     return EcpiError(f"{path}: {err}") if str(err).startswith("[") else err
 
 
-def metric_totals(result):
-    """Counter name -> total over steps, for the summary line (Metrics are the log of record)."""
-    totals = {}
-    try:
-        counters = result.metrics().query(MetricsFilter())["counters"]
-    except NotImplementedError:  # the DaskRunner has no metrics yet
-        return totals
-    for counter in counters:
-        name = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[name] = totals.get(name, 0) + (value or 0)
-    return totals
+def run_graph(beam_args, build) -> dict:
+    """Run the graph `build(pipeline)` adds to a pipeline of `beam_args`; its metric totals."""
+    options = PipelineOptions(beam_args)
+    with beam.Pipeline(runner=runner_for(options), options=options) as pipeline:
+        build(pipeline)
+    result = pipeline.result if hasattr(pipeline, "result") else None
+    return metric_totals(result) if result is not None else {}
 
 
 def run(params, beam_args, caldb_dir, observation_dirs):
-    """Build and run the pipeline; returns (metric totals, failure records)."""
-    stale = fs.inside(params.general.working_out, FAILURES_FILE)
-    if fs.exists(stale):
-        fs.remove(stale)
-    remove_dead_letters(params.general.working_out)
-    options = PipelineOptions(beam_args)
-    with beam.Pipeline(runner=runner_for(options), options=options) as pipeline:
-        build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs)
-    result = pipeline.result if hasattr(pipeline, "result") else None
-    totals = metric_totals(result) if result is not None else {}
-    return totals, collect_failures(params.general.working_out)
+    """Build and run the pipeline; returns (metric totals, the run's failure records so far)."""
+    failure_log.reserve_space(params.general.working_out)  # a full disk is still recorded
+    marks = (ProgressMarks(params.general.working_out)
+             if progress.wanted(params.general.working_out) else None)
+    expected = progress.expected_elements(params, observation_dirs) if marks else {}
+    with progress.shown(marks, expected):
+        totals = run_graph(beam_args, lambda pipeline: build_observation_pipeline(
+            pipeline, params, caldb_dir, observation_dirs, progress=marks))
+    return totals, failure_log.gather(params.general.working_out)
 
 
 def main(argv) -> int:
     started = time.time()
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # until [general] logger_level
     path, beam_args, args = parse_command(argv)
     params = load_params(path)
     configure_logging(params.general.logger_level)
-    beam_args = worker_logging_args(params.general.logger_level, beam_args)
+    beam_args = with_runner_defaults(worker_logging_args(params.general.logger_level, beam_args))
     try:
         # writable, one run at a time, leftovers of earlier runs removed (docs/reliability.md)
         with safeguards.guarded_working_out(params.general.working_out):
@@ -127,48 +125,78 @@ def run_in_working_out(params, beam_args, started, args) -> int:
     ids = safeguards.observation_ids(observation_dirs)
     _, early_failures = safeguards.set_aside_duplicates(ids)  # run_campaign sets them aside
 
-    def run_wave(dirs):
+    def contained(function, *arguments):
         try:
-            return run(params, beam_args, caldb_dir, dirs)
+            return function(*arguments)
         except Exception as error:  # a fault of the machine is one line; a bug keeps its traceback
             fault = safeguards.one_line_fault(error)
             if fault is None:
                 raise
             raise fault from None
 
-    entries, totals, _ = run_campaign(params, beam_args, caldb_dir, observation_dirs, run_wave,
-                                      force=args.force, batch=args.campaign_batch, ids=ids,
-                                      set_aside=early_failures)
+    entries, totals, _ = campaign.run_campaign(
+        params, beam_args, caldb_dir, observation_dirs,
+        lambda dirs: contained(run, params, beam_args, caldb_dir, dirs), force=args.force,
+        batch=args.campaign_batch, ids=ids, set_aside=early_failures)
+    if len(entries) == 1 and entries[0].status == "skipped":  # a campaign's line says it
+        print(f"ecpi_run: observation {entries[0].obs_id} ({entries[0].obs_dir}) already done "
+              "with the same parameters and CALDB: --force redoes it", file=sys.stderr)
     failures, not_made = safeguards.finish_run(params, ids, early_failures)
+    if params.wants_mosaic:  # the campaign's mosaic, of the observations that succeeded
+        from ecpi_beam.pipelines.mosaic import run_campaign_mosaic
+
+        mosaic_totals, failures = run_campaign_mosaic(
+            params, caldb_dir, entries,
+            lambda build: contained(run_graph, beam_args, build), force=args.force)
+        for name, value in mosaic_totals.items():
+            totals[name] = totals.get(name, 0) + value
+    campaign.settle(entries, failures, params.general.working_out,
+                    tuple(dict.fromkeys(params.wanted_products + params.observation_products)))
+    campaign.write_summary(params.general.working_out, entries, started,
+                           campaign.products_stamp(params, caldb_dir), totals,
+                           **mosaic_summary(params, failures))
     log_stage_summary(totals)
     for failure in failures:
         print(f"error: {failure.get('error')}", file=sys.stderr)  # the error names the obs dir
     for line in not_made:
         print(f"warning: {line}", file=sys.stderr)
-    failed = {failure.get("obs_dir") or failure.get("obs_id") for failure in failures}
-    done = len(observation_dirs) - len(failed)
-    skipped = sum(entry.status == "skipped" for entry in entries)
-    dropped = ", ".join(f"{reason} {int(totals.get(f'ecpi.cali.dropped_{reason}', 0))}"
-                        for reason in DROP_REASONS)
-    limited = int(totals.get("ecpi.imag.cleaning_limit_reached", 0))
-    cleaning_limit = (f"cleaning stopped at its safety limit in {limited} image(s); "
-                      if limited else "")
-    off_pointing = int(totals.get("ecpi.bube.good_seconds_off_pointing", 0))
-    not_imaged = (f"good time not imaged (other pointings) {off_pointing} s; "
-                  if off_pointing else "")
-    print(f"ecpi_run: {done}/{len(observation_dirs)} observation(s) processed"
-          + (f" ({skipped} already done, skipped)" if skipped else "") + " in "
-          f"{time.time() - started:.1f} s; events read {int(totals.get('ecpi.read.events', 0))}, "
-          f"calibrated {int(totals.get('ecpi.cali.events_out', 0))} (dropped: {dropped}); "
-          f"products {int(totals.get('ecpi.write.products_written', 0))}; "
-          f"sources {int(totals.get('ecpi.imag.sources_found', 0))} "
-          f"({int(totals.get('ecpi.imag.new_sources', 0))} new); {cleaning_limit}{not_imaged}"
-          + (f"requested products not made {len(not_made)}; " if not_made else "") +
-          f"products in {params.general.working_out}")
+    print(summary_line(params, entries, totals, started, not_made))
     return 2 if failures else 0
 
 
-if __name__ == "__main__":
-    from ecpi_beam.cli import ecpi_run_command
+def mosaic_summary(params, failures) -> dict:
+    """campaign.json's 'mosaic' entry when MOSA was asked: its products made, or its error."""
+    if not params.mosa.out_files:
+        return {}
+    error = next((failure.get("error") for failure in failures
+                  if failure.get("obs_id") == MOSAIC_OBS_ID), None)
+    made = campaign.made_products(params.general.working_out, [MOSAIC_OBS_ID],
+                                  params.mosa.out_files)[MOSAIC_OBS_ID]
+    return {"mosaic": {"products": made, "error": error}}
 
-    ecpi_run_command()
+
+def command() -> None:
+    """The `ecpi_run` and `python -m ecpi_beam.run` commands: ecpi_run on the process's
+    arguments, then the process ends. What the imports made is frozen out of the garbage
+    collector's sight first (cli.ecpi_run_command says why)."""
+    gc.freeze()
+    exit_without_teardown(exit_code_of(main))
+
+
+def exit_without_teardown(code: int) -> None:
+    """End the process with `code` once the run is over and everything is written and closed:
+    threads joined, atexit handlers run, logs and standard streams flushed, but not the
+    interpreter's teardown of every module, which took half a second after each run (the
+    modules of Beam, grpc and protobuf; mypy ends its runs the same way)."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # pylint: disable=protected-access
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    command()

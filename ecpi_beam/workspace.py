@@ -24,6 +24,8 @@ DEFAULT_HOME = "~/ecpi_home"
 CONFIG_DIR_NAME = ".ect"
 CONFIG_NAME = "config.ini"
 LOCAL_CALDB = "@local"
+SERVER_ENV = "ECPI_CALDB_SERVER"
+DEFAULT_SERVER = "https://fsc.svom.org/caldb-api"
 
 
 def workspace_home() -> Path:
@@ -101,10 +103,15 @@ def configured_server(home=None) -> str | None:
     return read_config(home).get("caldb", "server", fallback=None) or None
 
 
+def caldb_server(option: str | None = None, home=None) -> str:
+    """The CalDB server `caldb_init` asks: --server, else $ECPI_CALDB_SERVER, else config.ini
+    `[caldb] server`, else the default."""
+    return (option or os.environ.get(SERVER_ENV) or configured_server(home)
+            or DEFAULT_SERVER).rstrip("/")
+
+
 def describe_workspace(home=None) -> str:
     """The text `ecpi_conf_tool show` prints."""
-    from ecpi_beam.caldb.init import caldb_server  # caldb_init itself builds on this module
-
     home = _home(home)
     config = read_config(home)
     lines = [f"workspace:    {home}", f"config:       {config_path(home)}"]

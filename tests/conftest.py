@@ -3,17 +3,16 @@ import os
 import shutil
 import subprocess
 
-# One BLAS thread per test process (before numpy is first imported): pytest-xdist already runs
-# one worker per core, and BLAS threads on top of it only oversubscribe the cores; the kernels'
-# many small fits then wait on thread wake-ups (the cleaning and flux tests took 6 times longer
-# on a busy 2-core machine). An explicit setting in the environment wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# the numerical environment of ecpi_run (ecpi_beam/__init__.py): one BLAS thread, set before
+# anything loads numpy, so that runs in this process give the products a command gives
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
 import pytest
 
 # fixtures shared by several test modules: a moto S3 server, a simulated observation and its
 # reference pipeline run
-pytest_plugins = ["s3_server", "pipeline_fixtures"]
+pytest_plugins = ["s3_server", "pipeline_fixtures", "engine_fixtures", "stream_fixtures"]
 
 
 def pytest_configure(config):

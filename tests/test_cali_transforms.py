@@ -184,3 +184,26 @@ def test_products_go_to_an_fsspec_location_without_local_parts(observation_dir, 
     local_out, _ = cali_run
     expected = fits.getdata(os.path.join(local_out, f"ECL-EVT-CAL_{OBS_ID}.fits"), "EVENTS")
     np.testing.assert_array_equal(fits.getdata(local_copy, "EVENTS"), expected)
+
+
+def test_events_below_the_4_kev_threshold_are_kept_as_the_icd_flags_them(reference_run,
+                                                                           small_observation):
+    """ECL-EVT-CAL keeps every event (docs/cali.md, "Events below the 4 keV threshold"): those
+    below 4 keV are forced triggers, flagged by FLAG bit 1 as the ICD says (pedestal readouts,
+    down to 0 keV), or photons within half a PHA step of it (the threshold cuts the analog
+    signal; ENERGY = GAIN x PHA + OFFSET is quantised by GAIN, at most 0.0424 keV)."""
+    from ecpi_beam import instrument
+
+    events = fits.getdata(reference_run.product("ECL-EVT-CAL", small_observation.obs_id),
+                          "EVENTS")
+    gain = Caldb.open(default_caldb_dir()).pixel_calibration().gain
+    below = events["ENERGY"] < instrument.LOW_THRESHOLD_KEV
+    forced = (events["FLAG"] & instrument.FLAG_FORCED_TRIGGER) != 0
+    assert below.any() and forced.any() and events["ENERGY"][forced].min() < 2.0
+    photons_below = below & ~forced
+    half_step = 0.5 * gain[events["IDET"][photons_below], events["JDET"][photons_below]]
+    assert np.all(events["ENERGY"][photons_below]
+                  >= instrument.LOW_THRESHOLD_KEV - half_step - 1e-4)
+    with fits.open(reference_run.product("ECL-DET-IMA", small_observation.obs_id)) as hdul:
+        imaged = sum(int(hdu.data.sum()) for hdu in hdul if hdu.name.startswith("COUNTS_"))
+    assert imaged <= int((~forced).sum())  # no forced trigger reaches an image

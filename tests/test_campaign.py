@@ -103,6 +103,20 @@ def test_rerun_skips_what_is_done_and_redoes_the_rest(first_run, tmp_path,
     assert statuses == ["failed", "skipped", "skipped"]
 
 
+def test_a_mistyped_runner_is_one_line_even_when_everything_would_be_skipped(
+        first_run, tmp_path, pipeline_workspace):
+    out, params = _copy_run(first_run, tmp_path)
+    before = _mtimes(out)
+    result = run_ecpi(params, "--runner", "DirectRuner", workspace=pipeline_workspace,
+                      working_out=out)
+    assert result.returncode == 2, describe(result)
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.splitlines()
+                                                  if line.startswith("error: ")]
+    assert len(result.stderr.strip().splitlines()) == 1, describe(result)
+    assert "unknown runner (did you mean DirectRunner?)" in result.stderr
+    assert _mtimes(out) == before
+
+
 def test_force_redoes_everything(first_run, tmp_path, pipeline_workspace):
     out, params = _copy_run(first_run, tmp_path)
     before = _mtimes(out)

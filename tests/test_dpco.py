@@ -63,6 +63,97 @@ def test_event_checks_merge_counts_and_keep_the_first_row():
         "e.fits EVENTS: 4 rows checked; NAXIS2 says 5"]
 
 
+# duplicated events (docs/cali.md, "Duplicated events")
+def realistic_chunk(n=200_000, seconds=80.0, seed=3, pha_scale=300.0):
+    """Time-ordered events at 20 us resolution over the detector (2500 counts/s, about the
+    ICD's orbit rate), PHA spread as a steep spectrum would spread it."""
+    rng = np.random.default_rng(seed)
+    events = np.zeros(n, dtype=EVENT_DTYPE)
+    ticks = np.sort(rng.integers(0, int(seconds / 20e-6), n))
+    events["TIME"] = 3.0e8 + ticks * 20e-6
+    events["IDET"], events["JDET"] = rng.integers(0, 80, n), rng.integers(0, 80, n)
+    events["PHA"] = np.clip(100 + rng.exponential(pha_scale, n), 0, 4095).astype(np.int16)
+    return events
+
+
+def duplicate_problems(check):
+    return [problem for problem in check.problems("e.fits") if "earlier row" in problem]
+
+
+def test_every_row_written_twice_is_refused_naming_the_first_copy():
+    events = realistic_chunk(20_000, 8.0)
+    doubled = np.repeat(events, 2)
+    check = consistency.check_event_chunk(doubled, 0, None, 0.0, 4e8)
+    assert check.findings["duplicate"].count == 20_000
+    assert check.findings["duplicate"].first_row == 1
+    assert duplicate_problems(check) == [
+        f"e.fits EVENTS: 20000 rows with TIME, IDET, JDET and PHA of an earlier row (events "
+        f"written twice? chance gives {check.chance_duplicates:.2g} such rows in one pixel's "
+        f"20 us time stamps) (first at row 1: {doubled['TIME'][1]:.12g})"]
+    assert check.chance_duplicates < 1.0
+
+
+def test_what_legitimately_repeats_is_no_duplicate():
+    events = events_of([5.0, 5.0, 5.0, 6.0, 6.0, 7.0], pha=[100, 100, 100, 100, 101, 100],
+                       idet=[1, 2, 1, 1, 1, 1], jdet=[2, 2, 3, 2, 2, 2])
+    # one TIME in three pixels (a multiple-pixel event), one pixel and PHA at other TIMEs,
+    # one pixel and TIME with another PHA: none is a copy
+    assert not consistency.duplicated_rows(events).any()
+    assert "duplicate" not in consistency.check_event_chunk(events, 0, None, 0.0, 9.0).findings
+
+
+def test_a_copy_behind_a_tolerated_backstep_is_found():
+    events = events_of([5.0, 5.00004, 5.00002, 5.00004, 5.00001], pha=[1, 2, 3, 2, 4])
+    assert consistency.duplicated_rows(events).tolist() == [False, False, False, True, False]
+
+
+def test_copies_across_chunk_boundaries_are_found_whatever_the_chunking():
+    events = realistic_chunk(30_000, 12.0)
+    packet = slice(9_990, 10_090)  # a telemetry packet merged twice, across chunk boundaries
+    corrupted = np.concatenate([events[:packet.stop], events[packet], events[packet.stop:]])
+    corrupted = corrupted[np.argsort(corrupted["TIME"], kind="stable")]
+    for size in (7, 64, 1000, 10_000, len(corrupted)):
+        total = consistency.EventCheck()
+        for first in range(0, len(corrupted), size):
+            before = corrupted[max(first - consistency.DUPLICATE_LOOKBACK_ROWS, 0):first]
+            total = total.merge(consistency.check_event_chunk(
+                corrupted[first:first + size], first, before["TIME"][-1] if first else None,
+                0.0, 4e8, previous_rows=before))
+        assert total.findings["duplicate"].count == 100, size
+        assert total.refused("duplicate")
+
+
+def test_chance_repeats_are_tolerated_and_counted():
+    """At 20 us resolution two events of one pixel can share a time stamp and a PHA by
+    chance: a few such rows are not refused (the chance estimate is an upper bound)."""
+    # a very bright burst (100000 counts/s) of soft photons (PHA within a few tens of ADU)
+    events = realistic_chunk(1_000_000, 10.0, seed=8, pha_scale=30.0)
+    check = consistency.check_event_chunk(events, 0, None, 0.0, 4e8)
+    found = check.findings["duplicate"].count
+    assert 0.5 < check.chance_duplicates < 10 and 1 <= found <= 3 * check.chance_duplicates
+    assert not check.refused("duplicate") and duplicate_problems(check) == []
+
+
+def test_the_duplicate_check_keeps_no_state_that_grows_with_the_file():
+    """The accumulator of a whole file is a few numbers, whatever its size; memory per chunk
+    is that chunk's and the fixed look-back."""
+    import pickle
+    import tracemalloc
+
+    events = realistic_chunk(100_000, 40.0)
+    total, sizes, peaks = consistency.EventCheck(), [], []
+    tracemalloc.start()
+    for first in range(0, len(events), 10_000):
+        tracemalloc.reset_peak()
+        before = events[max(first - consistency.DUPLICATE_LOOKBACK_ROWS, 0):first]
+        total = total.merge(consistency.check_event_chunk(
+            events[first:first + 10_000], first, None, 0.0, 4e8, previous_rows=before))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        sizes.append(len(pickle.dumps(total)))
+    tracemalloc.stop()
+    assert max(sizes) < sizes[0] + 16 and max(peaks[1:]) < 2 * peaks[1]
+
+
 def test_columns_are_checked_by_name_and_fits_type():
     summary = consistency.FileSummary("att.fits", {}, {"ATTITUDE": {
         "TIME": "1D", "QPARAM": "4E"}})
@@ -296,7 +387,9 @@ def test_gzipped_triplet_is_inspected_and_read(good_triplet, tmp_path):
     assert observation.evt_url.endswith(".fits.gz") and observation.n_events == plain.n_events
     np.testing.assert_array_equal(observation.attitude.qparam, plain.attitude.qparam)
     last = chunk_descriptors(observation, 5000)[-1]
-    events, previous_time = read_event_chunk(last)
+    events, rows_before = read_event_chunk(last)
     expected = fits.getdata(os.path.join(good_triplet, EVT), "EVENTS")
     np.testing.assert_array_equal(events["TIME"], expected["TIME"][last.first_row:])
-    assert previous_time == expected["TIME"][last.first_row - 1]
+    assert rows_before["TIME"][-1] == expected["TIME"][last.first_row - 1]
+    np.testing.assert_array_equal(rows_before["TIME"], expected["TIME"][last.first_row - 64:
+                                                                        last.first_row])

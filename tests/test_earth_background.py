@@ -22,7 +22,7 @@ from ecpi_beam.kernels.occultation import geometric_partial_coding
 from ecpi_beam.params import BubeParams, params_text
 from ecpi_beam.simu import PointSource, default_scenario, scenario_with, simulate
 from ecpi_beam.simu.earth_crossing import earth_rise_scenario
-from ecpi_beam.simu.orbit import orbit_state
+from ecpi_beam.simu.scenario import orbit_state
 from ecpi_beam.transforms.bube import observation_timeline
 from ecpi_beam.transforms.read import inspect_observation
 

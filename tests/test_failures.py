@@ -10,8 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from ecpi_beam.caldb import default_caldb_dir
 from ecpi_beam.params import BubeParams
 from ecpi_beam.transforms.bube import Bube
-from ecpi_beam.transforms.failures import (FAILURES_FILE, FAILURES_FOLDER, FailureLog,
-                                           collect_failures)
+from ecpi_beam.io.failures import FAILURES_FILE, FAILURES_FOLDER, FailureLog, gather
 from test_bube_imag_transforms import random_chunk, timeline_with
 
 GTI = {"PEO": np.array([[0.0, 100.0]]), "TEO": np.array([[0.0, 100.0]])}
@@ -32,8 +31,9 @@ def run_bube(failure_log):
 
 def test_a_failing_observation_is_recorded_and_the_others_go_on(tmp_path):
     run_bube(FailureLog(str(tmp_path)))
-    assert len(list((tmp_path / FAILURES_FOLDER).iterdir())) == 2  # one record per failed chunk
-    records = collect_failures(str(tmp_path))
+    # one record per observation and stage, though both of its chunks failed
+    assert len(list((tmp_path / FAILURES_FOLDER).iterdir())) == 1
+    records = gather(str(tmp_path))
     assert [(r["obs_id"], r["stage"]) for r in records] == [("obs2", "bube")]
     assert "obs2" in records[0]["error"] and "\n" not in records[0]["error"]
     assert not (tmp_path / FAILURES_FOLDER).exists()
@@ -52,6 +52,6 @@ def test_collect_merges_dpco_failures_with_later_ones(tmp_path):
     log = FailureLog(str(tmp_path))
     log.record("obs3", "imag", ValueError("no good pixel"))
     log.record("obs3", "imag", ValueError("no good pixel"))
-    records = collect_failures(str(tmp_path))
+    records = gather(str(tmp_path))
     assert [r.get("obs_dir") or r["obs_id"] for r in records] == ["/data/obs9", "obs3"]
-    assert collect_failures(str(tmp_path)) == records  # idempotent
+    assert gather(str(tmp_path)) == records  # idempotent

@@ -32,6 +32,30 @@ def test_mistakes_are_one_line_errors(argv, expected):
     assert expected in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("runner, expected", [
+    ("DirectRuner", "--runner DirectRuner: unknown runner (did you mean DirectRunner?)"),
+    ("FlinkRuner", "(did you mean FlinkRunner?)"),
+    ("DaskRunner", "(did you mean apache_beam.runners.dask.dask_runner.DaskRunner?)"),
+    ("Xyz", "--runner Xyz: unknown runner; expected DirectRunner, PortableRunner"),
+    ("no.such.module.Runner", "--runner no.such.module.Runner: cannot import this runner class "
+                              "(ModuleNotFoundError"),
+    ("apache_beam.runners.portability.portable_runner.NoSuchRunner", "AttributeError"),
+])
+def test_a_mistyped_runner_is_one_line_with_a_suggestion(runner, expected):
+    with pytest.raises(EcpiError) as caught:
+        parse_command_line(["p.ini", "--runner", runner])
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(EcpiError):
+        parse_command_line(["p.ini", f"--runner={runner}"])
+
+
+@pytest.mark.parametrize("runner", ["DirectRunner", "directrunner", "Direct", "PortableRunner",
+                                    "FlinkRunner", "SparkRunner", "PrismRunner",
+                                    "apache_beam.runners.dask.dask_runner.DaskRunner"])
+def test_the_runners_beam_knows_are_accepted(runner):
+    assert parse_command_line(["p.ini", "--runner", runner]).params_path == "p.ini"
+
+
 def _ecpi_run(*args):
     return subprocess.run([sys.executable, "-m", "ecpi_beam.run", *args], capture_output=True,
                           text=True, timeout=120)
@@ -48,11 +72,29 @@ def test_a_mistyped_option_exits_2_with_one_line(tmp_path):
     assert "Discarding" not in result.stdout + result.stderr
 
 
+def test_a_mistyped_runner_exits_2_with_one_line_before_reading_anything(tmp_path):
+    result = _ecpi_run(str(tmp_path / "absent.ini"), "--runner", "DirectRuner")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: ecpi_run: --runner DirectRuner: unknown runner (did you mean DirectRunner?); "
+        "expected DirectRunner, PortableRunner, FlinkRunner, SparkRunner, PrismRunner, "
+        "DataflowRunner or the full name of a runner class such as "
+        "apache_beam.runners.dask.dask_runner.DaskRunner"]
+
+
 def test_help_shows_the_parameter_file_our_options_and_how_to_list_beams():
     result = _ecpi_run("--help")
     assert result.returncode == 0, result.stderr
     for text in ("PARAMS.INI", "--params", "--help-beam"):
         assert text in result.stdout
+    for component, product in (("DPCO", "duplicated events"), ("CALI", "ECL-EVT-CAL"),
+                               ("BUBE", "ECL-EAR-OFM"), ("IMAG", "ECL-SOP-IMA"),
+                               ("MOSA", "ECL-MOS-SOP"), ("SPEX", "ECL-LCS-S1")):
+        # every component is described, with its products (only four were)
+        line = next(line for line in result.stdout.splitlines()
+                    if line.startswith(f"  {component}  "))
+        assert product in result.stdout[result.stdout.index(line):], component
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
     beam = _ecpi_run("--help-beam")
     assert beam.returncode == 0 and "--direct_num_workers" in beam.stdout
 

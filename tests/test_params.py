@@ -275,3 +275,48 @@ def test_params_is_frozen(dirs):
     assert isinstance(params, Params)
     with pytest.raises(AttributeError):
         params.imag.win_dim = 3.0
+
+
+# ============================================================================================
+# Every float key refuses inf and nan (snr_ths = inf turned detection off silently; nan said
+# "expected a number >= None")
+# ============================================================================================
+def float_keys():
+    """(section, key) of every float field of Params, found from the dataclasses: a float key
+    added later is checked too."""
+    import dataclasses
+    import typing
+
+    from ecpi_beam import params as params_module
+
+    keys = []
+    for section, section_class in typing.get_type_hints(Params).items():
+        if section in params_module.SECTIONS:
+            hints = typing.get_type_hints(section_class)
+            keys += [(section, field.name) for field in dataclasses.fields(section_class)
+                     if hints[field.name] is float
+                     and field.name in params_module.SECTIONS[section]]
+    return keys
+
+
+def test_the_float_keys_are_all_found():
+    assert {("imag", "snr_ths"), ("bube", "peof_min"), ("spex", "time_bin"),
+            ("stream", "poll_interval"), ("mosa", "snr_ths")} <= set(float_keys())
+    assert len(float_keys()) == 13
+
+
+@pytest.mark.parametrize("section, key", float_keys(), ids="[{0[0]}] {0[1]}".format)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+def test_every_float_key_refuses_inf_and_nan_in_one_line(dirs, section, key, value):
+    with pytest.raises(EcpiError) as raised:
+        parse_params(seed_text(dirs, **{f"[{section}] {key}": f"{key} = {value}"}), "p.ini")
+    message = str(raised.value)
+    assert message.startswith(f"p.ini: [{section}] {key} = {value}: expected ")
+    assert "finite number" in message or (value == "-inf" and "number" in message), message
+    assert "None" not in message and "\n" not in message
+
+
+def test_snr_ths_inf_says_it_would_turn_detection_off(dirs):
+    with pytest.raises(EcpiError, match=r"\[imag\] snr_ths = inf: expected 0 \(use the default "
+                       r"7\) or a finite number >= 7; inf would turn detection off$"):
+        parse_params(seed_text(dirs, **{"[imag] snr_ths": "snr_ths = inf"}), "p.ini")

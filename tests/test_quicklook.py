@@ -68,4 +68,56 @@ def test_quicklook_mistakes_are_one_line(tmp_path):
 
     assert ecpi_quicklook([str(tmp_path / "nowhere")]) == 2
     assert ecpi_quicklook([str(tmp_path)]) == 2
-    assert ecpi_quicklook([str(tmp_path), "--band", "13-60"]) == 2
+    assert ecpi_quicklook([str(tmp_path), "--band", "13-60"]) == 2  # no product there
+
+
+@pytest.mark.parametrize("options", [["--band", "13-60"], ["--occ", "PEO"], ["--band", "61-140"],
+                                     []])
+def test_band_or_occ_alone_picks_the_first_image_of_what_is_given(reference_run, tmp_path,
+                                                                   small_observation, options,
+                                                                   capsys):
+    """`--band` without `--occ` failed although the help gives both defaults."""
+    from ecpi_beam.cli import ecpi_quicklook
+
+    assert ecpi_quicklook([str(reference_run.working_out), "--out", str(tmp_path), *options]) == 0
+    assert (tmp_path / f"{small_observation.obs_id}_sky_snr.png").is_file()
+    assert ecpi_quicklook([str(reference_run.working_out), "--out", str(tmp_path),
+                           "--band", "14-60"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "no HDU COUNTS_14-60_*" in error[0] and "COUNTS_13-60_PEO" in error[0]
+
+
+def test_the_sky_quicklook_shows_the_cleaned_image_and_names_the_sources(reference_run,
+                                                                          small_observation):
+    """What a coded-mask quick-look shows: the residual SNR (the noise) with each source put back
+    as a clean PSF of its SNR, and the catalogue's name beside each mark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ecpi_beam.quicklook import draw_sky, sky_view
+
+    obs_id = small_observation.obs_id
+    view = sky_view(str(reference_run.product("ECL-SKY-IMA", obs_id)),
+                    str(reference_run.product("ECL-SOP-IMA", obs_id)), "13-60", "PEO")
+    rows = [row for row in sources_table(reference_run.product("ECL-SOP-IMA", obs_id))
+            if row["BAND"] == "13-60"]
+    assert len(view.sources) == len(rows) > 0
+    for row in rows:  # the source where it was found, as bright as in the SNR image
+        x, y = int(round(row["SKY_X"] - 1)), int(round(row["SKY_Y"] - 1))
+        assert view.restored[y, x] == pytest.approx(view.raw[y, x], rel=0.15)
+        assert view.restored[y, x] > 0.6 * row["SNR"]
+    coded = view.raw != 0
+    assert np.std(view.residual[coded]) == pytest.approx(1.0, abs=0.15)
+    fig = plt.figure()
+    ax = draw_sky(fig, 111, view, injected=[("HalfCrab", small_observation.source["ra"],
+                                              small_observation.source["dec"])])
+    labels = [text.get_text() for text in ax.texts]
+    plt.close(fig)
+    for row in rows:
+        name = (row["KNOWN_NAME"] or row["NAME"]).strip()
+        assert any(label.startswith(name) and f"SNR {row['SNR']:.0f}" in label
+                   for label in labels), (name, labels)
+    assert any("injected HalfCrab" in label for label in labels)

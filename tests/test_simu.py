@@ -15,7 +15,8 @@ from ecpi_beam.simu import (Background, Detector, Grb, Orbit, PointSource, Point
                             default_scenario, load_scenario, scenario_with, simulate)
 from ecpi_beam.simu import cli
 from ecpi_beam.simu.detector import DetectorResponse, open_fraction
-from ecpi_beam.simu.orbit import (AttitudePlan, earth_rotation_angle, orbit_state, saa_flags)
+from ecpi_beam.simu.orbit import AttitudePlan
+from ecpi_beam.simu.scenario import earth_rotation_angle, orbit_state, saa_flags
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "ecpi_beam" / "simu" / "scenarios"
 RA0, DEC0 = 120.0, -10.0

@@ -1,5 +1,6 @@
 """SPEX kernels and products on short simulated observations (the project's simulator):
-a power-law source (photon index 2) fitted with sherpa (C-stat), a GRB light curve (FRED peak
+a power-law source (photon index 2) fitted with the sherpa calls docs/spex.md gives (chi2 with
+STAT_ERR), a GRB light curve (FRED peak
 time and fluence), counts that agree between spectrum and light curve, a source-free position
 consistent with zero, and products that fitsverify, sherpa, astropy and stingray read."""
 import json
@@ -123,25 +124,75 @@ def test_balanced_weights_cancel_flat_and_shaped_backgrounds_and_count_the_sourc
     assert np.all(weights.weights[:3] == 0.0)
 
 
-def test_power_law_fitted_with_sherpa_cstat_gives_index_and_flux(power_law, tmp_path):
+def documented_sherpa_calls() -> str:
+    """The sherpa block of docs/spex.md ("Fitting a spectrum: read this first"), as written."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "spex.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "use_errors=True" in block and 'set_stat("chi2")' in block
+    return block
+
+
+def test_power_law_fitted_with_the_documented_sherpa_calls_gives_index_and_flux(power_law,
+                                                                                  tmp_path):
     from sherpa.astro import ui
     path, spectrum = write_spectrum(tmp_path, power_law, [source_position(power_law)])
     truth = power_law.truth["sources"][0]
     assert spectrum.total == pytest.approx(truth["injected_total"], rel=0.05)
     ui.clean()
+    block = documented_sherpa_calls().replace("ECL-SPS-S1_0000000001_S01_PEO.fits", path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ui.load_pha(path, use_errors=True)
-    ui.group_snr(5)  # net (mask-weighted) counts: groups with a positive signal for C-stat
-    ui.notice(15.0, 150.0)
-    ui.set_source(ui.powlaw1d.pl)
+        exec(compile(block, "docs/spex.md", "exec"), {})  # noqa: S102 - the documented calls
     pl = ui.get_model_component("pl")
-    pl.gamma, pl.ampl = 1.5, 1.0
-    ui.set_stat("cstat")
-    ui.fit()
+    result = ui.get_fit_results()
     true_flux = 10.0 * (1.0 / 15.0 - 1.0 / 150.0)  # ph cm-2 s-1 in 15-150 keV for norm 10, index 2
-    assert pl.gamma.val == pytest.approx(truth["spectrum"]["index"], abs=0.15)
-    assert ui.calc_photon_flux(15.0, 150.0) == pytest.approx(true_flux, rel=0.15)
+    assert pl.gamma.val == pytest.approx(truth["spectrum"]["index"], abs=0.1)
+    assert ui.calc_photon_flux(15.0, 150.0) == pytest.approx(true_flux, rel=0.10)
+    assert result.statval / result.dof < 1.0 + 4.0 * np.sqrt(2.0 / result.dof)
+    assert ui.get_covar_results().parmaxes[0] < 0.1
+
+
+def test_what_docs_spex_says_of_sherpas_defaults_holds(power_law, tmp_path):
+    """Without use_errors chi2 has no errors; C-stat fails on net counts (docs/spex.md)."""
+    from sherpa.astro import ui
+    from sherpa.utils.err import StatErr
+    path, spectrum = write_spectrum(tmp_path, power_law, [source_position(power_law)])
+    assert (spectrum.counts < 0).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ui.clean()
+        ui.load_pha(path)
+        ui.set_source(ui.powlaw1d.pl)
+        ui.set_stat("chi2")
+        with pytest.raises(StatErr, match="must provide a staterror column"):
+            ui.fit()
+        ui.set_stat("cstat")
+        with pytest.raises(Exception, match="likelihood calculation failed"):
+            ui.fit()
+
+
+def test_channels_below_the_threshold_or_without_events_are_bad_quality():
+    counts, variance = np.ones(150), np.ones(150)
+    variance[140] = 0.0  # no event
+    spectrum = spectra.finish_spectrum(counts, variance, 10, 1.0)
+    bad = np.flatnonzero(spectrum.quality == spectra.QUALITY_BAD).tolist()
+    assert bad == [0, 1, 140]  # 2-3 and 3-4 keV, then the empty one
+    fine = spectra.finish_spectrum(np.ones(1500), np.ones(1500), 1, 1.0)
+    assert np.flatnonzero(fine.quality).tolist() == list(range(20))  # 2.0-4.0 keV
+
+
+def test_the_response_has_nothing_below_the_threshold_and_keeps_its_row_sums():
+    rmf = Caldb.open(default_caldb_dir()).rmf()
+    truncated = spectra.threshold_truncated(rmf)
+    below = rmf.e_min < instrument.LOW_THRESHOLD_KEV
+    assert not truncated[:, below].any()
+    rows = np.asarray(rmf.matrix, float).sum(axis=1)
+    kept = truncated.sum(axis=1) > 0
+    np.testing.assert_allclose(truncated.sum(axis=1)[kept], rows[kept], rtol=1e-9)
+    centre = 0.5 * (rmf.energ_lo + rmf.energ_hi)
+    assert kept[(centre > 4.5) & (centre < 150.0)].all()
 
 
 def test_a_source_free_position_is_consistent_with_zero(power_law):
@@ -206,3 +257,22 @@ def test_products_are_ogip_files_that_fitsverify_astropy_and_stingray_read(burst
         read = Lightcurve.read(str(lc_path), fmt="hea", skip_checks=True)
     np.testing.assert_allclose(np.asarray(read.time, float), curve.time, rtol=0, atol=1e-6)
     np.testing.assert_allclose(read.counts, curve.counts, rtol=1e-5, atol=1e-3)
+
+
+def test_a_detection_is_named_as_its_catalogue_source():
+    from ecpi_beam.kernels.catalogue import CatalogueSource, ObservationCatalogue
+    from ecpi_beam.transforms.spex import catalogue_name
+
+    def source(name, known_name):
+        return CatalogueSource(name=name, ra=83.6, dec=22.0, err_rad_arcmin=2.0, snr=30.0,
+                               best_band="13-60", known_name=known_name, known_sep_arcmin=1.0,
+                               new=not known_name, bands={}, n_detections=1)
+
+    catalogue = ObservationCatalogue(
+        (source("ECL J053424.0+220000", "Crab"), source("ECL J010000.0+100000", "")),
+        ("13-60",), {("13-60", "PEO", 0): 0, ("13-60", "PEO", 1): 1})
+    assert catalogue_name(catalogue, "13-60", "PEO", 0) == "Crab"
+    assert catalogue_name(catalogue, "13-60", "PEO", 1) == "ECL J010000.0+100000"
+    assert catalogue_name(None, "13-60", "PEO", 0) == ""
+    named = spectra.distinct_sources([(83.6, 22.0), (15.0, 10.0)], 1.0, names=["Crab", ""])
+    assert [s.name for s in named] == ["Crab", "ECL J010000.0+100000"]

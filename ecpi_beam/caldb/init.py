@@ -11,7 +11,11 @@ Running it again with the same set changes nothing. The password is never printe
 from __future__ import annotations
 
 import argparse
+import html
+import ipaddress
+import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,24 +29,20 @@ from ecpi_beam.caldb.manifest import MANIFEST_NAME, REQUIRED_PRODUCTS, parse_man
     sha256_bytes
 from ecpi_beam.caldb.reader import default_caldb_dir
 from ecpi_beam.errors import EcpiError
-from ecpi_beam.workspace import configured_server, create_workspace, local_caldb_dir, \
-    workspace_home
+from ecpi_beam.workspace import DEFAULT_SERVER, SERVER_ENV, caldb_server, create_workspace, \
+    local_caldb_dir, workspace_home
 
-SERVER_ENV = "ECPI_CALDB_SERVER"
-DEFAULT_SERVER = "https://fsc.svom.org/caldb-api"
 TOKEN_PATH = "realms/svom/protocol/openid-connect/token"
 FILES_PATH = "caldb/eclairs"
 CREDENTIAL_VARIABLES = ("KC_USERNAME", "KC_PASSWORD", "KC_CLIENT_ID")
 SECRET_VARIABLES = ("KC_PASSWORD",)  # never shown; the access token is redacted as well
 REDACTED = "[redacted]"
+# RFC 6749 section 5.2: the only text of a token error answer ever shown (the rest of an answer,
+# after the password was sent, may echo it)
+OAUTH_ERROR_CODES = ("invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+                     "unsupported_grant_type", "invalid_scope")
 RETRY_DELAYS_S = (1.0, 2.0, 4.0)  # backoff after each failed attempt (5xx, connection error)
 TIMEOUT_S = (10.0, 120.0)  # connect, read
-
-
-def caldb_server(option: str | None = None, home=None) -> str:
-    """--server, else $ECPI_CALDB_SERVER, else config.ini `[caldb] server`, else the default."""
-    return (option or os.environ.get(SERVER_ENV) or configured_server(home)
-            or DEFAULT_SERVER).rstrip("/")
 
 
 # ================================================================================================
@@ -63,13 +63,70 @@ class ShippedSet:
 
 
 def redact(text: str, secrets) -> str:
-    """`text` with every secret (as given, and URL- or form-encoded, as a server echoing a
-    request would show it) replaced by [redacted]."""
+    """`text` with every secret replaced by [redacted], in whatever form a server echoing a
+    request could show it: raw; URL-encoded (quote with or without safe characters,
+    quote_plus, upper- or lower-case hex); JSON-, HTML- or Python-escaped; or any mixture,
+    character by character."""
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        for form in {secret, urllib.parse.quote(secret, safe=""),
-                     urllib.parse.quote_plus(secret)}:
-            text = text.replace(form, REDACTED)
+        text = _secret_pattern(secret).sub(REDACTED, text)
     return text
+
+
+def _secret_pattern(secret: str) -> re.Pattern:
+    """A regular expression matching `secret` with each character in any of its encodings."""
+    return re.compile("".join(_character_forms(char) for char in secret))
+
+
+def _character_forms(char: str) -> str:
+    code = ord(char)
+    backslash = re.escape("\\")
+    forms = [re.escape(char),
+             "".join("%" + _hex(byte, 2) for byte in char.encode()),  # URL, either case
+             f"&#0*{code};", f"&#[xX]0*{_hex(code, 1)};",  # HTML numeric references
+             re.escape(html.escape(char)), re.escape(json.dumps(char)[1:-1]),
+             re.escape(repr(char)[1:-1]), backslash + re.escape(char)]  # '\/', "\'"
+    if code <= 0xFFFF:  # JSON's and Python's escapes
+        forms.append(backslash + "u" + _hex(code, 4))
+    else:
+        high, low = divmod(code - 0x10000, 0x400)  # JSON: a surrogate pair
+        forms.append(backslash + "u" + _hex(0xD800 + high, 4) + backslash + "u"
+                     + _hex(0xDC00 + low, 4))
+    forms.append(backslash + "U" + _hex(code, 8))
+    if code < 256:
+        forms.append(backslash + "x" + _hex(code, 2))
+    if char == " ":
+        forms.append(re.escape("+"))
+    if char == "'":
+        forms += ["&apos;", "&#39;"]
+    return "(?:" + "|".join(sorted(set(forms), key=len, reverse=True)) + ")"
+
+
+def _hex(number: int, width: int) -> str:
+    """A pattern of `number` in hexadecimal digits of either case."""
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{number:0{width}x}")
+
+
+def check_transport(base_url: str) -> None:
+    """https://, or http:// to this machine only (a test server): the password must not cross
+    a network in clear."""
+    parsed = urllib.parse.urlsplit(base_url)
+    if parsed.scheme == "https" and parsed.hostname:
+        return
+    if parsed.scheme == "http" and parsed.hostname and _is_loopback(parsed.hostname):
+        return
+    shown = f"{parsed.scheme}://{parsed.hostname}" if parsed.hostname else repr(base_url[:60])
+    raise EcpiError(f"CalDB server {shown}: expected an https:// URL (http:// only for a "
+                    "server on this machine, 127.0.0.1 or localhost: the password would cross "
+                    "the network in clear)")
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def read_credentials(environ=os.environ) -> dict[str, str]:
@@ -86,8 +143,7 @@ class CaldbServer:
     """The CalDB server: OAuth2 password grant (Keycloak), then files with a Bearer token."""
 
     def __init__(self, base_url: str, credentials: dict[str, str], session=None):
-        if not base_url.startswith(("https://", "http://")):
-            raise EcpiError(f"CalDB server {base_url!r}: expected an https:// URL")
+        check_transport(base_url)
         self.base_url = base_url.rstrip("/")
         self._credentials = credentials
         self._session = session or requests.Session()
@@ -104,6 +160,8 @@ class CaldbServer:
 
         Redirects are never followed: every request carries the password or the token, and a
         307/308 would re-send them to wherever the server points (another origin included).
+        Nothing the server says is shown (it may echo the credentials): its status, and whether
+        a redirect leads to this server's host, are.
         """
         reason = ""
         for delay in (*RETRY_DELAYS_S, None):
@@ -114,11 +172,10 @@ class CaldbServer:
                 reason = type(err).__name__
             else:
                 if response.is_redirect or 300 <= response.status_code < 400:
-                    target = response.headers.get("Location", "nowhere")
-                    raise EcpiError(redact(
-                        f"{url} answered HTTP {response.status_code}, a redirect to {target}: "
-                        "credentials are never sent after a redirect; give the final address "
-                        f"with --server or {SERVER_ENV}", self._secrets()))
+                    raise EcpiError(
+                        f"{url} answered HTTP {response.status_code}, a redirect "
+                        f"{self._redirect_target(response)}: credentials are never sent after "
+                        f"a redirect; give the final address with --server or {SERVER_ENV}")
                 if response.status_code < 500:
                     return response
                 reason = f"HTTP {response.status_code}"
@@ -127,6 +184,20 @@ class CaldbServer:
         raise EcpiError(f"CalDB server unreachable: {method} {url} failed "
                         f"{len(RETRY_DELAYS_S) + 1} times ({reason}); check --server or "
                         f"{SERVER_ENV}")
+
+    def _redirect_target(self, response) -> str:
+        """'to https on this host' or 'to another host': never the Location itself."""
+        try:
+            target = urllib.parse.urlsplit(
+                urllib.parse.urljoin(response.url or self.base_url,
+                                     response.headers.get("Location", "")))
+            ours = urllib.parse.urlsplit(self.base_url)
+            same_host = (target.hostname or "").lower() == (ours.hostname or "").lower()
+        except ValueError:
+            return "to an unreadable address"
+        if same_host and target.scheme in ("http", "https"):
+            return f"to {target.scheme} on this server's host"
+        return "to another host"
 
     def token(self) -> str:
         try:
@@ -146,8 +217,8 @@ class CaldbServer:
                                 f"{self._credentials['KC_USERNAME']} (HTTP 401): check "
                                 "KC_USERNAME and KC_PASSWORD")
             if response.status_code != 200:
-                raise EcpiError(f"{url} answered HTTP {response.status_code} "
-                                f"({_oauth_error(response)}): check KC_CLIENT_ID")
+                raise EcpiError(f"{url} answered HTTP {response.status_code}"
+                                f"{_oauth_error(response)}: check KC_CLIENT_ID")
             try:
                 self._token = str(response.json()["access_token"])
             except (ValueError, KeyError, TypeError):
@@ -172,11 +243,12 @@ class CaldbServer:
 
 
 def _oauth_error(response) -> str:
+    """' (invalid_client)' when the answer's `error` is one of RFC 6749's codes, else ''."""
     try:
-        answer = response.json()
-        return str(answer.get("error_description") or answer.get("error"))
+        code = response.json().get("error")
     except (ValueError, AttributeError):
-        return "no detail"
+        return ""
+    return f" ({code})" if code in OAUTH_ERROR_CODES else ""
 
 
 # ================================================================================================

@@ -253,6 +253,68 @@ def _umask_mode() -> int:
 _CREATE_MODE = _umask_mode()
 
 
+class WriteError(EcpiError):
+    """A file that could not be written, on one line: '<url>: cannot write it (<cause>)'. The
+    OSError's errno is kept (`errno`: ENOSPC for a full disk), for whoever must react."""
+
+    obs_id = None  # the observation the file belongs to, where the writer knows it
+
+    def __init__(self, url: str, error: OSError):
+        self.url, self.errno = url, getattr(error, "errno", None)
+        super().__init__(f"{url}: cannot write it ({describe_os_error(error)})")
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class _CauseKeepingStream:
+    """The file an atomic write fills: every write goes through it, and the first OSError met
+    is kept, so that the cause (its errno) survives libraries that replace it. astropy's
+    free-space check turns a full disk into `AttributeError: 'list' object has no attribute
+    '_file'` when writing to a file object, or into an OSError without errno; numpy's
+    `tofile` into 'OSError: 65520 requested and 53312 written'. The object has no `raw`,
+    `buffer` or `fileno`, so astropy writes arrays through `write`, where they are seen."""
+
+    def __init__(self, file, name: str):
+        self._file, self.name, self.cause = file, name, None
+        self.mode = "wb"
+
+    def _kept(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as error:
+            self.cause = self.cause or error
+            raise
+
+    def write(self, data):
+        return self._kept(self._file.write, data)
+
+    def flush(self):
+        return self._kept(self._file.flush)
+
+    def seek(self, offset, whence=0):
+        return self._file.seek(offset, whence)
+
+    def tell(self):
+        return self._file.tell()
+
+    def seekable(self):
+        return True
+
+    def writable(self):
+        return True
+
+    def readable(self):
+        return False
+
+    @property
+    def closed(self):
+        return self._file.closed
+
+    def close(self):  # the atomic writer closes the real file
+        return None
+
+
 @contextlib.contextmanager
 def atomic_write(url: str, durable: bool = True):
     """Write a binary file that appears at `url` complete or not at all.
@@ -260,13 +322,22 @@ def atomic_write(url: str, durable: bool = True):
     Yields a local file object. Local: a temporary file in the same directory, then
     os.replace. Remote: the local temporary file is uploaded to a temporary key next to the
     target, then moved (copy + delete on object stores). On error nothing is left behind, and
-    an OSError (full disk, read-only file system, ...) becomes one EcpiError line naming `url`.
+    an OSError (full disk, read-only file system, ...) becomes one `WriteError` line naming
+    `url` and the cause, also when the writer (astropy, numpy) hid it behind another error:
+    every writer of the package goes through here, so each gets the same contained failure.
     """
+    stream = None
     try:
-        with _atomic_write(url, durable) as stream:
+        with _atomic_write(url, durable) as (file, temporary):
+            stream = _CauseKeepingStream(file, temporary)
             yield stream
     except OSError as err:
-        raise EcpiError(f"{url}: cannot write it ({describe_os_error(err)})") from None
+        raise WriteError(url, stream.cause if stream is not None and stream.cause else err) \
+            from None
+    except Exception:
+        if stream is not None and stream.cause is not None:
+            raise WriteError(url, stream.cause) from None
+        raise
 
 
 def describe_os_error(err: OSError) -> str:
@@ -286,7 +357,7 @@ def _atomic_write(url: str, durable: bool = True):
                                              suffix=".part", dir=directory)
         try:
             with os.fdopen(handle, "wb") as stream:
-                yield stream
+                yield stream, temporary
                 stream.flush()
                 if durable:  # temporary intermediates skip the (slow) flush to disk
                     os.fsync(stream.fileno())
@@ -301,7 +372,7 @@ def _atomic_write(url: str, durable: bool = True):
     temporary_key = posixpath.join(posixpath.dirname(target),
                                    f".{posixpath.basename(target)}.{uuid.uuid4().hex}.part")
     with tempfile.NamedTemporaryFile(suffix=".part") as spool:
-        yield spool
+        yield spool, spool.name
         spool.flush()
         try:
             retry(fs.put_file, spool.name, temporary_key)

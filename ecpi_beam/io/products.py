@@ -74,6 +74,7 @@ _REQUIRED_OBSERVATION_KEYWORDS = ("OBS_ID", "TSTART", "TSTOP")
 # A products stamp is 'PARHASH' or 'PARHASH' + STAMP_SEPARATOR + 'CALDBHSH' (campaign.py):
 # it travels to every writer as the one fingerprint string.
 STAMP_SEPARATOR = "+"
+MOSAIC_OBS_ID = "MOSAIC"  # the OBS_ID of a campaign's products: <PRODUCT>_MOSAIC.fits (MOSA)
 
 
 def product_url(working_out: str, product: str, obs_id: str) -> str:
@@ -245,9 +246,22 @@ def write_product(url: str, hdus: list, keywords: dict) -> str:
     for hdu in hdus:
         finish_header(hdu.header, keywords,
                       is_image=isinstance(hdu, fits.ImageHDU) and hdu.data is not None)
-    with fs.atomic_write(url) as stream:
-        fits.HDUList(hdus).writeto(stream, checksum=True, output_verify="exception")
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.data is not None \
+                and not hdu.data.flags.c_contiguous:
+            # astropy writes a view (a flipped sky image) element by element to a file object
+            hdu.data = np.ascontiguousarray(hdu.data)
+    # fs.atomic_write keeps the cause of a failed write (a full disk) that astropy hides
+    try:
+        with fs.atomic_write(url) as stream:
+            fits.HDUList(hdus).writeto(stream, checksum=True, output_verify="exception")
+    except fs.WriteError as error:  # the failure is the observation's (a campaign's: MOSAIC)
+        error.obs_id = _keyword_value(keywords.get("OBS_ID"))
+        raise
     return url
+
+
+def _keyword_value(value):
+    return value[0] if isinstance(value, tuple) else value
 
 
 # ============================================================================================

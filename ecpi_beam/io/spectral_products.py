@@ -42,7 +42,7 @@ def spectrum_hdus(spectrum, respfile: str, ancrfile: str, keywords: dict) -> lis
     columns = [fits.Column(name="CHANNEL", format="J", array=np.arange(n, dtype=np.int32)),
                fits.Column(name="COUNTS", format="E", unit="count", array=spectrum.counts),
                fits.Column(name="STAT_ERR", format="E", unit="count", array=spectrum.stat_err),
-               fits.Column(name="QUALITY", format="I", array=np.zeros(n, dtype=np.int16))]
+               fits.Column(name="QUALITY", format="I", array=spectrum.quality)]
     hdu = fits.BinTableHDU.from_columns(columns, name="SPECTRUM")
     _set(hdu.header, {
         "HDUCLASS": ("OGIP", "format conforms to OGIP standard"),

@@ -17,13 +17,14 @@ import socket
 
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
+from ecpi_beam.io.failures import FAILURES_FILE
 
 LOCK_NAME = ".ecpi-run.lock"
 PROBE_NAME = ".ecpi-write-probe"
 # fs.atomic_write's temporaries of our files: '.<name>.<8 mkstemp characters>.part' locally,
 # '.<name>.<32 hex>.part' on object stores; <name> a product or failures.jsonl
-OUR_TEMPORARY = re.compile(r"\.(ECL-[A-Za-z0-9_.-]+|failures\.jsonl)\.([A-Za-z0-9_]{8}|[0-9a-f]{32})"
-                           r"\.part")
+OUR_TEMPORARY = re.compile(r"\.(ECL-[A-Za-z0-9_.-]+|" + re.escape(FAILURES_FILE)
+                           + r")\.([A-Za-z0-9_]{8}|[0-9a-f]{32})\.part")
 # '<PRODUCT>_<obs_id>.<ext>', SPEX's '<PRODUCT>_<obs_id>_S<k>_...' and the alerts'
 # 'ECL-ALERT_<obs_id>_J<position>_<sequence>.xml' (docs/products.md)
 PRODUCT_NAME = re.compile(r"(?P<product>ECL-[A-Z0-9]{3}-[A-Z0-9]{2,3}|ECL-ALERT)_(?P<rest>[A-Za-z0-9_.-]+)")
@@ -171,14 +172,29 @@ def _names(working_out: str) -> list[str]:
 
 def products_of(working_out: str, obs_id: str) -> list[str]:
     """URLs of the files of observation `obs_id` in working_out (PRODUCT_NAME)."""
-    found = []
-    own = re.compile(re.escape(obs_id) + r"(\.[A-Za-z0-9.]+|_S\d+_[A-Za-z0-9_.-]+|_J\d[A-Za-z0-9_.]+)")
+    return products_by_observation(working_out, [obs_id])[obs_id]
+
+
+def products_by_observation(working_out: str, obs_ids) -> dict[str, list[str]]:
+    """obs_id -> URLs of its files in working_out, for many observations with one listing."""
+    found = {obs_id: [] for obs_id in obs_ids}
+    own = {obs_id: re.compile(re.escape(obs_id)
+                              + r"(\.[A-Za-z0-9.]+|_S\d+_[A-Za-z0-9_.-]+|_J\d[A-Za-z0-9_.]+)")
+           for obs_id in found}
     for name in _names(working_out):
         match = PRODUCT_NAME.fullmatch(name)
-        if match and own.fullmatch(match.group("rest")):
-            with contextlib.suppress(EcpiError):  # a link leading out is not ours: left alone
-                found.append(fs.inside(working_out, name))
+        if not match:
+            continue
+        for obs_id, pattern in own.items():
+            if pattern.fullmatch(match.group("rest")):
+                with contextlib.suppress(EcpiError):  # a link leading out is not ours
+                    found[obs_id].append(fs.inside(working_out, name))
     return found
+
+
+def product_name(url: str) -> str:
+    """'.../ECL-SPS-S1_<OBS_ID>_S01_PEO.arf' -> 'ECL-SPS-S1'."""
+    return fs.basename(url).split("_", 1)[0]
 
 
 def remove_products_of(working_out: str, obs_ids) -> list[str]:

@@ -28,6 +28,18 @@ SHARED_KEYWORDS = ("OBS_ID", "TELESCOP", "MJDREFI", "MJDREFF", "TIMESYS")
 TELESCOP = "SVOM"
 EVENTS_INSTRUME = "ECLAIRs"
 MAX_TIME_BACKSTEP_S = 100e-6  # ICD: EVENTS rows may step back in TIME by up to 100 us
+# Duplicated events (docs/cali.md, "Duplicated events"): rows repeating an earlier row's TIME,
+# IDET, JDET and PHA. Even if a pixel could record two photons within one 20 us time stamp
+# (pile-up merges those closer than the shaping time into one event, dead time loses more),
+# chance gives few such pairs with the same 12-bit PHA as well (`chance_duplicates`); more
+# than chance (DUPLICATE_SIGMAS above it, and at least DUPLICATE_MIN_ROWS) are rows copied on
+# the ground, and DPCO refuses the observation. Copies share their TIME, and rows sharing a TIME
+# lie within a few rows of each other (TIME order, back-steps of at most 100 us): each chunk is
+# checked with this many rows before it, so copies across a chunk boundary are found too,
+# with no state growing with the file.
+DUPLICATE_LOOKBACK_ROWS = 64
+DUPLICATE_SIGMAS = 5.0
+DUPLICATE_MIN_ROWS = 2
 QUATERNION_NORM_TOLERANCE = 1e-3
 # Attitude is sampled at about 1 Hz (ICD 2): a longer hole inside the good time would be bridged
 # by a slerp over an unknown motion, so DPCO refuses it (docs/reliability.md).
@@ -242,6 +254,8 @@ EVENT_FINDINGS = {
     "idet_range": f"IDET outside 0..{instrument.N_PIX - 1}",
     "jdet_range": f"JDET outside 0..{instrument.N_PIX - 1}",
     "time_nan": "TIME not finite",
+    "duplicate": "TIME, IDET, JDET and PHA of an earlier row (events written twice? chance "
+                 "gives {chance:.2g} such rows in one pixel's 20 us time stamps)",
 }
 
 
@@ -253,20 +267,34 @@ class EventCheck:
     n_chunks: int = 0
     tolerated_backsteps: int = 0  # steps back of at most 100 us, allowed by the ICD
     findings: dict = dataclasses.field(default_factory=dict)  # kind -> Finding
+    chance_duplicates: float = 0.0  # duplicates chance could give, in chunks that hold some
 
     def merge(self, other):
         findings = dict(self.findings)
         for kind, finding in other.findings.items():
             findings[kind] = findings[kind].merge(finding) if kind in findings else finding
         return EventCheck(self.n_rows + other.n_rows, self.n_chunks + other.n_chunks,
-                          self.tolerated_backsteps + other.tolerated_backsteps, findings)
+                          self.tolerated_backsteps + other.tolerated_backsteps, findings,
+                          self.chance_duplicates + other.chance_duplicates)
+
+    def refused(self, kind) -> bool:
+        """Whether the rows of `kind` are a problem: always, but duplicates only beyond chance."""
+        finding = self.findings.get(kind)
+        if finding is None:
+            return False
+        if kind != "duplicate":
+            return True
+        chance = self.chance_duplicates
+        return (finding.count >= DUPLICATE_MIN_ROWS
+                and finding.count > chance + DUPLICATE_SIGMAS * np.sqrt(chance))
 
     def problems(self, file_name, n_expected_rows=None):
         """One message per kind of problem, in EVENT_FINDINGS order."""
         messages = [f"{file_name} EVENTS: {self.findings[kind].count} rows with "
-                    f"{EVENT_FINDINGS[kind]} (first at row {self.findings[kind].first_row}: "
-                    f"{self.findings[kind].first_value:.9g})"
-                    for kind in EVENT_FINDINGS if kind in self.findings]
+                    + EVENT_FINDINGS[kind].format(chance=self.chance_duplicates)
+                    + f" (first at row {self.findings[kind].first_row}: "
+                    f"{self.findings[kind].first_value:.12g})"
+                    for kind in EVENT_FINDINGS if self.refused(kind)]
         if n_expected_rows is not None and self.n_rows != n_expected_rows:
             messages.append(f"{file_name} EVENTS: {self.n_rows} rows checked; NAXIS2 says "
                             f"{n_expected_rows}")
@@ -280,13 +308,15 @@ def _finding(bad, values, first_row):
     return Finding(int(len(index)), int(first_row + index[0]), float(values[index[0]]))
 
 
-def check_event_chunk(events, first_row, previous_time, tstart, tstop):
+def check_event_chunk(events, first_row, previous_time, tstart, tstop, *, previous_rows=None):
     """EventCheck of the EVENTS rows [first_row, first_row + len(events)).
 
     previous_time: TIME of row first_row - 1 (None for the first chunk), so that the time-order
-    check also holds across chunk boundaries. Each check first looks at the column's extremes
-    (one reduction) and builds the per-row mask only when they break its bound: a good chunk
-    costs a few reductions, not a mask per check.
+    check also holds across chunk boundaries; previous_rows: the rows just before the chunk (up
+    to DUPLICATE_LOOKBACK_ROWS, the last one being row first_row - 1), so that a duplicate of
+    one of them is found too. Each check first looks at the column's extremes (one reduction)
+    and builds the per-row mask only when they break its bound: a good chunk costs a few
+    reductions, not a mask per check.
     """
     time, pha = events["TIME"], events["PHA"]
     times = time if previous_time is None else np.concatenate([[previous_time], time])
@@ -314,8 +344,66 @@ def check_event_chunk(events, first_row, previous_time, tstart, tstop):
         finding = _finding(bad(), values, row0) if possible else None
         if finding is not None:
             findings[kind] = finding
+    duplicate = _finding(duplicated_rows(events, previous_rows, s_lo >= 0), time, first_row)
+    chance = 0.0
+    if duplicate is not None:
+        findings["duplicate"] = duplicate
+        chance = chance_duplicates(events)
     tolerated = 0 if s_lo >= 0 else int(((step < 0) & (step >= -MAX_TIME_BACKSTEP_S)).sum())
-    return EventCheck(len(events), 1, tolerated, findings)
+    return EventCheck(len(events), 1, tolerated, findings, chance)
+
+
+def chance_duplicates(events) -> float:
+    """How many rows of `events` would repeat another's TIME, IDET, JDET and PHA by chance if
+    a pixel could record two photons within one time stamp: per pixel, its pairs of events
+    n (n - 1) / 2, each within one 20 us stamp with probability 20 us / (time span) and of
+    equal PHA with probability sum_k f_k^2 (f the PHA distribution). An upper bound (pile-up
+    and dead time lower it), computed only for chunks that hold repeats."""
+    time = events["TIME"][np.isfinite(events["TIME"])]
+    valid = (events["IDET"] < instrument.N_PIX) & (events["JDET"] < instrument.N_PIX)
+    if len(time) < 2 or not valid.any():
+        return 0.0
+    span = max(float(time.max() - time.min()), instrument.TIME_RESOLUTION_S)
+    pixel = events["IDET"][valid].astype(np.int64) * instrument.N_PIX + events["JDET"][valid]
+    per_pixel = np.bincount(pixel, minlength=instrument.N_PIX ** 2).astype(float)
+    pha = np.clip(events["PHA"].astype(np.int64), 0, instrument.N_PHA - 1)
+    fractions = np.bincount(pha, minlength=instrument.N_PHA) / len(pha)
+    pairs = float(np.sum(per_pixel * (per_pixel - 1.0)) / 2.0)
+    return pairs * min(instrument.TIME_RESOLUTION_S / span, 1.0) * float(np.sum(fractions ** 2))
+
+
+def duplicated_rows(events, previous_rows=None, time_ordered=None) -> np.ndarray:
+    """Mask of the rows of `events` whose TIME, IDET, JDET and PHA equal those of an earlier
+    row (of `events`, or of `previous_rows`, the rows just before them).
+
+    Copies share their TIME exactly, so only rows whose TIME occurs twice are compared: in a
+    time-ordered chunk (the usual case, `time_ordered`) one comparison of neighbours finds none
+    and the check ends there; otherwise those rows are sorted by (TIME, pixel, PHA, row).
+    """
+    before = 0 if previous_rows is None else len(previous_rows)
+    rows = events if not before else np.concatenate(
+        [previous_rows[list(events.dtype.names)].astype(events.dtype), events])
+    time = rows["TIME"]
+    if time_ordered is None or before:
+        time_ordered = bool(np.all(time[1:] >= time[:-1]))
+    order = None if time_ordered else np.argsort(time, kind="stable")
+    ordered = time if order is None else time[order]
+    same = ordered[1:] == ordered[:-1]
+    if not same.any():
+        return np.zeros(len(events), dtype=bool)
+    shared = np.zeros(len(rows), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    candidates = np.flatnonzero(shared) if order is None else order[shared]
+    key = ((rows["IDET"][candidates].astype(np.int64) * 256 + rows["JDET"][candidates]) * 65536
+           + (rows["PHA"][candidates].astype(np.int64) & 0xFFFF))
+    by = np.lexsort((candidates, key, time[candidates]))
+    candidates, key, times = candidates[by], key[by], time[candidates][by]
+    repeat = np.zeros(len(candidates), dtype=bool)
+    repeat[1:] = (key[1:] == key[:-1]) & (times[1:] == times[:-1])
+    mask = np.zeros(len(rows), dtype=bool)
+    mask[candidates[repeat]] = True
+    return mask[before:]
 
 
 def _extremes(values, empty):

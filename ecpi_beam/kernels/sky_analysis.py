@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ecpi_beam import instrument
-from ecpi_beam.kernels import background, cleaning, error_model, imaging
+from ecpi_beam.kernels import background, cleaning, detection, error_model, imaging
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,25 @@ class SkyAnalyser:
         return SkyAnalysis(correction(sky), cleaned.residual_sky.snr,
                            irf_corrected(cleaned.detections, correction),
                            cleaned.limit_reached, correction)
+
+
+def restored_snr(residual_snr, rows, cols, snrs, half_window: int = 8) -> np.ndarray:
+    """The cleaned SNR image with each detected source put back as a clean PSF of its SNR (the
+    restoring step of CLEAN, in SNR units): what a coded-mask quick-look shows. The noise is as
+    it is (unit standard deviation), the sources are where they were found, and the coding
+    noise and side lobes of the bright ones, which make a raw SNR image look full of sources,
+    are gone. rows, cols: 0-based sky pixels of the sources (sub-pixel); the PSF (the analytic
+    one of the detection) is scaled so that the source's brightest pixel holds its SNR."""
+    image = np.array(residual_snr, dtype=float)
+    n_rows, n_cols = image.shape
+    for row, col, snr in zip(rows, cols, snrs):
+        if not (np.isfinite(row) and np.isfinite(col)):
+            continue
+        row0, col0 = int(round(row)), int(round(col))
+        near_rows = slice(max(0, row0 - half_window), min(n_rows, row0 + half_window + 1))
+        near_cols = slice(max(0, col0 - half_window), min(n_cols, col0 + half_window + 1))
+        grid_rows, grid_cols = np.mgrid[near_rows, near_cols]
+        psf = detection.separable_psf(grid_rows - row, grid_cols - col)
+        if psf.max() > 0:  # its brightest pixel at its SNR, as in the SNR image
+            image[grid_rows, grid_cols] += float(snr) * psf / psf.max()
+    return image

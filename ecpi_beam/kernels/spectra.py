@@ -26,6 +26,7 @@ from ecpi_beam import instrument
 from ecpi_beam.caldb.tables import Rmf
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.kernels import intervals, lightcurves
+from ecpi_beam.kernels.catalogue import iau_name
 
 NOMINAL_OPEN_AREA_CM2 = instrument.DETECTOR_AREA_CM2 * instrument.MASK_OPEN_FRACTION
 
@@ -80,6 +81,11 @@ def channel_groups(pi_per_channel: int):
     return first, np.minimum(first + pi_per_channel, instrument.N_PI) - 1
 
 
+# OGIP/92-007 QUALITY: 0 good, 1 bad (set by the software), which XSPEC ignores by itself and
+# sherpa after ignore_bad()
+QUALITY_GOOD, QUALITY_BAD = 0, 1
+
+
 @dataclass(frozen=True, eq=False)
 class Spectrum:
     counts: np.ndarray  # (n_channels,) summed weights: net source counts
@@ -91,6 +97,17 @@ class Spectrum:
     @property
     def total(self) -> float:
         return float(self.counts.sum())
+
+    @property
+    def quality(self) -> np.ndarray:
+        """QUALITY_BAD for the channels no fit should use: those reaching below the 4 keV low
+        threshold (it cuts the measured energy, which the RMF and ARF do not model, so the
+        model predicts counts the detector never records), and those without a single event
+        (sum W^2 = 0: no Gaussian error; chi2 would divide by zero)."""
+        below_threshold = instrument.pi_to_energy(self.first_pi)[0] \
+            < instrument.LOW_THRESHOLD_KEV - 1e-9
+        no_event = ~(self.stat_err > 0)
+        return np.where(below_threshold | no_event, QUALITY_BAD, QUALITY_GOOD).astype(np.int16)
 
 
 def channel_sums(pi, event_weights, pi_per_channel: int):
@@ -115,11 +132,33 @@ def weighted_spectrum(pi, event_weights, pi_per_channel: int, exposure: float) -
 
 
 def rebinned_rmf(rmf: Rmf, pi_per_channel: int) -> Rmf:
-    """The CALDB RMF with its PI columns summed into the spectral channel groups."""
+    """The CALDB RMF as the spectra need it: measured below the 4 keV low threshold, nothing
+    (threshold_truncated), and the PI columns summed into the spectral channel groups."""
     first, last = channel_groups(pi_per_channel)
-    matrix = np.add.reduceat(np.asarray(rmf.matrix, dtype=float), first, axis=1)
+    matrix = np.add.reduceat(threshold_truncated(rmf), first, axis=1)
     return Rmf(energ_lo=rmf.energ_lo, energ_hi=rmf.energ_hi, matrix=matrix,
                e_min=np.asarray(rmf.e_min)[first], e_max=np.asarray(rmf.e_max)[last])
+
+
+def threshold_truncated(rmf: Rmf) -> np.ndarray:
+    """The RMF matrix (n_energies, n_PI) with no response in the PI channels below the low
+    threshold, each row scaled to keep its sum.
+
+    The threshold cuts the *measured* energy: a photon of energy E is recorded only in a
+    channel above 4 keV. The CALDB's ARF holds the probability that it passes (P(E), docs/
+    caldb.md) and its RMF the full Gaussian spread R(E, c) (no efficiency), so ARF x RMF would
+    predict counts below 4 keV and too few just above it (fits of a power law came out 0.1
+    steeper). The detected counts are A(E) R(E, c) [c above 4 keV], i.e. ARF(E) x R(E, c)
+    [c above] / P(E), with P(E) the fraction of the row above the threshold: that matrix."""
+    matrix = np.array(rmf.matrix, dtype=float)
+    below = np.asarray(rmf.e_min, dtype=float) < instrument.LOW_THRESHOLD_KEV - 1e-9
+    total = matrix.sum(axis=1)
+    matrix[:, below] = 0.0
+    above = matrix.sum(axis=1)
+    usable = above > 1e-3 * np.maximum(total, 1e-300)  # else the ARF is ~0 there anyway
+    matrix[usable] *= (total[usable] / above[usable])[:, None]
+    matrix[~usable] = 0.0
+    return matrix
 
 
 def source_arf(arf, irf, weights: MaskWeights) -> np.ndarray:
@@ -145,14 +184,16 @@ class SpexSource:
 
 def distinct_sources(positions, merge_radius_deg: float, names=None) -> tuple:
     """SpexSources from (RA, Dec) positions, brightest (first) kept when two lie within
-    merge_radius_deg (the same source found in several bands)."""
+    merge_radius_deg (the same source found in several bands). A source is named by `names`
+    (the observation's catalogue: the known source's name, else its 'ECL Jhhmmss.s+ddmmss'),
+    else by the catalogue name of its position."""
     kept = []
     for k, (ra, dec) in enumerate(positions):
         vector = instrument.radec_to_unit(ra, dec)
         if all(vector @ instrument.radec_to_unit(s.ra, s.dec) < np.cos(np.radians(merge_radius_deg))
                for s in kept):
             index = len(kept) + 1
-            name = (names[k] if names is not None and names[k] else f"SRC{index:02d}")
+            name = names[k] if names is not None and names[k] else iau_name(ra, dec)
             kept.append(SpexSource(index, str(name), float(ra), float(dec)))
     return tuple(kept)
 

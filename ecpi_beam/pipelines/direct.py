@@ -6,10 +6,14 @@ about missing Google client libraries) to look for streaming sources, then hands
 pipeline to the FnApiRunner with the options as its provision info. The observation graph is
 always batch and always supported by the FnApiRunner (no TestStream, no Pub/Sub, no real-time
 timers), so ecpi_run makes that FnApiRunner itself, exactly as the switch does. The options
-the FnApiRunner reads (direct_num_workers, direct_running_mode) work unchanged. Streaming
-pipelines (pipelines/stream.py) keep Beam's DirectRunner.
+the FnApiRunner reads (direct_num_workers, direct_running_mode) work unchanged, but with
+`multi_processing` each worker process is `python -m ecpi_beam.worker_logging`, Beam's worker
+with ecpi_run's logging from its first line. Streaming
+pipelines (pipelines/stream.py) run on Beam's Prism runner instead.
 """
 from __future__ import annotations
+
+import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -26,14 +30,29 @@ def is_direct_batch(options: PipelineOptions) -> bool:
 
 def direct_batch_runner(options: PipelineOptions):
     """The FnApiRunner as DirectRunner.run_pipeline makes it for a batch pipeline."""
+    from apache_beam.portability import python_urns
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
+    from ecpi_beam.worker_logging import BEAM_WORKER_MODULE
+
+    class Runner(fn_runner.FnApiRunner):
+        """Beam's worker processes (multi_processing) started as ecpi_beam.worker_logging."""
+
+        def run_via_runner_api(self, pipeline_proto, options):
+            beam_worker = f"{sys.executable} -m {BEAM_WORKER_MODULE}".encode()
+            ours = f"{sys.executable} -m ecpi_beam.worker_logging".encode()
+            for environment in pipeline_proto.components.environments.values():
+                if (environment.urn == python_urns.SUBPROCESS_SDK
+                        and environment.payload == beam_worker):
+                    environment.payload = ours
+            return super().run_via_runner_api(pipeline_proto, options)
+
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision_info = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=provision_info)
+    return Runner(provision_info=provision_info)
 
 
 def runner_for(options: PipelineOptions):

@@ -14,11 +14,12 @@ from ecpi_beam.caldb.preflight import check_caldb
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import events as event_io
 from ecpi_beam.io import fs, workdir
+from ecpi_beam.io import failures as failure_log
+from ecpi_beam.io.failures import FAILURES_FILE, FAILURES_FOLDER
+from ecpi_beam.io.progress import PROGRESS_FOLDER
 from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
 from ecpi_beam.transforms.cali import PARTS_FOLDER
 from ecpi_beam.transforms.dpco import discover_triplet
-from ecpi_beam.transforms.failures import (FAILURES_FILE, FAILURES_FOLDER, FailureLog,
-                                           collect_failures)
 
 LOG = logging.getLogger(__name__)
 HEADER_READERS = 8  # threads reading the campaign's OBS_IDs in preflight
@@ -32,15 +33,16 @@ def guarded_working_out(working_out: str):
     out even when the run fails (failures.jsonl of this run is kept)."""
     workdir.check_writable(working_out)
     with workdir.RunLock(working_out):
-        removed = workdir.remove_leftovers(working_out, folders=(PARTS_FOLDER, FAILURES_FOLDER),
-                                           files=(FAILURES_FILE,))
+        removed = workdir.remove_leftovers(
+            working_out, folders=(PARTS_FOLDER, FAILURES_FOLDER, PROGRESS_FOLDER),
+            files=(FAILURES_FILE,))
         if removed:
             LOG.info("removed what an earlier run left in %s: %s", working_out,
                      ", ".join(removed))
         try:
             yield
         finally:
-            workdir.remove_leftovers(working_out, folders=(PARTS_FOLDER,))
+            workdir.remove_leftovers(working_out, folders=(PARTS_FOLDER, PROGRESS_FOLDER))
 
 
 def _obs_id_of(obs_dir: str) -> str | None:
@@ -92,10 +94,8 @@ def finish_run(params, ids: dict, early_failures: list[dict]) -> tuple[list[dict
     """Merge the preflight failures into failures.jsonl, remove every product of a failed
     observation, and name requested products that were not made: (failures, missing lines)."""
     working_out = params.general.working_out
-    log = FailureLog(working_out)
-    for record in early_failures:
-        log.write_record(record)
-    failures = collect_failures(working_out)
+    # the failed observations' products go first: on a full disk they make room for the file
+    failures = failure_log.collect(working_out, early_failures)
     failed_ids = {record.get("obs_id") for record in failures if record.get("obs_id")}
     failed_ids |= {ids.get(record.get("obs_dir")) for record in failures
                    if not record.get("obs_id") and ids.get(record.get("obs_dir"))}
@@ -104,6 +104,7 @@ def finish_run(params, ids: dict, early_failures: list[dict]) -> tuple[list[dict
     for url in workdir.remove_products_of(
             working_out, {i for i in failed_ids - duplicated if OBS_ID_PATTERN.fullmatch(i)}):
         LOG.info("removed %s: its observation failed", url)
+    failures = failure_log.gather(working_out, early_failures)
     requested = (*params.cali.out_files, *params.bube.out_files, *params.imag.out_files)
     missing = []
     for obs_dir, obs_id in sorted(ids.items()):

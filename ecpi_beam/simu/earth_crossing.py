@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecpi_beam import instrument
-from ecpi_beam.simu.orbit import orbit_state
-from ecpi_beam.simu.scenario import Orbit, Pointing, Scenario, scenario_with
+from ecpi_beam.simu.scenario import Orbit, Pointing, Scenario, orbit_state, scenario_with
 
 EARTH_RISE_ORBIT = Orbit(altitude_km=625.0, inclination_deg=30.0, raan_deg=0.0, phase_deg=80.0)
 

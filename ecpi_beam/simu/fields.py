@@ -24,8 +24,7 @@ from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
 from ecpi_beam.kernels.timeline import ImagingTimeline
 from ecpi_beam.params import ImagParams
 from ecpi_beam.simu.detector import DetectorResponse
-from ecpi_beam.simu.orbit import orbit_state
-from ecpi_beam.simu.scenario import Pointing, PointSource, Scenario
+from ecpi_beam.simu.scenario import Pointing, PointSource, Scenario, orbit_state
 from ecpi_beam.simu.simulate import SkyGrid, build_components, expected_counts
 
 CRAB_INDEX = 2.1

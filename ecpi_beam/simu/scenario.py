@@ -44,6 +44,60 @@ class Orbit:
     phase_deg: float = 0.0
 
 
+# The orbit and the SAA (ICD section 2: ORBIT table, FLAG_PVT; SCIENCE 'Earth and orbit'):
+# circular Keplerian orbit in ICRS (Earth-centred, m and m/s) of radius Earth radius
+# (instrument.EARTH_RADIUS_KM) + altitude. SAA: geographic longitude from the ICRS position
+# minus the Earth rotation angle (IAU 2000, with TT used for UT1: about 0.3 deg of error,
+# irrelevant for a box), geocentric latitude; outer box lon -90..+40, lat -50..0 deg
+# (FLAG_PVT 0x80), deep box lon -70..+10, lat -40..-10 deg (0x80 | 0x40).
+GM_EARTH = 3.986004418e14  # m3 s-2
+FLAG_OUTER_SAA = 0x80
+FLAG_DEEP_SAA = 0x40
+SAA_OUTER_BOX = ((-90.0, 40.0), (-50.0, 0.0))  # (lon range, lat range) deg
+SAA_DEEP_BOX = ((-70.0, 10.0), (-40.0, -10.0))
+
+
+def orbit_state(orbit: Orbit, tstart: float, times) -> tuple[np.ndarray, np.ndarray]:
+    """ICRS position (n, 3) m and velocity (n, 3) m/s of the circular orbit at `times`."""
+    radius = (instrument.EARTH_RADIUS_KM + orbit.altitude_km) * 1e3
+    mean_motion = np.sqrt(GM_EARTH / radius**3)
+    u = np.radians(orbit.phase_deg) + mean_motion * (np.asarray(times, float) - tstart)
+    raan, inc = np.radians(orbit.raan_deg), np.radians(orbit.inclination_deg)
+    node = np.array([np.cos(raan), np.sin(raan), 0.0])
+    normal_in_plane = np.array([-np.sin(raan) * np.cos(inc), np.cos(raan) * np.cos(inc),
+                                np.sin(inc)])
+    cos_u, sin_u = np.cos(u)[:, None], np.sin(u)[:, None]
+    position = radius * (cos_u * node + sin_u * normal_in_plane)
+    velocity = radius * mean_motion * (-sin_u * node + cos_u * normal_in_plane)
+    return position, velocity
+
+
+def earth_rotation_angle(time_tt) -> np.ndarray:
+    """Earth rotation angle (rad) at TT seconds since MJDREF (IAU 2000, UT1 ~ TT)."""
+    days = instrument.MJDREFI + instrument.MJDREFF + np.asarray(time_tt, float) / 86400.0 - 51544.5
+    return 2.0 * np.pi * ((0.7790572732640 + 1.00273781191135448 * days) % 1.0)
+
+
+def geographic_lon_lat(position_m, time_tt) -> tuple[np.ndarray, np.ndarray]:
+    """Geographic longitude in [-180, 180) and geocentric latitude (deg) under the spacecraft."""
+    pos = np.asarray(position_m, float)
+    lon = np.degrees(np.arctan2(pos[:, 1], pos[:, 0]) - earth_rotation_angle(time_tt))
+    lat = np.degrees(np.arcsin(pos[:, 2] / np.linalg.norm(pos, axis=1)))
+    return (lon + 180.0) % 360.0 - 180.0, lat
+
+
+def saa_flags(position_m, time_tt) -> np.ndarray:
+    """FLAG_PVT: 0x80 inside the outer SAA box, plus 0x40 inside the deep box."""
+    lon, lat = geographic_lon_lat(position_m, time_tt)
+
+    def inside(box):
+        (lon_lo, lon_hi), (lat_lo, lat_hi) = box
+        return (lon >= lon_lo) & (lon <= lon_hi) & (lat >= lat_lo) & (lat <= lat_hi)
+
+    return (np.where(inside(SAA_OUTER_BOX), FLAG_OUTER_SAA, 0)
+            | np.where(inside(SAA_DEEP_BOX), FLAG_DEEP_SAA, 0)).astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class PointSource:
     """Persistent source with a power law dN/dE = norm * E**-index (ph cm-2 s-1 keV-1, E in keV)."""
@@ -393,8 +447,6 @@ def _phase_away_from(pointing: Pointing, scenario: Scenario) -> float:
     """Orbit phase at tstart placing the spacecraft above the pointing at mid observation,
     so that the Earth stays behind the instrument, among the phases whose observation never
     enters the SAA (a demo without occultation and without lost time)."""
-    from ecpi_beam.simu.orbit import orbit_state, saa_flags  # local: orbit imports this module
-
     target = instrument.radec_to_unit(pointing.ra, pointing.dec)
     times = scenario.tstart + np.linspace(0.0, scenario.duration, 51)
     t_mid = np.array([scenario.tstart + scenario.duration / 2.0])

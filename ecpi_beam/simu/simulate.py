@@ -22,8 +22,8 @@ from ecpi_beam.errors import EcpiError
 from ecpi_beam.simu import sky
 from ecpi_beam.simu.detector import (STATUS_DEAD, STATUS_NOISY, DetectorResponse,
                                       redistribute)
-from ecpi_beam.simu.orbit import AttitudePlan, aux_times, orbit_state, saa_flags
-from ecpi_beam.simu.scenario import Scenario
+from ecpi_beam.simu.orbit import AttitudePlan, aux_times
+from ecpi_beam.simu.scenario import Scenario, orbit_state, saa_flags
 from ecpi_beam.simu.writer import (EventFileWriter, common_keywords, primary_hdu, table_hdu,
                                    write_hdus_atomically)
 

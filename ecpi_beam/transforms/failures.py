@@ -1,47 +1,23 @@
-"""Failure isolation: an observation that fails in some stage is recorded, and the others go on.
+"""Failure isolation in the graph: an observation that fails in some stage is recorded, and the
+others go on. The records and failures.jsonl live in io/failures.py; here are the Beam hooks.
 
-DPCO failures travel in the graph (ReadObservation's `failures`). A later failure of one
-element (a chunk, an image) is caught where it happens, written as one small JSON record under
-`<working_out>/.ecpi-failures/` (a dead-letter folder: a side effect that works the same on every
-runner, with no extra graph output), and the element is dropped; `ecpi_run` gathers the records
-into `failures.jsonl` after the run. Each product file that is written is still whole.
+DPCO failures travel in the graph (ReadObservation's `failures`) and are recorded by
+`RecordFailures`. A later failure of one element (a chunk, an image, a product) is caught where
+it happens by `isolating`, recorded against its observation, and the element is dropped. Each
+product file that is written is still whole.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import uuid
 
+import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from ecpi_beam.errors import EcpiError
-from ecpi_beam.io import fs
+from ecpi_beam.io.failures import FailureLog
+from ecpi_beam.transforms.base import DataclassTransform
 
-FAILURES_FILE = "failures.jsonl"
-FAILURES_FOLDER = ".ecpi-failures"
 NAMESPACE = "ecpi.failures"
-
-
-@dataclasses.dataclass(frozen=True)
-class FailureLog:
-    """Where the failure records of one run go (picklable: it travels with the DoFns)."""
-
-    working_out: str
-
-    def record(self, obs_id: str, stage: str, error: Exception) -> None:
-        message = " ".join(str(error).split())
-        if not isinstance(error, EcpiError):  # a bug or an I/O fault: say which exception
-            message = f"{type(error).__name__}: {message}"
-        self.write_record({"obs_id": obs_id, "stage": stage,
-                           "error": f"observation {obs_id}: {stage} failed: {message}"})
-        Metrics.counter(NAMESPACE, stage).inc()
-
-    def write_record(self, record: dict) -> None:
-        """One dead-letter record; the obs_id is in the record, never in the file name."""
-        name = f"{record.get('stage', 'failure')}.{uuid.uuid4().hex}.json"
-        fs.put_atomic(json.dumps(record).encode(),
-                      fs.inside(self.working_out, FAILURES_FOLDER, name))
 
 
 def obs_id_of(element) -> str:
@@ -52,9 +28,13 @@ def obs_id_of(element) -> str:
     return str(key[0] if isinstance(key, tuple) else key)
 
 
-def isolating(stage: str):
+def isolating(stage: str, obs_id=obs_id_of):
     """Decorates a DoFn's `process`: with a `failure_log` set on the DoFn, an exception for one
-    element is recorded against its observation instead of stopping the pipeline."""
+    element is recorded against its observation instead of stopping the pipeline.
+
+    The observation is the one a failed product write names (io/products.write_product sets
+    it: a campaign's mosaic is 'MOSAIC'), else `obs_id(element)`."""
+    # the DoFns' progress is marked here too (io/progress.py): one element done per call
     def decorate(process):
         @functools.wraps(process)
         def guarded(self, element, *args, **kwargs):
@@ -65,48 +45,25 @@ def isolating(stage: str):
             try:
                 yield from process(self, element, *args, **kwargs)
             except Exception as error:  # noqa: BLE001 - the point is to isolate any failure
-                log.record(obs_id_of(element), stage, error)
+                log.record(getattr(error, "obs_id", None) or obs_id(element), stage, error)
+                Metrics.counter(NAMESPACE, stage).inc()
+            if log.progress is not None:  # one element of this step done (failed ones too)
+                log.progress.mark(type(self).__name__)
         return guarded
     return decorate
 
 
-def with_failure_log(dofn, failure_log):
+def with_failure_log(dofn, failure_log: FailureLog | None):
     dofn.failure_log = failure_log
     return dofn
 
 
-def collect_failures(working_out: str) -> list[dict]:
-    """Gather failures.jsonl and the dead-letter records into failures.jsonl (one record per
-    observation and stage), remove the folder, and return the records."""
-    records = []
-    summary = fs.inside(working_out, FAILURES_FILE)
-    if fs.exists(summary):
-        with fs.open_file(summary, "rb") as handle:
-            records += [json.loads(line) for line in handle.read().decode().splitlines() if line]
-    folder = fs.inside(working_out, FAILURES_FOLDER)
-    if fs.exists(folder):
-        for name in fs.listdir(folder):
-            with fs.open_file(fs.inside(folder, name), "rb") as handle:
-                records.append(json.loads(handle.read().decode()))
-        remove_dead_letters(working_out)
-    unique = {}
-    for record in records:
-        unique.setdefault((record.get("obs_dir") or record.get("obs_id"), record.get("stage")),
-                          record)
-    records = sorted(unique.values(), key=lambda r: str(r.get("obs_dir") or r.get("obs_id")))
-    write_failure_records(working_out, records)
-    return records
+@dataclasses.dataclass(eq=False)
+class RecordFailures(DataclassTransform):
+    """Failure records (DPCO's) -> the run's failure log; yields nothing."""
 
+    working_out: str
 
-def write_failure_records(working_out: str, records) -> None:
-    """`<working_out>/failures.jsonl`, one sorted JSON record a line (none: no file written)."""
-    if records:
-        with fs.atomic_write(fs.join(working_out, FAILURES_FILE)) as handle:
-            for record in records:
-                handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
-
-
-def remove_dead_letters(working_out: str) -> None:
-    folder = fs.inside(working_out, FAILURES_FOLDER)
-    if fs.exists(folder):
-        fs.remove(folder, recursive=True)
+    def expand(self, failures):
+        log = FailureLog(self.working_out)
+        return failures | "Record" >> beam.FlatMap(lambda record: log.write_record(record) or [])

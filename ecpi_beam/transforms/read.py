@@ -123,12 +123,14 @@ def chunk_descriptors(observation: Observation, chunk_size: int):
             for first, n in event_io.chunk_ranges(observation.n_events, chunk_size)]
 
 
-def read_event_chunk(descriptor: ChunkDescriptor, layout=None):
-    """(events, TIME of the row before the chunk or None): one byte-range read."""
-    previous = 1 if descriptor.first_row > 0 else 0
+def read_event_chunk(descriptor: ChunkDescriptor, layout=None,
+                     lookback: int = consistency.DUPLICATE_LOOKBACK_ROWS):
+    """(events, the up to `lookback` rows before the chunk): one byte-range read. The rows
+    before let DPCO check TIME order and duplicates across the chunk boundary."""
+    previous = min(lookback, descriptor.first_row)
     rows = event_io.read_rows(descriptor.evt_url, descriptor.first_row - previous,
                               descriptor.n_rows + previous, layout)
-    return rows[previous:], (float(rows["TIME"][0]) if previous else None)
+    return rows[previous:], rows[:previous]
 
 
 class InspectObservation(beam.DoFn):
@@ -178,7 +180,7 @@ class ReadEventChunk(beam.DoFn):
         if layout is None:
             layout = self._layouts[descriptor.evt_url] = event_io.table_layout(
                 descriptor.evt_url, "EVENTS")
-        events, previous_time = read_event_chunk(descriptor, layout)
+        events, rows_before = read_event_chunk(descriptor, layout)
         self._chunks.inc()
         self._events.inc(len(events))
         self._bytes.inc(descriptor.n_rows * layout.row_bytes)
@@ -186,10 +188,12 @@ class ReadEventChunk(beam.DoFn):
         LOG.debug("READ %s: rows %d..%d", descriptor.obs_id, descriptor.first_row,
                   descriptor.first_row + descriptor.n_rows - 1)
         check = consistency.check_event_chunk(
-            events, descriptor.first_row, previous_time,
-            float(observation.keywords["TSTART"]), float(observation.keywords["TSTOP"]))
+            events, descriptor.first_row,
+            float(rows_before["TIME"][-1]) if len(rows_before) else None,
+            float(observation.keywords["TSTART"]), float(observation.keywords["TSTOP"]),
+            previous_rows=rows_before)
         yield CHECKS, (descriptor.obs_id, check)
-        if check.findings:
+        if any(kind != "duplicate" for kind in check.findings):  # rows calibration cannot take
             self._bad_chunks.inc()
             return
         yield CHUNKS, (descriptor.obs_id, events)

@@ -102,9 +102,11 @@ class WriteSourceProducts(beam.DoFn):
     """((obs_id, source index, occ), SourceSums) -> the URLs of its spectrum (PHA, RMF, ARF)
     and light curves."""
 
-    def __init__(self, caldb_dir, spex_params, bands, working_out, fingerprint):
+    def __init__(self, caldb_dir, spex_params, bands, working_out, fingerprint,
+                 extra_keywords=None):
         self._caldb_dir, self._params, self._bands = caldb_dir, spex_params, tuple(bands)
         self._working_out, self._fingerprint = working_out, fingerprint
+        self._extra = dict(extra_keywords or {})
         self._written = Metrics.counter("ecpi.write", "products_written")
 
     def setup(self):
@@ -152,24 +154,40 @@ class WriteSourceProducts(beam.DoFn):
 
     def _put(self, product, observation, name, hdus):
         url = fs.inside(self._working_out, name)  # names built from OBS_ID stay confined
-        write_product(url, hdus, standard_keywords(product, observation.keywords,
-                                                   self._fingerprint))
+        write_product(url, hdus, {**standard_keywords(product, observation.keywords,
+                                                      self._fingerprint), **self._extra})
         self._written.inc()
         return url
+
+
+def catalogue_name(catalogue, band, occ, index) -> str:
+    """The name of detection `index` of image (band, occ) in the observation's catalogue: its
+    known source's, else 'ECL Jhhmmss.s+ddmmss' ('' without a catalogue)."""
+    label = catalogue.labels.get((band, occ, index)) if catalogue is not None else None
+    if label is None:
+        return ""
+    source = catalogue.sources[label]
+    return source.known_name or source.name
 
 
 @beam.ptransform_fn
 def SourcesFound(sky):  # noqa: N802 - a PTransform
     """((obs_id, band, occ), SkyProducts) -> (obs_id, SpexSources): IMAG's detections of every
-    band and occultation type, one per position (brightest first)."""
-    def merge(obs_id, rows):
-        rows = sorted(rows, key=lambda row: -row.snr)
+    band and occultation type, one per position (brightest first), named as in the
+    observation's catalogue (OBJECT of the spectra and light curves)."""
+    def detections(key, sky_products):
+        obs_id, band, occ = key
+        return [(obs_id, (row, catalogue_name(sky_products.catalogue, band, occ, index)))
+                for index, row in enumerate(sky_products.sources)]
+
+    def merge(obs_id, named_rows):
+        named_rows = sorted(named_rows, key=lambda named: -named[0].snr)
         return obs_id, spectra.distinct_sources(
-            [(row.ra, row.dec) for row in rows], PEAK_MERGE_DEG,
-            names=[getattr(row, "name", "") for row in rows])
+            [(row.ra, row.dec) for row, _ in named_rows], PEAK_MERGE_DEG,
+            names=[name for _, name in named_rows])
 
     return (sky
-            | "Detections" >> beam.FlatMap(lambda kv: [(kv[0][0], row) for row in kv[1].sources])
+            | "Detections" >> beam.FlatMapTuple(detections)
             | "ByObservation" >> beam.GroupByKey()
             | "Distinct" >> beam.MapTuple(merge))
 
@@ -209,7 +227,8 @@ class Spex(DataclassTransform):
     working_out: str
     fingerprint: str
     failure_log: object = None
-    mosaic_sources: beam.PCollection | None = None  # Mosa's: ((band, occ), [SourceRow])
+    mosaic_sources: beam.PCollection | None = None  # the mosaic's: ((band, occ), [SourceRow])
+    extra_keywords: dict | None = None  # written in every product (the mosaic's SRCHASH)
 
     def expand(self, calibrated):
         params, bands = self.spex_params, self.bube_params.energy_channels
@@ -228,5 +247,6 @@ class Spex(DataclassTransform):
                 | "Sum" >> beam.CombinePerKey(SumCombineFn()))
         return sums | "Write" >> beam.ParDo(
             with_failure_log(WriteSourceProducts(self.caldb_dir, params, bands, self.working_out,
-                                                 self.fingerprint), self.failure_log),
+                                                 self.fingerprint, self.extra_keywords),
+                             self.failure_log),
             timelines, sources, beam.pvalue.AsDict(self.observations), self.failed)

@@ -6,17 +6,17 @@ written once, whole, by one worker, on every runner and on local disk or a bucke
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from ecpi_beam.io import fs, voevent
+from ecpi_beam.io.regions import write_regions
 from ecpi_beam.io.image_products import PRODUCT_BUILDERS, occultation_gti_hdus, parse_band
 from ecpi_beam.io.products import product_url, standard_keywords, write_product
 from ecpi_beam.kernels.catalogue import new_source_alerts
 from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation
-from ecpi_beam.transforms.failures import FAILURES_FILE, isolating, with_failure_log
+from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.write"
 
@@ -126,6 +126,19 @@ class WriteAlertFiles(beam.DoFn):
             self._alerts.inc()
 
 
+def _obs_id_of_source_list(sop_url: str) -> str:
+    """'<working_out>/ECL-SOP-IMA_<OBS_ID>.fits' -> OBS_ID."""
+    return fs.basename(sop_url).split("_", 1)[1].rsplit(".", 1)[0]
+
+
+class WriteRegionFile(beam.DoFn):
+    """The URL of an ECL-SOP-IMA -> the URL of its DS9 region file beside it."""
+
+    @isolating("write", obs_id=_obs_id_of_source_list)
+    def process(self, sop_url):
+        yield write_regions(sop_url)
+
+
 class WriteAlerts(_ObservationProductWriter):
     """((obs_id, band, occ), SkyProducts) -> a VOEvent 2.0 alert per NEW source."""
 
@@ -133,28 +146,3 @@ class WriteAlerts(_ObservationProductWriter):
         return self._by_observation(values) | "Write" >> beam.ParDo(
             with_failure_log(WriteAlertFiles(self.working_out), self.failure_log),
             beam.pvalue.AsDict(self.observations), self.failed)
-
-
-@dataclasses.dataclass(eq=False)
-class WriteFailures(DataclassTransform):
-    """Failure records -> `<working_out>/failures.jsonl` (absent when nothing failed)."""
-
-    working_out: str
-
-    def expand(self, failures):
-        def write(records):
-            records = sorted(records, key=lambda record: str(record.get("obs_dir", "")))
-            if not records:
-                return
-            url = fs.inside(self.working_out, FAILURES_FILE)
-            with fs.atomic_write(url) as handle:
-                for record in records:
-                    handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
-            yield url
-
-        # one group under one key: three transforms, where ToList's global combine takes
-        # nine (and nothing at all is written when nothing failed)
-        return (failures
-                | "Key" >> beam.Map(lambda record: (FAILURES_FILE, record))
-                | "Collect" >> beam.GroupByKey()
-                | "Write" >> beam.FlatMapTuple(lambda _, records: write(records)))

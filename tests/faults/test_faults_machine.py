@@ -95,6 +95,7 @@ def test_a_write_error_mid_run_names_the_product_and_leaves_nothing(
     # the observation failed: none of its products stays, only the failure record
     assert sorted(os.listdir(out)) == ["failures.jsonl"]
     assert "0/1 observation(s) processed" in stdout
+    assert "; products 0; sources 0 (0 new);" in stdout  # what was made, not what was written
 
 
 def plant(out: Path, files: dict):

@@ -71,6 +71,19 @@ def empty_events(path):
     os.replace(str(path) + ".new", path)
 
 
+def repeat_event_rows(path, rows):
+    """The EVENTS rows `rows` (an index array) written a second time, in TIME order, as a
+    telemetry packet merged twice (or a whole file: every row written twice) would be."""
+    with fits.open(path) as hdul:
+        events = hdul["EVENTS"]
+        data = np.concatenate([events.data, events.data[rows]])
+        data = data[np.argsort(data["TIME"], kind="stable")]
+        new = fits.BinTableHDU(data=data, header=events.header, name="EVENTS")
+        hdus = [h.copy() if h.name != "EVENTS" else new for h in hdul]
+        fits.HDUList(hdus).writeto(str(path) + ".new")
+    os.replace(str(path) + ".new", path)
+
+
 def gzip_and_cut(directory, name=EVT):
     """The event file gzipped, then cut at 60 % (an interrupted copy)."""
     plain = Path(directory) / name
@@ -134,6 +147,12 @@ PIPELINE_CASES = {  # found while the EVENTS rows stream: a failure record, no p
     "EVENTS TIME NaN": (in_file(EVT, lambda p: edit_event_rows(
         p, lambda data: data["TIME"].__setitem__(7, np.nan))),
         [EVT, "EVENTS", "TIME not finite", "first at row 7"]),
+    "EVENTS every row twice": (in_file(EVT, lambda p: repeat_event_rows(p, slice(None))),
+                               [EVT, "EVENTS", "rows with TIME, IDET, JDET and PHA of an "
+                                "earlier row (events written twice?", "first at row 1:"]),
+    "EVENTS one packet twice": (in_file(EVT, lambda p: repeat_event_rows(p, slice(500, 600))),
+                                [EVT, "EVENTS: 100 rows with TIME, IDET, JDET and PHA of an "
+                                 "earlier row", "(first at row 50"]),
 }
 
 
@@ -216,7 +235,7 @@ def test_win_dim_is_bounded(win_dim, good_triplet, case_root, pipeline_workspace
                                   win_dim=win_dim))
     code, out, err = run_in_process(params, pipeline_workspace, capfd, monkeypatch)
     assert_fault_outcome(code, out, err, [str(params), f"[imag] win_dim = {win_dim}",
-                                          "a number in [1.0, 99.0]"])
+                                          "number in [1.0, 99.0]"])
 
 
 @pytest.mark.parametrize("replace, words", BAD_FILES,

@@ -70,7 +70,7 @@ def test_products_not_made_are_named_and_failed_observations_keep_none(tmp_path)
     from types import SimpleNamespace
 
     from ecpi_beam.pipelines.safeguards import finish_run
-    from ecpi_beam.transforms.failures import FailureLog
+    from ecpi_beam.io.failures import FailureLog
 
     out = tmp_path / "out"
     out.mkdir()
