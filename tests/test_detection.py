@@ -89,16 +89,3 @@ def test_analytic_profile_matches_the_numerical_psf(plan):
     assert np.allclose(detection.mask_element_profile(offsets), numeric, atol=0.05)
     assert detection.mask_element_profile(0.0) == pytest.approx(1.0)
     assert detection.mask_element_profile(4.0) == 0.0  # support: 2.609 + 1 pixels
-
-
-def test_error_radius_combines_statistics_and_systematics():
-    # on axis, 0.1 pixel per axis: 2.146 x 0.1 x 33.63 arcmin = 7.2 arcmin, plus 1 arcmin
-    radius = detection.error_radius_arcmin(10.0, 0.1, 0.1)
-    statistical = 2.146 * 0.1 * instrument.SKY_PIXEL_DEG * 60
-    assert radius == pytest.approx(np.hypot(statistical, 1.0), rel=1e-3)
-    # off axis the pixels are smaller on the sky
-    assert detection.error_radius_arcmin(10.0, 0.1, 0.1, row=10, col=10) < radius
-    # no fitted error: docs/science.md's rule, about 80 arcmin / SNR
-    assert detection.rule_of_thumb_radius_arcmin(10.0) == pytest.approx(8.0, rel=0.05)
-    assert detection.error_radius_arcmin(10.0, np.nan, np.nan) == pytest.approx(
-        np.hypot(detection.rule_of_thumb_radius_arcmin(10.0), 1.0))

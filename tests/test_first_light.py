@@ -90,8 +90,10 @@ def test_every_injected_source_is_found_where_it_was_put(single_sources):
     print("SNR", np.round(snr, 1), "offset", np.round(offset, 1))
     assert np.median(offset[snr >= 20]) < 5.0
     assert np.median(offset[(snr >= 10) & (snr < 20)]) < 10.0
-    # the 90 % error radius contains the truth for most sources (honest radii come later)
-    assert np.mean(offset <= radius) >= 0.6
+    # the 90 % error radius contains the truth for about 90 % of the sources (20 here; the
+    # calibration on hundreds: tests/test_error_model.py)
+    print("coverage", np.mean(offset <= radius))
+    assert np.mean(offset <= radius) >= 0.75
 
 
 def test_measured_snr_tracks_the_injected_flux(single_sources):

@@ -95,7 +95,7 @@ def test_background_errors_of_an_empty_class_are_left_out_not_nan(results):
     assert full["BKGPAR1"] == empty["BKGPAR1"] and full["BKGERR1"] > 0
 
 
-def test_irf_and_cleaning_keywords_fit_their_cards(results, tmp_path, fitsverify):
+def test_irf_cleaning_and_error_model_keywords_fit_their_cards(results, tmp_path, fitsverify):
     import dataclasses
     import warnings
 
@@ -116,3 +116,9 @@ def test_irf_and_cleaning_keywords_fit_their_cards(results, tmp_path, fitsverify
         header = fits.getheader(url, 1)
         assert header["IRFCORR"] == "irf" and header["IRFSPEC"] == imaging.IRF_SPECTRUM
     assert fits.getheader(url, "SOURCES")["CLNLIMIT"] is True
+    # the terms of ERR_RAD and FLUX_ERR, in both tables (kernels/error_model.py)
+    from ecpi_beam.kernels.error_model import ERROR_MODEL
+    for table in ("SOURCES", "CATALOG"):
+        header = fits.getheader(url, table)
+        for key, (value, _) in ERROR_MODEL.keywords().items():
+            assert header[key] == pytest.approx(value), (table, key)

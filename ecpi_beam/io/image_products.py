@@ -12,6 +12,7 @@ from astropy.io import fits
 from ecpi_beam import instrument
 from ecpi_beam.io.gti import gti_hdu
 from ecpi_beam.io.products import band_keywords
+from ecpi_beam.kernels import error_model
 
 
 def parse_band(band: str):
@@ -196,7 +197,9 @@ def source_table_hdus(entries, timeline=None):
                          float(sky_x), float(sky_y), src.pcode,
                          *_source_identity(catalogue, band, occ, index, src)))
     table = _table_hdu("SOURCES", SOURCE_COLUMNS, rows)
-    keywords = _irf_keywords(entries[0][2]) if entries else {}
+    # ERR_RAD and FLUX_ERR in both tables carry the error model's systematic terms
+    keywords = {**(_irf_keywords(entries[0][2]) if entries else {}),
+                **error_model.ERROR_MODEL.keywords()}
     for key, value in keywords.items():
         table.header[key] = value
     table.header["CLNLIMIT"] = (any(getattr(sky, "cleaning_limit_reached", False)

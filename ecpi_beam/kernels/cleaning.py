@@ -77,6 +77,21 @@ def _with_intensity(sky: imaging.SkyImages, intensity) -> imaging.SkyImages:
     return replace(sky, intensity=np.where(measured, intensity, 0.0), snr=snr)
 
 
+def _measured_positions(positions, measured) -> list:
+    """The positions to fit the sources at: the measured ones (the search's where a source
+    could not be measured alone), without a source measured within SAME_SOURCE_PIXELS of a
+    brighter one: a peak the search found beside a bright source's misplaced model, which the
+    measurement brought onto it (it would share the bright source's flux)."""
+    kept = []
+    for index in sorted(range(len(positions)),
+                        key=lambda k: -measured[k].snr if k in measured else 0.0):
+        row, col = ((measured[index].row, measured[index].col) if index in measured
+                    else positions[index])
+        if all(np.hypot(row - r, col - c) >= SAME_SOURCE_PIXELS for r, c in kept):
+            kept.append((row, col))
+    return kept
+
+
 def detect_and_clean(plan, pattern, data, variance, weights, *, snr_threshold, pcode_min, win_dim,
                      max_sources=MAX_CLEANED_SOURCES, background_components=()):
     """Detections in a flat-fielded, background-corrected detector image, cleaned one by one.
@@ -142,12 +157,27 @@ def detect_and_clean(plan, pattern, data, variance, weights, *, snr_threshold, p
             residual_intensity -= coefficient * image
     if not positions:
         return CleanedField((), data, sky, False)
-    detections = []
-    for (row, col), amplitude in zip(positions, amplitudes):
-        alone = _with_intensity(sky, residual_sky.intensity + amplitude * unit_image(row, col))
-        measured = detection.measure_source(alone, row, col, snr_threshold, **measure)
-        if measured is not None and np.hypot(measured.row - row,
-                                             measured.col - col) < SAME_SOURCE_PIXELS:
-            detections.append(measured)
-    detections.sort(key=lambda det: -det.snr)
+
+    def measure_alone(positions, amplitudes, residual_sky):
+        """Each source on the residual image plus its own response: {index: Detection}."""
+        found = {}
+        for index, ((row, col), amplitude) in enumerate(zip(positions, amplitudes)):
+            alone = _with_intensity(sky, residual_sky.intensity + amplitude * unit_image(row, col))
+            measured = detection.measure_source(alone, row, col, snr_threshold,
+                                                detector_variance=variance, **measure)
+            if measured is not None and np.hypot(measured.row - row,
+                                                 measured.col - col) < SAME_SOURCE_PIXELS:
+                found[index] = measured
+        return found
+
+    measured = measure_alone(positions, amplitudes, residual_sky)
+    # the search placed the sources with the interpolated PSF (up to 0.025 pixel off); each
+    # source was removed there, so its neighbours were measured beside the residual of that
+    # misplacement (among sources at SNR 300-600, flux pulls of standard deviation 1.7 and
+    # radii holding 81 % of the truth). All are removed again at their measured positions,
+    # and measured again.
+    positions = _measured_positions(positions, measured)
+    amplitudes, residual, residual_sky = joint_fit()
+    measured = measure_alone(positions, amplitudes, residual_sky)
+    detections = sorted(measured.values(), key=lambda det: -det.snr)
     return CleanedField(tuple(detections), residual, residual_sky, limit_reached)

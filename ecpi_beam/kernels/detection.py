@@ -11,19 +11,22 @@ pcode_min. Each peak is measured in a (2 win_dim + 1)^2 window in two steps (doc
    separable profile: the autocorrelation of one mask element (a triangle of half-width
    540/46/4.5 = 2.609 sky pixels) convolved with that of one 4.5 mm cell (a triangle of
    half-width 1), sampled at integer offsets and linearly interpolated.
-2. Flux: a linear generalised least-squares fit of amplitude x template + constant, the
-   template being the balanced image of the shadowgram of a unit source AT the fitted
-   sub-pixel position (`shadow`, by default the exact thin-mask shadow the caller models the
-   data with). The interpolated PSF of step 1 is not the response of a source between pixel
-   centres: the shadow of a 4.0 mm active pixel is sharper than the 4.5 mm cells the image is
-   made of, so the true peak is higher and narrower than the interpolated one, and fluxes
-   fitted with it came out 1-13 % high depending on the sub-pixel offset.
+2. Position and flux: a generalised least-squares fit of flux x response(row, col) +
+   constant, the response being the image of the shadowgram of a unit source AT the
+   fractional position (`shadow`, by default the exact thin-mask shadow the caller models the
+   data with), the position refined from step 1's by Gauss-Newton steps. The interpolated PSF
+   of step 1 is not the response of a source between pixel centres: the shadow of a 4.0 mm
+   active pixel is sharper than the 4.5 mm cells the image is made of, so the true peak is
+   higher and narrower than the interpolated one; fluxes fitted with it came out 1-13 % high
+   and positions were pulled towards pixel centres by up to 0.025 pixel.
 
 Errors: neighbouring sky pixels are strongly correlated (the PSF spans ~5 pixels), so both fits
 are generalised least squares: the noise correlation of two sky pixels is the PSF at their
-offset (exact for a balanced estimator and a uniform detector variance), scaled by their V.
-Parameter errors come from the Jacobian of the whitened residuals; the flux pulls over random
-sub-pixel positions have a standard deviation within 10 % of 1 (tests/test_detection.py).
+offset (exact for a balanced estimator and a uniform detector variance), scaled by their V, a
+tenth of it made white for step 2 (robust where that model fails). Given the detector
+variance, the errors are the exact covariance of the estimates (each window pixel a linear
+combination of independent detector pixels, imaging.estimator_coefficients); otherwise the
+fits' model covariance. kernels/error_model.py turns them into ERR_RAD and FLUX_ERR.
 """
 from __future__ import annotations
 
@@ -39,9 +42,17 @@ from ecpi_beam.kernels import imaging, solvers
 
 MASK_ELEMENT_SKY_PIXELS = instrument.MASK_PITCH_MM / instrument.PIXEL_PITCH_MM  # 2.609
 PEAK_NEIGHBOURHOOD = 5  # pixels: local maxima closer than ~the PSF half-width are one source
-RADIUS_90_PER_SIGMA = float(np.sqrt(2.0 * np.log(10.0)))  # 2.146 for a circular 2-D Gaussian
-SYSTEMATIC_ERROR_ARCMIN = 1.0
 _MAX_SHIFT = 1.5  # sky pixels: the fitted position stays near its peak pixel
+_RESPONSE_STEP = 0.05  # sky pixels: finite difference of the exact response
+_RESPONSE_MAX_STEP = 0.3  # sky pixels: largest Gauss-Newton step of the refined position
+_RESPONSE_TOLERANCE = 2e-3  # sky pixels: converged
+_RESPONSE_STEPS = 4
+# White fraction added to the PSF correlation of the flux fit's noise model. The PSF is the
+# exact correlation only for a uniform detector variance over a fully coded field; elsewhere a
+# PSF-only model can be nearly singular, and the linear fit then leans on pixel differences
+# whose real noise it underrates (fluxes 25 % off with 3 % errors were measured at some places
+# of the partially coded field). 10 % removes those outliers at 1-2 % in precision.
+FLUX_NOISE_WHITE_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -148,15 +159,17 @@ def _local_maxima(snr, pcode, snr_threshold, pcode_min):
     return rows[order], cols[order]
 
 
-def _noise_whitener(sky, rows, cols, psf):
+def _noise_whitener(sky, rows, cols, psf, white_fraction=0.0):
     """Lower Cholesky factor of the noise covariance of the window pixels.
 
     For a balanced estimator and a uniform detector variance, the correlation of two sky
     pixels is the PSF at their offset (the balanced kernel's autocorrelation); each pixel's
-    variance scales it.
+    variance scales it. `white_fraction` of it is made white (uncorrelated), which keeps a
+    linear fit robust where that assumption fails.
     """
     correlation = psf(rows[:, None] - rows[None, :], cols[:, None] - cols[None, :])
-    correlation = 0.5 * (correlation + correlation.T)
+    correlation = (1.0 - white_fraction) * 0.5 * (correlation + correlation.T) \
+        + white_fraction * np.eye(len(rows))
     sigma = np.sqrt(sky.variance[rows, cols])
     return _cholesky(correlation * np.outer(sigma, sigma), sky.variance[rows, cols])
 
@@ -172,6 +185,43 @@ def _cholesky(covariance, variance):
     return np.diag(np.sqrt(variance))
 
 
+@dataclass(frozen=True)
+class SourceModel:
+    """A unit source (1 count per fully open pixel) at a fractional sky position as it
+    appears in the image being fitted: its detector shadowgram `shadow(row, col)` imaged with
+    the plan, pixel weights and balance terms of that image."""
+
+    plan: object
+    weights: np.ndarray
+    shadow: Callable
+    terms: object = None
+
+    def window(self, rows, cols) -> "SkyWindow":
+        return SkyWindow(rows, cols, imaging.estimator_coefficients(
+            self.plan, self.weights, rows, cols, self.terms).reshape(len(rows), -1))
+
+    def response(self, window: "SkyWindow", row: float, col: float) -> np.ndarray:
+        """The unit source's image at the window's pixels (exact: the same linear map as
+        imaging.balanced_intensity, restricted to those pixels)."""
+        return window.coefficients @ np.ravel(self.shadow(float(row), float(col)))
+
+
+@dataclass(frozen=True)
+class SkyWindow:
+    """The pixels of a fit window and each one's estimator coefficients: the intensity of
+    sky pixel k is coefficients[k] . D over the detector pixels D."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    coefficients: np.ndarray  # (n, 6400)
+
+    def covariance(self, sensitivity, detector_variance) -> np.ndarray:
+        """Covariance of estimates `sensitivity @ S[window]` linear in the window's pixels,
+        detector pixels being independent with variance `detector_variance`."""
+        detector_weights = np.atleast_2d(sensitivity) @ self.coefficients
+        return (detector_weights * np.ravel(detector_variance)) @ detector_weights.T
+
+
 def _measured_window(sky, row0: int, col0: int, half: int):
     """(rows, cols) of the measured pixels of the (2 half + 1)^2 window at (row0, col0), None
     where fewer than 5 are."""
@@ -182,60 +232,126 @@ def _measured_window(sky, row0: int, col0: int, half: int):
     return (rows[use], cols[use]) if use.sum() >= 5 else None
 
 
-def _fit_peak(sky, row0, col0, half, psf, source_image=None) -> Detection | None:
-    """Position by a non-linear fit of the interpolated PSF, then (with `source_image`, a
-    callable (row, col) -> (199, 199) balanced image of a unit source) the flux by a linear
-    fit of the exact response at that position, with the same noise model."""
-    n_sky = sky.intensity.shape[0]
-    window = _measured_window(sky, row0, col0, half)
-    if window is None:
+def _fit_peak(sky, row0, col0, half, psf, model: SourceModel | None = None,
+              detector_variance=None) -> Detection | None:
+    """A source near peak pixel (row0, col0), in a (2 half + 1)^2 window.
+
+    1. Position: a non-linear fit of the interpolated PSF.
+    2. With `model`: the position refined, and the flux fitted, with the exact response of a
+       unit source at the fractional position (`_fit_response`).
+    3. Errors: with `detector_variance` (and `model`), the exact covariance of these
+       estimates (linearised for the position); otherwise the fits' own (model) covariance.
+    """
+    pixels = _measured_window(sky, row0, col0, half)
+    if pixels is None:
         return None
-    rows, cols = window
+    rows, cols = pixels
     d_rows, d_cols, data = rows - row0, cols - col0, sky.intensity[rows, cols]
     # generalised least squares: neighbouring sky pixels share most of their counts
-    whitener = _noise_whitener(sky, rows, cols, psf)
-    unwhitener = np.linalg.solve(whitener, np.eye(len(whitener)))  # L^-1, once per fit
-
-    def whiten(r):
-        return unwhitener @ r
+    unwhitener = _inverse(_noise_whitener(sky, rows, cols, psf))
 
     def residuals(p):
         amplitude, shift_row, shift_col, constant = p
-        return whiten(data - amplitude * psf(d_rows - shift_row, d_cols - shift_col) - constant)
+        return unwhitener @ (data - amplitude * psf(d_rows - shift_row, d_cols - shift_col)
+                             - constant)
 
     start = [sky.intensity[row0, col0], 0.0, 0.0, float(np.median(data))]
     fit = solvers.bounded_least_squares(residuals, start,
                                         lower=[-np.inf, -_MAX_SHIFT, -_MAX_SHIFT, -np.inf],
                                         upper=[np.inf, _MAX_SHIFT, _MAX_SHIFT, np.inf])
     amplitude, shift_row, shift_col, _ = fit.x
+    row, col = row0 + shift_row, col0 + shift_col
     try:
-        covariance = np.linalg.inv(fit.jac.T @ fit.jac)
+        normal_inverse = np.linalg.inv(fit.jac.T @ fit.jac)
     except np.linalg.LinAlgError:
         return None
-    row, col = row0 + shift_row, col0 + shift_col
-    nearest = (int(np.clip(round(row), 0, n_sky - 1)), int(np.clip(round(col), 0, n_sky - 1)))
+    # a change dS of the window data moves the parameters by (J^T J)^-1 J^T L^-1 dS (up to
+    # the sign), whatever the noise model that chose L: this is what the exact covariance needs
+    sensitivity = normal_inverse @ fit.jac.T @ unwhitener
+    estimate = np.array([amplitude, row, col])
+    covariance = normal_inverse[:3, :3]
+    window = None
+    if model is not None:
+        window = model.window(rows, cols)
+        refined = _fit_response(data, window, model, row, col,
+                                _inverse(_noise_whitener(sky, rows, cols, psf,
+                                                         FLUX_NOISE_WHITE_FRACTION)))
+        if refined is not None:
+            estimate, covariance, sensitivity = refined
+    if window is not None and detector_variance is not None:
+        covariance = window.covariance(sensitivity[:3], detector_variance)
     errors = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
-    flux, flux_err = float(amplitude), float(errors[0])
-    if source_image is not None:
-        template = source_image(float(row), float(col))[rows, cols]
-        flux, flux_err = _linear_amplitude(whiten(data), whiten(template),
-                                           whiten(np.ones_like(data)), (flux, flux_err))
-    return Detection(row=float(row), col=float(col), row_err=float(errors[1]),
-                     col_err=float(errors[2]),
-                     snr=float(sky.snr[row0, col0]),
-                     flux=flux, flux_err=flux_err, pcode=float(sky.pcode[nearest]))
+    flux, row, col = (float(value) for value in estimate)
+    n_sky = sky.intensity.shape[0]
+    nearest = (int(np.clip(round(row), 0, n_sky - 1)), int(np.clip(round(col), 0, n_sky - 1)))
+    return Detection(row=row, col=col, row_err=float(errors[1]), col_err=float(errors[2]),
+                     snr=float(sky.snr[row0, col0]), flux=flux, flux_err=float(errors[0]),
+                     pcode=float(sky.pcode[nearest]))
 
 
-def _linear_amplitude(data, template, constant, fallback):
-    """(a, sigma_a) of the whitened model data = a template + c constant; `fallback` when the
-    template is not measurable there."""
-    design = np.column_stack([template, constant])
-    normal = design.T @ design
-    if not np.all(np.isfinite(normal)) or np.linalg.cond(normal) > 1e12:
-        return fallback
-    covariance = np.linalg.inv(normal)
-    amplitude = covariance @ (design.T @ data)
-    return float(amplitude[0]), float(np.sqrt(max(covariance[0, 0], 0.0)))
+def _inverse(lower):
+    return np.linalg.solve(lower, np.eye(len(lower)))
+
+
+def _fit_response(data, window, model, row, col, unwhitener):
+    """data = flux x response(row, col) + constant by generalised least squares, the position
+    refined from the PSF fit's by Gauss-Newton steps (the flux and constant solved exactly at
+    each step): ((flux, row, col), their model covariance, their sensitivity to the window
+    data), or None when the response is not measurable there or the position runs away.
+
+    The interpolated PSF of the first fit is not the response of a source between pixel
+    centres (a 4.0 mm pixel's shadow is sharper than the 4.5 mm cells the image is made of):
+    it pulls positions towards pixel centres by up to 0.025 pixel and fluxes up by 1-13 %.
+    The exact response has neither bias."""
+    whitened, constant = unwhitener @ data, unwhitener @ np.ones_like(data)
+
+    def linearised(row, col):
+        """(flux, constant) solved at (row, col), and the Jacobian of the whitened model in
+        (flux, constant, row, col); None where the response is not measurable."""
+        response = unwhitener @ model.response(window, row, col)
+        design = np.column_stack([response, constant])
+        normal = design.T @ design
+        if not np.all(np.isfinite(normal)) or np.linalg.cond(normal) > 1e12:
+            return None
+        amplitudes = np.linalg.solve(normal, design.T @ whitened)
+        slopes = [amplitudes[0] * (unwhitener @ model.response(window, *shifted) - response)
+                  / _RESPONSE_STEP
+                  for shifted in ((row + _RESPONSE_STEP, col), (row, col + _RESPONSE_STEP))]
+        return amplitudes, np.column_stack([design, *slopes]), design
+
+    start = (row, col)
+    for _ in range(_RESPONSE_STEPS):
+        current = linearised(row, col)
+        if current is None:
+            return None
+        amplitudes, jacobian, design = current
+        step, *_ = np.linalg.lstsq(jacobian, whitened - design @ amplitudes, rcond=None)
+        shift = np.clip(step[2:], -_RESPONSE_MAX_STEP, _RESPONSE_MAX_STEP)
+        row, col = row + shift[0], col + shift[1]
+        if np.hypot(row - start[0], col - start[1]) > 1.0:
+            return None  # not this peak's source any more
+        if np.all(np.abs(shift) < _RESPONSE_TOLERANCE):
+            break
+    final = linearised(row, col)
+    if final is None:
+        return None
+    amplitudes, jacobian, _ = final
+    try:
+        normal_inverse = np.linalg.inv(jacobian.T @ jacobian)
+    except np.linalg.LinAlgError:
+        return None
+    order = [0, 2, 3]  # flux, row, col
+    sensitivity = (normal_inverse @ jacobian.T @ unwhitener)[order]
+    return (np.array([amplitudes[0], row, col]), normal_inverse[np.ix_(order, order)],
+            sensitivity)
+
+
+def source_model(plan, weights, terms=None, shadow=None) -> SourceModel:
+    """The SourceModel of an image made with plan and weights; `shadow(row, col)` the unit
+    source's (80, 80) shadowgram, by default the plan's bilinear forward projection."""
+    terms = imaging.balance_terms(plan, weights) if terms is None else terms
+    shadow = shadow or (lambda row, col: imaging.forward_project(plan, row, col))
+    return SourceModel(plan, np.asarray(weights, dtype=float), shadow, terms)
 
 
 def amplitude_profile(sky: imaging.SkyImages, rows, cols, templates,
@@ -305,15 +421,15 @@ def find_sources(sky: imaging.SkyImages, snr_threshold: float, pcode_min: float,
         rows, cols = rows[keep], cols[keep]
     if terms is None and plan is not None and len(rows):
         terms = imaging.balance_terms(plan, weights)
-    source_image = (unit_source_image(plan, weights, terms, shadow)
-                    if plan is not None and len(rows) and measure_flux else None)
+    model = (source_model(plan, weights, terms, shadow)
+             if plan is not None and len(rows) and measure_flux else None)
     found = []
     for row0, col0 in zip(rows, cols):
         if len(found) >= max_sources:
             break
         psf = (separable_psf if plan is None
                else numerical_psf(plan, weights, int(row0), int(col0), 2 * half + 2, terms))
-        detection = _fit_peak(sky, int(row0), int(col0), half, psf, source_image)
+        detection = _fit_peak(sky, int(row0), int(col0), half, psf, model)
         if detection is not None:
             found.append(detection)
     return found
@@ -321,9 +437,11 @@ def find_sources(sky: imaging.SkyImages, snr_threshold: float, pcode_min: float,
 
 def measure_source(sky: imaging.SkyImages, row: float, col: float, snr_threshold: float,
                    win_dim: float, plan=None, weights=None, terms=None, shadow=None,
-                   search_radius: int = 2) -> Detection | None:
+                   search_radius: int = 2, detector_variance=None) -> Detection | None:
     """The source near (row, col): fitted from the highest-SNR pixel within `search_radius`
-    pixels of it, None if that peak is below snr_threshold or cannot be fitted."""
+    pixels of it, None if that peak is below snr_threshold or cannot be fitted.
+    `detector_variance`: the (80, 80) variance of the data the sky image was made of (with
+    `plan` and `weights`); then the errors are the exact covariance of the estimates."""
     n_sky = sky.snr.shape[0]
     row0, col0 = int(round(row)), int(round(col))
     top, left = max(0, row0 - search_radius), max(0, col0 - search_radius)
@@ -335,35 +453,5 @@ def measure_source(sky: imaging.SkyImages, row: float, col: float, snr_threshold
     half = int(round(win_dim))
     psf = (separable_psf if plan is None
            else numerical_psf(plan, weights, peak_row, peak_col, 2 * half + 2, terms))
-    source_image = None if plan is None else unit_source_image(plan, weights, terms, shadow)
-    return _fit_peak(sky, peak_row, peak_col, half, psf, source_image)
-
-
-# ------------------------------------------------------------------------------------------
-# Error radius
-# ------------------------------------------------------------------------------------------
-def local_pixel_scale_arcmin(row=instrument.SKY_CENTRE, col=instrument.SKY_CENTRE):
-    """Angular size of a sky pixel at (row, col): sqrt of its solid angle (TAN grid: the pixel
-    shrinks as cos^2 radially and cos tangentially)."""
-    cos_theta = instrument.sky_pixel_to_los(row, col)[..., 0]
-    return instrument.SKY_PIXEL_DEG * 60.0 * cos_theta**1.5
-
-
-def error_radius_arcmin(snr, row_err, col_err, row=instrument.SKY_CENTRE,
-                        col=instrument.SKY_CENTRE, systematic_arcmin=SYSTEMATIC_ERROR_ARCMIN):
-    """90 % error radius: 2.146 x the rms axis error in angle, plus a systematic in quadrature.
-
-    Where the fitted errors are not finite, falls back on docs/science.md's rule, the 90 % radius of
-    a PSF of 1.46 deg FWHM: 2.146 x FWHM / (2.355 SNR), about 80 arcmin / SNR on axis.
-    """
-    sigma_px = np.sqrt(0.5 * (np.square(row_err) + np.square(col_err)))
-    statistical = RADIUS_90_PER_SIGMA * sigma_px * local_pixel_scale_arcmin(row, col)
-    rule = rule_of_thumb_radius_arcmin(snr)
-    statistical = np.where(np.isfinite(statistical), statistical, rule)
-    return np.hypot(statistical, systematic_arcmin)
-
-
-def rule_of_thumb_radius_arcmin(snr):
-    """docs/science.md: 2.146 FWHM / (2.355 SNR), FWHM = one mask element at 460 mm (87.7 arcmin)."""
-    fwhm_arcmin = np.degrees(instrument.MASK_PITCH_MM / instrument.MASK_HEIGHT_MM) * 60.0
-    return RADIUS_90_PER_SIGMA * fwhm_arcmin / (2.355 * np.maximum(np.asarray(snr, float), 1e-9))
+    model = None if plan is None else source_model(plan, weights, terms, shadow)
+    return _fit_peak(sky, peak_row, peak_col, half, psf, model, detector_variance)

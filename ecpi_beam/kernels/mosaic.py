@@ -31,7 +31,7 @@ from astropy_healpix import HEALPix
 
 from ecpi_beam import instrument
 from ecpi_beam.errors import EcpiError
-from ecpi_beam.kernels import detection
+from ecpi_beam.kernels import detection, error_model
 from ecpi_beam.kernels.sky_analysis import SourceRow
 
 PSF_FWHM_DEG = float(np.degrees(instrument.MASK_PITCH_MM / instrument.MASK_HEIGHT_MM))  # 1.46
@@ -332,6 +332,10 @@ def restoring_beam(d_rows, d_cols):
 
 
 BEAM_REACH_PIXELS = 4.0  # separable_psf is 0 beyond 2.609 + 1 pixels
+# ERR_RAD of a candidate: the radius without a fit (error_model.SIGMA_PIXELS_TIMES_SNR / SNR
+# per axis) with a single observation's 1 arcmin systematic in quadrature; the single
+# observations' other terms are calibrated for IMAG's fits, not for mosaic peaks
+CANDIDATE_ERROR_MODEL = error_model.ErrorModel(attitude_arcmin=1.0)
 
 
 def _wcs_pixels(wcs_keywords: dict, ra, dec):
@@ -485,9 +489,9 @@ def find_mosaic_sources(grid, mosaic: MosaicMap, snr_threshold: float,
     of the significance over each pixel's 8 neighbours, above snr_threshold, brightest first;
     peaks within PEAK_MERGE_DEG of a brighter one are dropped. Position: the
     significance-weighted mean direction of the peak and its neighbours; SNR: the peak's
-    significance; FLUX: the intensity of the peak pixel (count s-1 cm-2); ERR_RAD:
-    docs/science.md's rule of thumb for the PSF at that significance, with the systematic in
-    quadrature (what a candidate that cannot be refined keeps)."""
+    significance; FLUX: the intensity of the peak pixel (count s-1 cm-2); ERR_RAD: the
+    error model's radius for that significance without a fit, with the 1 arcmin systematic in
+    quadrature (CANDIDATE_ERROR_MODEL: what a candidate that cannot be refined keeps)."""
     candidates = np.flatnonzero(mosaic.significance >= snr_threshold)
     if not len(candidates):
         return []
@@ -512,7 +516,8 @@ def find_mosaic_sources(grid, mosaic: MosaicMap, snr_threshold: float,
         kept_vectors.append(vector)
         peak_ra, peak_dec = instrument.unit_to_radec(vector)
         significance = float(mosaic.significance[index])
-        radius = detection.error_radius_arcmin(significance, np.nan, np.nan)
+        radius = error_model.error_radius_arcmin(significance, np.nan, np.nan,
+                                                 model=CANDIDATE_ERROR_MODEL)
         rows.append(SourceRow(ra=float(peak_ra), dec=float(peak_dec),
                               err_rad_arcmin=float(radius), snr=significance,
                               flux=float(mosaic.intensity[index]),

@@ -15,7 +15,7 @@ tangent-plane grid, and measured in every observation that saw it (docs/mosa.md)
 3. Fit: chi2 = const - b^2 / a over the merged grid; its minimum, refined by a quadratic fit
    of its neighbourhood, is the position, whose covariance is twice the inverse of chi2's
    Hessian there. Statistics, not the all-sky pixels, then limit the position. ERR_RAD is
-   detection.error_radius_arcmin of those errors with MOSAIC_SYSTEMATIC_ARCMIN in quadrature.
+   error_model.error_radius_arcmin of those errors with MOSAIC_SYSTEMATIC_ARCMIN in quadrature.
 4. Fluxes and light curves: each source's flux in each observation that saw it, the
    amplitude of the same PSF held at the source's position in that image alone
    (detection.amplitude_at: forced photometry, as the BAT transient monitor does); FLUX is
@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ecpi_beam import instrument
-from ecpi_beam.kernels import cleaning, detection, imaging
+from ecpi_beam.kernels import cleaning, detection, error_model, imaging
 from ecpi_beam.kernels.mosaic import (BEAM_REACH_PIXELS, PEAK_MERGE_DEG, SkyRates, _wcs_pixels,
                                       inverse_gnomonic)
 from ecpi_beam.kernels.sky_analysis import SourceRow
@@ -170,9 +170,10 @@ def refine(candidate: SourceRow, likelihood: PositionLikelihood | None,
                                d_row * instrument.SKY_PIXEL_RAD, candidate.ra, candidate.dec)
     flux, flux_err = float(b[best] / a[best]), float(1.0 / np.sqrt(a[best]))
     # the grid is a sky image pointed at the candidate: its pixel scale near the centre
-    radius = detection.error_radius_arcmin(
+    radius = error_model.error_radius_arcmin(
         flux / flux_err, row_err, col_err, row=instrument.SKY_CENTRE + d_row,
-        col=instrument.SKY_CENTRE + d_col, systematic_arcmin=systematic_arcmin)
+        col=instrument.SKY_CENTRE + d_col,
+        model=error_model.ErrorModel(attitude_arcmin=systematic_arcmin))
     return SourceRow(ra=float(ra), dec=float(dec), err_rad_arcmin=float(radius),
                      snr=float(candidate.snr), flux=flux, flux_err=flux_err,
                      row=float("nan"), col=float("nan"), pcode=float(candidate.pcode))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ecpi_beam import instrument
-from ecpi_beam.kernels import background, cleaning, detection, imaging
+from ecpi_beam.kernels import background, cleaning, detection, error_model, imaging
 
 
 @dataclass(frozen=True)
@@ -49,17 +49,19 @@ def flat_fielded(corrected, variance, good_pixels, efficiency):
     return corrected / efficiency * weights, variance / efficiency**2 * weights, weights
 
 
-def source_rows(detections, quaternion, exposure) -> tuple:
-    """Sub-pixel detections -> catalogue rows in RA/Dec with fluxes in counts s-1 cm-2."""
+def source_rows(detections, quaternion, exposure, model=error_model.ERROR_MODEL) -> tuple:
+    """Sub-pixel detections -> catalogue rows in RA/Dec with fluxes in counts s-1 cm-2, the
+    90 % error radius and the flux error of the error model (kernels/error_model.py)."""
     scale = 1.0 / (max(exposure, 1e-9) * instrument.PIXEL_AREA_CM2)
     rows = []
     for det in detections:
         ra, dec = instrument.los_to_radec(instrument.sky_pixel_to_los(det.row, det.col), quaternion)
         rows.append(SourceRow(
             ra=float(ra), dec=float(dec),
-            err_rad_arcmin=float(detection.error_radius_arcmin(
-                det.snr, det.row_err, det.col_err, row=det.row, col=det.col)),
-            snr=float(det.snr), flux=float(det.flux * scale), flux_err=float(det.flux_err * scale),
+            err_rad_arcmin=float(model.error_radius_arcmin(det.snr, det.row_err, det.col_err,
+                                                           det.row, det.col)),
+            snr=float(det.snr), flux=float(det.flux * scale),
+            flux_err=float(model.flux_error(det.flux, det.flux_err) * scale),
             row=float(det.row), col=float(det.col), pcode=float(det.pcode)))
     return tuple(rows)
 

@@ -87,9 +87,9 @@ class _Component:
 class _PhotonComponent(_Component):
     """Photons with a spectrum: true energies drawn from spectrum x efficiency, then measured."""
 
-    def __init__(self, name, spectrum, response):
+    def __init__(self, name, spectrum, response, bands=instrument.DEFAULT_BANDS):
         super().__init__(name)
-        self.sampler = sky.EnergySampler.fold(spectrum, response.efficiency)
+        self.sampler = sky.EnergySampler.fold(spectrum, response.efficiency, bands)
 
     def measured_energies(self, n, rng):
         return redistribute(self.sampler.draw(n, rng), rng)
@@ -101,8 +101,8 @@ class _PhotonComponent(_Component):
 class PointSourceComponent(_PhotonComponent):
     kind = "point"
 
-    def __init__(self, source, spectrum, response):
-        super().__init__(source.name, spectrum, response)
+    def __init__(self, source, spectrum, response, bands=instrument.DEFAULT_BANDS):
+        super().__init__(source.name, spectrum, response, bands)
         self.source = source
         self.direction = instrument.radec_to_unit(source.ra, source.dec)
 
@@ -135,8 +135,9 @@ class GrbComponent(PointSourceComponent):
 class DiffuseComponent(_PhotonComponent):
     """CXB (sky not hidden by the Earth) or albedo (the Earth disc), seen through the mask."""
 
-    def __init__(self, name, spectrum, response, scale, from_earth: bool):
-        super().__init__(name, lambda e: scale * spectrum(e), response)
+    def __init__(self, name, spectrum, response, scale, from_earth: bool,
+                 bands=instrument.DEFAULT_BANDS):
+        super().__init__(name, lambda e: scale * spectrum(e), response, bands)
         self.from_earth = from_earth
 
     def counts_map(self, step):
@@ -149,9 +150,9 @@ class DiffuseComponent(_PhotonComponent):
 class FlatComponent(_Component):
     """Counts/s per pixel flat in measured energy over a band (particles, noisy pixels)."""
 
-    def __init__(self, name, rate_map, band):
+    def __init__(self, name, rate_map, band, bands=instrument.DEFAULT_BANDS):
         super().__init__(name)
-        self.rate_map, self.band = rate_map, band
+        self.rate_map, self.band, self.bands = rate_map, band, bands
 
     def counts_map(self, step):
         return self.rate_map * step.duration
@@ -160,13 +161,13 @@ class FlatComponent(_Component):
         return self.band[0] + rng.random(n) * (self.band[1] - self.band[0])
 
     def band_fractions(self):
-        return sky.flat_band_fractions(*self.band)
+        return sky.flat_band_fractions(*self.band, bands=self.bands)
 
 
 # ============================================================================================
 # A time step: attitude, Earth, cached diffuse templates
 # ============================================================================================
-class _SkyGrid:
+class SkyGrid:
     """Sky-grid directions, solid angles and a cache of diffuse detector maps."""
 
     def __init__(self, response: DetectorResponse):
@@ -201,7 +202,7 @@ class _Step:
     earth_radius: float
     earth_on: bool
     response: DetectorResponse
-    grid: _SkyGrid
+    grid: SkyGrid
     _hidden: np.ndarray | None = None
 
     @property
@@ -227,26 +228,31 @@ class _Step:
 # ============================================================================================
 # Driver
 # ============================================================================================
-def build_components(scenario: Scenario, response: DetectorResponse) -> list[_Component]:
+def build_components(scenario: Scenario, response: DetectorResponse,
+                     bands=instrument.DEFAULT_BANDS) -> list[_Component]:
+    """The scenario's sources of events; `band_fractions()` of each refers to `bands` (PI
+    ranges; the event files use DEFAULT_BANDS for the truth counts)."""
     bkg = scenario.background
     components: list[_Component] = [
-        PointSourceComponent(s, partial(sky.power_law, norm=s.norm, index=s.index), response)
+        PointSourceComponent(s, partial(sky.power_law, norm=s.norm, index=s.index), response,
+                             bands)
         for s in scenario.sources]
-    components += [GrbComponent(g, sky.grb_spectrum(g), response) for g in scenario.grbs]
+    components += [GrbComponent(g, sky.grb_spectrum(g), response, bands) for g in scenario.grbs]
     if bkg.cxb and bkg.cxb_scale > 0:
         components.append(DiffuseComponent(
-            "cxb", lambda e: sky.cxb_spectrum(e, bkg.cxb_model), response, bkg.cxb_scale, False))
+            "cxb", lambda e: sky.cxb_spectrum(e, bkg.cxb_model), response, bkg.cxb_scale, False,
+            bands))
     if bkg.albedo and bkg.earth and bkg.albedo_scale > 0:
         components.append(DiffuseComponent("albedo", sky.albedo_spectrum, response,
-                                           bkg.albedo_scale, True))
+                                           bkg.albedo_scale, True, bands))
     alive = (response.status != STATUS_DEAD).astype(float)
     if bkg.internal_rate > 0:
         # detected particle/internal counts scale with the pixel efficiency like photons do
         components.append(FlatComponent("internal", bkg.internal_rate * alive * response.effic,
-                                        bkg.internal_band))
+                                        bkg.internal_band, bands))
     noisy = (response.status == STATUS_NOISY).astype(float)
     if bkg.noisy_rate > 0 and noisy.any():
-        components.append(FlatComponent("noisy", bkg.noisy_rate * noisy, bkg.noisy_band))
+        components.append(FlatComponent("noisy", bkg.noisy_rate * noisy, bkg.noisy_band, bands))
     return components
 
 
@@ -264,6 +270,31 @@ def _steps(scenario, plan, response, grid, t_lo, t_hi):
     for k in range(len(mids)):
         yield _Step(edges[k], edges[k + 1], scenario.tstart, rotations[k], earth_dir[k],
                     float(earth_radius[k]), scenario.background.earth, response, grid)
+
+
+def expected_counts(scenario: Scenario, response: DetectorResponse, bands,
+                    *, chunk_seconds: float = 10.0, grid=None) -> tuple[list, np.ndarray]:
+    """The mean of what simulate() draws, without events: (components, maps), maps[k, b] the
+    (80, 80) mean counts of component k whose measured energy falls in band b (PI ranges),
+    summed over the observation's stable attitude (slews are left out, as the pipeline's good
+    time leaves them out) and its telemetry-complete time. `grid` (a SkyGrid of `response`)
+    may be shared between calls: it caches the diffuse maps."""
+    plan = AttitudePlan(scenario)
+    grid = grid or SkyGrid(response)
+    components = build_components(scenario, response, tuple(bands))
+    gaps = [(scenario.tstart + lo, scenario.tstart + hi)
+            for lo, hi in scenario.detector.telemetry_gaps]
+    maps = np.zeros((len(components), len(bands), instrument.N_PIX, instrument.N_PIX))
+    edges = np.append(np.arange(scenario.tstart, scenario.tstop, chunk_seconds), scenario.tstop)
+    for t_lo, t_hi in zip(edges[:-1], edges[1:]):
+        for step in _steps(scenario, plan, response, grid, t_lo, t_hi):
+            if not plan.is_stable(np.array([0.5 * (step.t_lo + step.t_hi)]))[0]:
+                continue
+            recorded = 1.0 - _overlap(step.t_lo, step.t_hi, gaps) / step.duration
+            for index, component in enumerate(components):
+                maps[index] += (recorded * component.counts_map(step))[None] \
+                    * component.band_fractions()[:, None, None]
+    return components, maps
 
 
 def _clock_ticks(times, t_lo) -> np.ndarray:
@@ -361,7 +392,7 @@ def simulate(scenario: Scenario, out_dir: str, caldb, *, chunk_seconds: float = 
     plan = AttitudePlan(scenario)
     rng = np.random.default_rng(scenario.seed)
     components = build_components(scenario, response)
-    grid = _SkyGrid(response)
+    grid = SkyGrid(response)
     band_of_pi = _band_lookup()
     injected = np.zeros((len(components) + 1, N_BANDS + 1), dtype=np.int64)  # last row: forced
     gti = _gti(scenario)
