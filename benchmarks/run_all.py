@@ -11,7 +11,10 @@
    Beam Map, beam_floor.py), the project's kernels without Beam (bare_numpy_chain.py) and
    `ecpi_run`, on the same file: five bands, PEO, background 'shape', ECL-DET-IMA +
    ECL-SKY-IMA + ECL-SOP-IMA;
-4. with --memory-events: peak memory of `ecpi_run` at more observation sizes.
+4. with --memory-events: peak memory of `ecpi_run` at more observation sizes;
+5. the survey mosaic (bench_mosaic.py): the campaign mosaic of 100, 300 and 1000 observations'
+   stored accumulators (synthetic, made once in the cache), time per observation and peak
+   memory (--quick: 10 and 30; --mosaic-observations to choose).
 Writes <out>/results.md (the tables) and <out>/results.json (every run); --quick is a smoke run
 (1e6 events, one repetition). Timings on a shared machine are noisy: read the ratios, the CPU
 column and the load column, and run again on a quiet machine for absolute figures.
@@ -48,10 +51,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(HERE, "output"))
     parser.add_argument("--memory-events", type=float, action="append", default=[],
                         help="also measure ecpi_run's peak memory at this size (repeatable)")
+    parser.add_argument("--mosaic-observations", type=int, action="append", default=[],
+                        help="campaign sizes of the survey mosaic (default 100, 300, 1000)")
     parser.add_argument("--quick", action="store_true", help="1e6 events, one repetition")
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.repeat = 1e6, 1
+    mosaic_sizes = args.mosaic_observations or ([10, 30] if args.quick else [100, 300, 1000])
     os.makedirs(args.out, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     n_events = str(int(args.events))
@@ -81,6 +87,13 @@ def main(argv=None) -> int:
                                "--modes", "beam", "--repeat", "1", "--cache", args.cache,
                                "--json", memory_json]))
         runs["memory"] = memory_json
+
+    print("== the survey mosaic", flush=True)
+    mosaic_json = os.path.join(args.out, "mosaic.json")
+    sizes = [item for size in mosaic_sizes for item in ("--observations", str(size))]
+    sections.append("## The survey mosaic\n\n```\n" + _captured(
+        "bench_mosaic.py", [*sizes, "--cache", args.cache, "--json", mosaic_json]) + "```")
+    runs["mosaic"] = mosaic_json
 
     results = {}
     for name, path in runs.items():

@@ -1,8 +1,10 @@
 """Campaigns of many observations: resume, progress, and `<working_out>/campaign.json`.
 
-- **Resume.** An observation whose every wanted product is in working_out, stamped with the
-  same parameters (header PARHASH) and the same CALDB (header CALDBHSH), is skipped; the others
-  are (re)done; `ecpi_run --force` redoes all. Products are written under a temporary name and
+- **Resume.** An observation whose every product is in working_out
+  (`Params.observation_products`: with a mosaic, its accumulator ECL-MOS-ACC; the campaign's
+  own products are made after the waves, docs/mosa.md), stamped with the same parameters
+  (header PARHASH) and the same CALDB (header CALDBHSH), is skipped; the others are (re)done;
+  `ecpi_run --force` redoes all. Products are written under a temporary name and
   moved into place (io/products.py), so a killed campaign leaves none that looks complete.
 - **Waves.** The observations to do are run as successive Beam pipelines of `--campaign_batch`
   observations (default: all at once, 4 on the DirectRunner), so that each wave's products,
@@ -28,6 +30,7 @@ from ecpi_beam.io import fs, workdir
 from ecpi_beam.io.events import read_primary_header, table_layout
 from ecpi_beam.io.products import STAMP_SEPARATOR, product_url
 from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
+from ecpi_beam.params import SPEX_PRODUCTS
 from ecpi_beam.transforms.dpco import discover_triplet
 
 CAMPAIGN_FILE = "campaign.json"
@@ -85,12 +88,23 @@ def _identify(obs_dir: str, obs_id: str | None = None) -> tuple[str | None, int]
         return None, 0
 
 
-def _stamp_of(url: str) -> str | None:
+def stamp_of(url: str) -> str | None:
     try:
         header = read_primary_header(url)
     except Exception:  # noqa: BLE001 - missing or damaged: not complete
         return None
     return f"{header.get('PARHASH')}{STAMP_SEPARATOR}{header.get('CALDBHSH')}"
+
+
+def _files_of(working_out: str, obs_id: str, product: str) -> list[str]:
+    """The files of `product` for `obs_id`: '<PRODUCT>_<OBS_ID>.fits', or for SPEX's
+    per-source products every '<PRODUCT>_<OBS_ID>_S<k>_....fits' there is."""
+    if product not in SPEX_PRODUCTS:
+        url = product_url(working_out, product, obs_id)
+        return [url] if fs.exists(url) else []
+    prefix = f"{product}_{obs_id}_S"
+    return [url for url in workdir.products_of(working_out, obs_id)
+            if fs.basename(url).startswith(prefix) and url.endswith(".fits")]
 
 
 def _made(working_out: str, obs_id: str | None, products) -> list[str]:
@@ -101,7 +115,7 @@ def _made(working_out: str, obs_id: str | None, products) -> list[str]:
     made = []
     for product in products:
         try:
-            if fs.exists(product_url(working_out, product, obs_id)):
+            if _files_of(working_out, obs_id, product):
                 made.append(product)
         except EcpiError:  # e.g. a link leading out of working_out: the pipeline refuses it
             continue
@@ -109,10 +123,13 @@ def _made(working_out: str, obs_id: str | None, products) -> list[str]:
 
 
 def is_complete(working_out: str, obs_id: str, products, stamp: str) -> bool:
-    """Every product of `obs_id` is in place and carries `stamp`."""
+    """Every product of `obs_id` is in place and carries `stamp` (SPEX's: at least one file,
+    all stamped; an observation where SPEX found no source to extract is therefore redone)."""
     products = list(products)
-    return bool(products) and _made(working_out, obs_id, products) == products and all(
-        _stamp_of(product_url(working_out, product, obs_id)) == stamp for product in products)
+    if not products or _made(working_out, obs_id, products) != products:
+        return False
+    return all(stamp_of(url) == stamp for product in products
+               for url in _files_of(working_out, obs_id, product))
 
 
 def plan(params, observation_dirs, stamp: str, force: bool, ids=None,
@@ -123,7 +140,7 @@ def plan(params, observation_dirs, stamp: str, force: bool, ids=None,
     `ids` (obs_dir -> OBS_ID, as safeguards.observation_ids reads them) saves a header read.
     """
     entries = []
-    products = list(params.wanted_products)
+    products = list(params.observation_products)
     errors = {record.get("obs_dir"): record.get("error") for record in set_aside}
     for obs_dir in observation_dirs:
         obs_id, events = _identify(obs_dir, (ids or {}).get(obs_dir))
@@ -246,8 +263,8 @@ def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *
         for name, value in wave_totals.items():
             totals[name] = totals.get(name, 0) + value
         failures = wave_failures
-        _record_wave(entries, wave, wave_failures, working_out, params.wanted_products,
-                     elapsed)
+        _record_wave(entries, wave, wave_failures, working_out,
+                     params.observation_products, elapsed)
         write_summary(working_out, entries, started, stamp, totals)
         if progress:
             print(progress_line(entries, totals.get("ecpi.read.events", 0) / max(run_time, 1e-9),

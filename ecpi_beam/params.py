@@ -29,7 +29,8 @@ BACKGROUND_CORRECTIONS = ("no_correction", "flat", "shape", "flat_moretti", "sha
                           "shape_moretti_earth", "shape_moretti_earth_ref",
                           "shape_moretti_smart")
 IRF_CORRECTIONS = ("no_correction", "cos_theta", "irf")
-MOSA_PRODUCTS = ("ECL-MOS-IMA", "ECL-MOS-SOP")
+MOSA_PRODUCTS = ("ECL-MOS-IMA", "ECL-MOS-SOP", "ECL-MOS-LCS")  # one per campaign
+MOSA_ACCUMULATOR = "ECL-MOS-ACC"  # one per observation, whenever the campaign has a mosaic
 SPEX_PRODUCTS = ("ECL-SPS-S1", "ECL-LCS-S1")
 MOSAIC_GRIDS = ("healpix", "car")
 SPEX_SOURCE_ORIGINS = ("imag", "mosaic")  # or a list of [RA, Dec]
@@ -156,6 +157,27 @@ class Params:
     def wanted_products(self) -> tuple[str, ...]:
         return (self.dpco.out_files + self.cali.out_files + self.bube.out_files
                 + self.imag.out_files + self.mosa.out_files + self.spex.out_files)
+
+    @property
+    def spex_from_mosaic(self) -> bool:
+        """SPEX extracts the mosaic's sources: it runs once the campaign's mosaic is made."""
+        return bool(self.spex.out_files) and self.spex.sources_from == "mosaic"
+
+    @property
+    def wants_mosaic(self) -> bool:
+        return bool(self.mosa.out_files) or self.spex_from_mosaic
+
+    @property
+    def observation_products(self) -> tuple[str, ...]:
+        """What each observation leaves in working_out once done in a campaign's waves: the
+        products named after it, its mosaic accumulator instead of the campaign's MOSA
+        products (made after the waves), and SPEX's unless it extracts the mosaic's sources
+        (made after the mosaic)."""
+        own = (self.dpco.out_files + self.cali.out_files + self.bube.out_files
+               + self.imag.out_files)
+        mosaic = (MOSA_ACCUMULATOR,) if self.wants_mosaic else ()
+        spex = () if self.spex_from_mosaic else self.spex.out_files
+        return own + mosaic + spex
 
 
 # ============================================================================================

@@ -89,19 +89,24 @@ def metric_totals(result):
     return totals
 
 
+def run_graph(beam_args, build) -> dict:
+    """Run the graph `build(pipeline)` adds to a pipeline of `beam_args`; its metric totals."""
+    options = PipelineOptions(beam_args)
+    with beam.Pipeline(runner=runner_for(options), options=options) as pipeline:
+        build(pipeline)
+    result = pipeline.result if hasattr(pipeline, "result") else None
+    return metric_totals(result) if result is not None else {}
+
+
 def run(params, beam_args, caldb_dir, observation_dirs):
     """Build and run the pipeline; returns (metric totals, the run's failure records so far)."""
     failure_log.reserve_space(params.general.working_out)  # a full disk is still recorded
-    options = PipelineOptions(beam_args)
     marks = (ProgressMarks(params.general.working_out)
              if progress.wanted(params.general.working_out) else None)
     expected = progress.expected_elements(params, observation_dirs) if marks else {}
-    with progress.shown(marks, expected), \
-            beam.Pipeline(runner=runner_for(options), options=options) as pipeline:
-        build_observation_pipeline(pipeline, params, caldb_dir, observation_dirs,
-                                   progress=marks)
-    result = pipeline.result if hasattr(pipeline, "result") else None
-    totals = metric_totals(result) if result is not None else {}
+    with progress.shown(marks, expected):
+        totals = run_graph(beam_args, lambda pipeline: build_observation_pipeline(
+            pipeline, params, caldb_dir, observation_dirs, progress=marks))
     return totals, failure_log.gather(params.general.working_out)
 
 
@@ -134,9 +139,9 @@ def run_in_working_out(params, beam_args, started, args) -> int:
     ids = safeguards.observation_ids(observation_dirs)
     _, early_failures = safeguards.set_aside_duplicates(ids)  # run_campaign sets them aside
 
-    def run_wave(dirs):
+    def contained(function, *arguments):
         try:
-            return run(params, beam_args, caldb_dir, dirs)
+            return function(*arguments)
         except Exception as error:  # a fault of the machine is one line; a bug keeps its traceback
             fault = safeguards.one_line_fault(error)
             if fault is None:
@@ -144,13 +149,23 @@ def run_in_working_out(params, beam_args, started, args) -> int:
             raise fault from None
 
     entries, totals, _ = campaign.run_campaign(
-        params, beam_args, caldb_dir, observation_dirs, run_wave, force=args.force,
+        params, beam_args, caldb_dir, observation_dirs,
+        lambda dirs: contained(run, params, beam_args, caldb_dir, dirs), force=args.force,
         batch=args.campaign_batch, ids=ids, set_aside=early_failures)
     if len(entries) == 1 and entries[0].status == "skipped":  # a campaign's line says it
         print(f"ecpi_run: observation {entries[0].obs_id} ({entries[0].obs_dir}) already done "
               "with the same parameters and CALDB: --force redoes it", file=sys.stderr)
     failures, not_made = safeguards.finish_run(params, ids, early_failures)
-    campaign.settle(entries, failures, params.general.working_out, params.wanted_products)
+    if params.wants_mosaic:  # the campaign's mosaic, of the observations that succeeded
+        from ecpi_beam.pipelines.mosaic import run_campaign_mosaic
+
+        mosaic_totals, failures = run_campaign_mosaic(
+            params, caldb_dir, entries,
+            lambda build: contained(run_graph, beam_args, build), force=args.force)
+        for name, value in mosaic_totals.items():
+            totals[name] = totals.get(name, 0) + value
+    campaign.settle(entries, failures, params.general.working_out,
+                    tuple(dict.fromkeys(params.wanted_products + params.observation_products)))
     campaign.write_summary(params.general.working_out, entries, started,
                            campaign.products_stamp(params, caldb_dir), totals,
                            **mosaic_summary(params, failures))

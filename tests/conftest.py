@@ -1,6 +1,12 @@
 """Shared fixtures."""
+import os
 import shutil
 import subprocess
+
+# the numerical environment of ecpi_run (ecpi_beam/__init__.py): one BLAS thread, set before
+# anything loads numpy, so that runs in this process give the products a command gives
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
 import pytest
 

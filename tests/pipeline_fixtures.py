@@ -95,13 +95,16 @@ def simulate_observation(directory: Path, caldb_home: Path, **scenario_changes
 def write_params(path: Path, working_in, working_out, *, cali_out=CALI_PRODUCTS,
                  bube_out=BUBE_PRODUCTS, imag_out=IMAG_PRODUCTS, bkg_cor_mod=("shape",),
                  ear_occ_bub=("PEO",), irf_corr="cos_theta", snr_ths=7,
-                 energy_channels=(), logger_level="warning", caldb_dir="@local") -> Path:
-    """A seed-style parameter file (the five sections, the seed's keys)."""
+                 energy_channels=(), logger_level="warning", caldb_dir="@local",
+                 extra=None) -> Path:
+    """A seed-style parameter file (the five sections, the seed's keys; `extra` adds sections
+    such as [mosa])."""
     path = Path(path)
     path.write_text(params_text(
         working_in, working_out, caldb_dir, logger_level=logger_level, cali_out=cali_out,
         bube_out=bube_out, imag_out=imag_out, energy_channels=energy_channels,
-        ear_occ_bub=ear_occ_bub, bkg_cor_mod=bkg_cor_mod, snr_ths=snr_ths, irf_corr=irf_corr))
+        ear_occ_bub=ear_occ_bub, bkg_cor_mod=bkg_cor_mod, snr_ths=snr_ths, irf_corr=irf_corr,
+        extra=extra))
     return path
 
 

@@ -1,5 +1,6 @@
-"""MOSA on Beam: the CombinePerKey mosaic of a small campaign equals the kernel's, and the
-products are valid FITS that healpy, astropy-healpix, astropy.wcs and fitsverify accept."""
+"""MOSA on Beam: the campaign mosaic of stored accumulators (ECL-MOS-ACC) equals the kernel's,
+and the products are valid FITS that healpy, astropy-healpix, astropy.wcs and fitsverify
+accept."""
 from types import SimpleNamespace
 
 import apache_beam as beam
@@ -12,12 +13,14 @@ from astropy.wcs import WCS
 from astropy_healpix import HEALPix
 from sky_fixtures import simulated_sky
 
-from ecpi_beam import instrument
+from ecpi_beam.caldb import default_caldb_dir
 from ecpi_beam.kernels import imaging, mosaic
+from ecpi_beam.io.mosaic_products import mosaic_input_hdus, read_mosaic_inputs
+from ecpi_beam.io.products import product_url, standard_keywords, write_product
 from ecpi_beam.params import MosaParams
 from ecpi_beam.transforms.imag import SkyProducts
 from ecpi_beam.transforms.base import SumCombineFn
-from ecpi_beam.transforms.mosa import Mosa
+from ecpi_beam.transforms.mosa import ACCUMULATOR, CampaignMosaic, observation_rates
 
 SOURCE = (40.0, -30.0)
 POINTINGS = [(40.0 + 6.0 * np.cos(a) / np.cos(np.radians(30.0)), -30.0 + 6.0 * np.sin(a))
@@ -44,6 +47,20 @@ def observation(index):
         "OBS_ID": obs_id(index), "TSTART": 1e8 + 1000 * index, "TSTOP": 1e8 + 1000 * index + 100})
 
 
+def stored_accumulators(working_out):
+    """Each observation's ECL-MOS-ACC written as the observation pipelines write it:
+    [(obs_id, URL, tstart, tstop)]."""
+    stored = []
+    for index in range(len(POINTINGS)):
+        (name, band, occ), sky = sky_element(index)
+        keywords = observation(index)[1].keywords
+        url = product_url(str(working_out), ACCUMULATOR, name)
+        write_product(url, mosaic_input_hdus([(band, occ, observation_rates(sky))]),
+                      standard_keywords(ACCUMULATOR, keywords, "0123456789abcdef"))
+        stored.append((name, url, keywords["TSTART"], keywords["TSTOP"]))
+    return stored
+
+
 def test_combine_fn_merges_in_any_grouping():
     sums = [mosaic.MosaicSums(*(np.full(4, float(k + i)) for i in range(5))) for k in range(6)]
     combine = SumCombineFn()
@@ -60,24 +77,22 @@ def test_combine_fn_merges_in_any_grouping():
 def test_mosa_writes_healpix_and_car_mosaics_and_their_sources(tmp_path, fitsverify):
     params = MosaParams(out_files=("ECL-MOS-IMA", "ECL-MOS-SOP"), grid=("healpix", "car"),
                         car_pixel_deg=0.5)
+    stored = stored_accumulators(tmp_path)
+    fitsverify(stored[0][1])
     with BeamTestPipeline() as pipeline:
-        indices = pipeline | "Indices" >> beam.Create(range(len(POINTINGS)))
-        sky = indices | "Sky" >> beam.Map(sky_element)
-        obs = indices | "Obs" >> beam.Map(observation)
-        sky | Mosa(params, str(tmp_path), "0123456789abcdef", obs)
+        pipeline | CampaignMosaic(params, stored, default_caldb_dir(), str(tmp_path),
+                                  "0123456789abcdef", params.out_files)
     image_file, source_file = tmp_path / "ECL-MOS-IMA_MOSAIC.fits", tmp_path / "ECL-MOS-SOP_MOSAIC.fits"
     fitsverify(image_file)
     fitsverify(source_file)
 
+    # the mosaic is the sum of the stored accumulators, as the kernel makes it
     grid = mosaic.make_grid("healpix")
     tiles = {}
-    for _, sky in map(sky_element, range(len(POINTINGS))):
-        as_product = instrument.sky_image_to_fits  # the orientation the WCS describes
-        for tile, sums in mosaic.image_to_grid(grid, as_product(sky.images.intensity),
-                                               as_product(sky.images.variance),
-                                               as_product(sky.images.pcode), sky.exposure,
-                                               sky.wcs_keywords).items():
-            tiles[tile] = tiles[tile] + sums if tile in tiles else sums
+    for _, url, *_ in stored:
+        for _, _, rates in read_mosaic_inputs(url)[1]:
+            for tile, sums in mosaic.image_to_grid(grid, rates).items():
+                tiles[tile] = tiles[tile] + sums if tile in tiles else sums
     expected = mosaic.mosaic_map(grid, tiles)
     with fits.open(image_file) as hdul:
         table = hdul["HEALPIX_13-60_PEO"]
@@ -88,6 +103,7 @@ def test_mosa_writes_healpix_and_car_mosaics_and_their_sources(tmp_path, fitsver
         np.testing.assert_allclose(table.data["SIGNIFICANCE"], expected.significance, rtol=1e-6)
         assert hdul[0].header["OBS_ID"] == "MOSAIC" and hdul[0].header["NOBS"] == 4
         assert len(hdul["OBSERVATIONS"].data) == 4
+        assert (header["NOBS"], header["EXPOSURE"]) == (4, 4 * 100.0)
         # astropy-healpix from the header alone puts the brightest pixel at the source
         healpix = HEALPix(nside=header["NSIDE"], order=header["ORDERING"].lower())
         peak = table.data["PIXEL"][np.argmax(table.data["SIGNIFICANCE"])]

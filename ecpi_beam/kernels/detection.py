@@ -176,17 +176,25 @@ def _cholesky(covariance, variance):
     return np.diag(np.sqrt(variance))
 
 
+def _measured_window(sky, row0: int, col0: int, half: int):
+    """(rows, cols) of the measured pixels of the (2 half + 1)^2 window at (row0, col0), None
+    where fewer than 5 are."""
+    n_rows, n_cols = sky.intensity.shape
+    rows, cols = np.mgrid[max(0, row0 - half):min(n_rows, row0 + half + 1),
+                          max(0, col0 - half):min(n_cols, col0 + half + 1)]
+    use = np.isfinite(sky.variance[rows, cols]) & (sky.variance[rows, cols] > 0)
+    return (rows[use], cols[use]) if use.sum() >= 5 else None
+
+
 def _fit_peak(sky, row0, col0, half, psf, source_image=None) -> Detection | None:
     """Position by a non-linear fit of the interpolated PSF, then (with `source_image`, a
     callable (row, col) -> (199, 199) balanced image of a unit source) the flux by a linear
     fit of the exact response at that position, with the same noise model."""
     n_sky = sky.intensity.shape[0]
-    rows, cols = np.mgrid[max(0, row0 - half):min(n_sky, row0 + half + 1),
-                          max(0, col0 - half):min(n_sky, col0 + half + 1)]
-    use = np.isfinite(sky.variance[rows, cols]) & (sky.variance[rows, cols] > 0)
-    if use.sum() < 5:
+    window = _measured_window(sky, row0, col0, half)
+    if window is None:
         return None
-    rows, cols = rows[use], cols[use]
+    rows, cols = window
     d_rows, d_cols, data = rows - row0, cols - col0, sky.intensity[rows, cols]
     # generalised least squares: neighbouring sky pixels share most of their counts
     whitener = _noise_whitener(sky, rows, cols, psf)
@@ -232,6 +240,39 @@ def _linear_amplitude(data, template, constant, fallback):
     covariance = np.linalg.inv(normal)
     amplitude = covariance @ (design.T @ data)
     return float(amplitude[0]), float(np.sqrt(max(covariance[0, 0], 0.0)))
+
+
+def amplitude_profile(sky: imaging.SkyImages, rows, cols, templates,
+                      psf: Callable = separable_psf) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) of the linear generalised least-squares fits of data = amplitude x template +
+    constant over the pixels (rows, cols), one fit per column of `templates` (n_pixels, n),
+    with the noise model of the position fit (`_noise_whitener`): a = t'.t' and b = t'.d',
+    t' and d' the whitened template and data with the constant projected out. The amplitude
+    is b / a, its variance 1 / a, and chi2 = d'.d' - b^2 / a, so the (a, b) of independent
+    images add: a joint fit of one amplitude to many images."""
+    templates = np.asarray(templates, dtype=float).reshape(len(rows), -1)
+    solved = np.linalg.solve(_noise_whitener(sky, rows, cols, psf), np.column_stack(
+        [sky.intensity[rows, cols], np.ones(len(rows)), templates]))  # one solve for all
+    data, constant, whitened = solved[:, 0], solved[:, 1], solved[:, 2:]
+    norm = constant @ constant
+    data = data - constant * (constant @ data) / norm
+    whitened = whitened - np.outer(constant, constant @ whitened) / norm
+    return np.einsum("ij,ij->j", whitened, whitened), whitened.T @ data
+
+
+def amplitude_at(sky: imaging.SkyImages, row: float, col: float, win_dim: float,
+                 psf: Callable = separable_psf) -> tuple[float, float] | None:
+    """(flux, flux_err) of a source held at (row, col) (forced photometry: a light curve at a
+    known position): amplitude_profile in the (2 round(win_dim) + 1)^2 window around it.
+    None where fewer than 5 pixels of the window are measured."""
+    window = _measured_window(sky, int(round(row)), int(round(col)), int(round(win_dim)))
+    if window is None:
+        return None
+    rows, cols = window
+    a, b = amplitude_profile(sky, rows, cols, psf(rows - row, cols - col)[:, None], psf)
+    if not (np.isfinite(a[0]) and a[0] > 0):
+        return None
+    return float(b[0] / a[0]), float(1.0 / np.sqrt(a[0]))
 
 
 def unit_source_image(plan, weights, terms=None, shadow=None) -> Callable:

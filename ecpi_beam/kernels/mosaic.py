@@ -1,21 +1,23 @@
 """MOSA: sky images of many observations combined on one all-sky grid (docs/mosa.md).
 
 Each sky image (ECL-SKY-IMA: intensity S and variance V, counts per fully open detector pixel,
-over an exposure T) becomes a rate per unit detector area, f = S / (T a_pix), v = V / (T a_pix)^2
-(the units of ECL-SOP-IMA FLUX), and is sampled at the centre of every pixel of an all-sky grid:
-HEALPix (Gorski et al. 2005, nested, ICRS) or a plate carree (CAR). The sample is the sky-image
-pixel the grid pixel's centre falls in (nearest neighbour), so each sample keeps the exact
-variance of the image pixel. Images combine by inverse-variance weighting
+over an exposure T), cleaned of the sources IMAG found, becomes a rate per unit detector area,
+f = S / (T a_pix), v = V / (T a_pix)^2 (the units of ECL-SOP-IMA FLUX): SkyRates, what each
+observation stores (ECL-MOS-ACC). It is sampled at the centre of every pixel of an all-sky
+grid: HEALPix (Gorski et al. 2005, nested, ICRS) or a plate carree (CAR). The sample is the
+sky-image pixel the grid pixel's centre falls in (nearest neighbour), so each sample keeps the
+exact variance of the image pixel, plus the restored sources' beams at their exact offsets.
+Images combine by inverse-variance weighting
 
     F = sum(f / v) / sum(1 / v),   V = 1 / sum(1 / v),   significance F / sqrt(V),
 
 and the sums (not the ratios) are what a tile keeps, with the exposure (T x partial coding), the
 number of contributing images and the sum of their partial codings: two mosaics add exactly.
 
-Directions go through the sky image's own WCS (astropy.wcs), never through an assumed sign of
-its axes. The grid is cut into tiles (HEALPix: the pixels of one coarse NSIDE_TILE pixel, which
-are contiguous in the nested scheme; CAR: blocks of CAR_TILE x CAR_TILE pixels), each of which
-is one key of a Beam CombineFn.
+Directions go through the sky image's own TAN WCS (`_wcs_pixels`, what astropy.wcs gives),
+never through an assumed sign of its axes. The grid is cut into tiles (HEALPix: the pixels of
+one coarse NSIDE_TILE pixel, which are contiguous in the nested scheme; CAR: blocks of
+CAR_TILE x CAR_TILE pixels), each of which is one key of a Beam CombineFn.
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import ICRS
-from astropy.wcs import WCS
 from astropy_healpix import HEALPix
 
 from ecpi_beam import instrument
@@ -53,11 +54,14 @@ def automatic_nside(psf_fwhm_deg: float = PSF_FWHM_DEG) -> int:
 # Grids
 # ============================================================================================
 @functools.lru_cache(maxsize=2)
-def _healpix_unit_vectors(nside: int) -> np.ndarray:
+def _healpix_centres(nside: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RA, Dec, unit vectors) of every pixel centre, computed once per process."""
     lon, lat = HEALPix(nside=nside, order="nested").healpix_to_lonlat(np.arange(12 * nside**2))
-    vectors = instrument.radec_to_unit(lon.to_value(u.deg), lat.to_value(u.deg))
-    vectors.setflags(write=False)
-    return vectors
+    ra, dec = lon.to_value(u.deg), lat.to_value(u.deg)
+    vectors = instrument.radec_to_unit(ra, dec)
+    for array in (ra, dec, vectors):
+        array.setflags(write=False)
+    return ra, dec, vectors
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,13 @@ class HealpixGrid:
     def pixels_near(self, ra_deg, dec_deg, radius_deg) -> np.ndarray:
         # a dot product with every pixel centre: far faster than a cone search this wide
         centre = instrument.radec_to_unit(ra_deg, dec_deg)
-        near = _healpix_unit_vectors(self.nside) @ centre >= np.cos(np.radians(radius_deg))
+        near = _healpix_centres(self.nside)[2] @ centre >= np.cos(np.radians(radius_deg))
         return np.flatnonzero(near).astype(np.int64)
 
     def centres(self, pixels):
-        lon, lat = self.healpix.healpix_to_lonlat(np.asarray(pixels, dtype=np.int64))
-        return lon.to_value(u.deg), lat.to_value(u.deg)
+        ra, dec, _ = _healpix_centres(self.nside)
+        pixels = np.asarray(pixels, dtype=np.int64)
+        return ra[pixels], dec[pixels]
 
     def pixel_of(self, ra_deg, dec_deg) -> np.ndarray:
         return np.asarray(self.healpix.lonlat_to_healpix(np.asarray(ra_deg) * u.deg,
@@ -221,61 +226,198 @@ class MosaicSums:
                           self.pcode + other.pcode)
 
 
-def restored_intensity(residual_snr, variance, sources, exposure_s: float,
-                       half_window: int = 8) -> np.ndarray:
-    """The cleaned sky image with its detected sources put back as clean PSFs (the CLEAN
-    restoring step): residual S = residual SNR x sqrt(V), plus each source's fitted amplitude
-    times the PSF at its sub-pixel position. A bright source's coding noise and side lobes,
-    which a sum of raw images would pile up into spurious mosaic peaks, are gone; its flux
-    stays. `sources`: rows with row, col (0-based sky pixel) and flux (count s-1 cm-2)."""
+# ============================================================================================
+# One observation's sky image, as MOSA combines it
+# ============================================================================================
+@dataclass(frozen=True)
+class RestoredSource:
+    """A source IMAG found in a sky image, put back as the restoring beam (count s-1 cm-2)."""
+
+    ra: float
+    dec: float
+    flux: float
+
+
+@dataclass(frozen=True, eq=False)
+class SkyRates:
+    """One sky image (one observation, band and occultation type) as MOSA combines it.
+
+    `residual` is the image cleaned of the sources IMAG found, in rates per unit detector area
+    (f = S / (T a_pix), the units of ECL-SOP-IMA FLUX), `variance` its variance (NaN or inf
+    where not measured), `pcode` the partial coding, all (199, 199) in product orientation
+    (east left) described by `wcs_keywords` (TAN). The `sources` are added back as the
+    restoring beam wherever the image is sampled (`sample`), at their exact positions.
+    """
+
+    residual: np.ndarray
+    variance: np.ndarray
+    pcode: np.ndarray
+    exposure: float  # s, the good time of the occultation type
+    wcs_keywords: dict
+    sources: tuple = ()  # of RestoredSource
+
+    @classmethod
+    def from_counts(cls, intensity, variance, pcode, exposure_s: float, wcs_keywords: dict,
+                    sources=()) -> "SkyRates":
+        """From an image in counts per fully open detector pixel (ECL-SKY-IMA units, product
+        orientation): f = S / (T a_pix), v = V / (T a_pix)^2."""
+        scale = 1.0 / (max(float(exposure_s), 1e-9) * instrument.PIXEL_AREA_CM2)
+        variance = np.asarray(variance, dtype=float)
+        measured = np.isfinite(variance) & (variance > 0)
+        return cls(residual=np.where(measured, np.asarray(intensity, float), 0.0) * scale,
+                   variance=np.where(measured, variance * scale**2, np.inf),
+                   pcode=np.asarray(pcode, dtype=float), exposure=float(exposure_s),
+                   wcs_keywords=dict(wcs_keywords), sources=tuple(sources))
+
+    @property
+    def pointing(self) -> tuple[float, float]:
+        return float(self.wcs_keywords["CRVAL1"]), float(self.wcs_keywords["CRVAL2"])
+
+
+def cleaned_rates(residual_snr, variance, pcode, exposure_s: float, wcs_keywords: dict,
+                  sources) -> SkyRates:
+    """SkyRates of an IMAG result (arrays on the sky grid, IMAG's orientation): the residual
+    S = residual SNR x sqrt(V), flipped to the product orientation its WCS describes; the
+    sources (rows with ra, dec, flux) to restore. A bright source's coding noise and side
+    lobes, which a sum of raw images would pile up into spurious mosaic peaks, are gone; its
+    flux stays (the CLEAN restoring step, Hogbom 1974)."""
     variance = np.asarray(variance, dtype=float)
     measured = np.isfinite(variance)
-    image = np.where(measured, np.asarray(residual_snr, float)
-                     * np.sqrt(np.where(measured, variance, 0.0)), 0.0)
-    amplitude_per_flux = max(float(exposure_s), 1e-9) * instrument.PIXEL_AREA_CM2
-    n_rows, n_cols = image.shape
-    for source in sources:
-        row0, col0 = int(round(source.row)), int(round(source.col))
-        rows, cols = np.mgrid[max(0, row0 - half_window):min(n_rows, row0 + half_window + 1),
-                              max(0, col0 - half_window):min(n_cols, col0 + half_window + 1)]
-        image[rows, cols] += source.flux * amplitude_per_flux * detection.separable_psf(
-            rows - source.row, cols - source.col)
-    return np.where(measured, image, 0.0)
+    residual = np.where(measured, np.asarray(residual_snr, float)
+                        * np.sqrt(np.where(measured, variance, 0.0)), 0.0)
+    as_product = instrument.sky_image_to_fits
+    return SkyRates.from_counts(as_product(residual), as_product(variance), as_product(pcode),
+                                exposure_s, wcs_keywords,
+                                [RestoredSource(float(s.ra), float(s.dec), float(s.flux))
+                                 for s in sources])
 
 
-def image_to_grid(grid, intensity, variance, pcode, exposure_s: float, wcs_keywords: dict,
-                  pcode_min: float = 0.1) -> dict:
-    """{tile: MosaicSums} of one sky image sampled on `grid` (nearest sky pixel, via the WCS)."""
-    wcs = WCS(dict(wcs_keywords))
-    centre_ra, centre_dec = wcs.wcs.crval
-    pixels = grid.pixels_near(centre_ra, centre_dec, FIELD_RADIUS_DEG)
-    ra, dec = grid.centres(pixels)
-    x, y = wcs.all_world2pix(ra, dec, 0)  # 0-based: x is the array column, y the row
-    n_rows, n_cols = np.shape(intensity)
+def gnomonic(ra_deg, dec_deg, ra0_deg, dec0_deg):
+    """Standard coordinates (xi towards east, eta towards north; tangent units) of directions
+    about (ra0, dec0): the TAN projection (Calabretta & Greisen 2002); NaN behind the plane."""
+    ra, dec = np.radians(np.asarray(ra_deg, float)), np.radians(np.asarray(dec_deg, float))
+    ra0, dec0 = np.radians(float(ra0_deg)), np.radians(float(dec0_deg))
+    d_ra = ra - ra0
+    cos_c = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(d_ra)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos_c = np.where(cos_c > 1e-6, cos_c, np.nan)
+        xi = np.cos(dec) * np.sin(d_ra) / cos_c
+        eta = (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(d_ra)) / cos_c
+    return xi, eta
+
+
+def inverse_gnomonic(xi, eta, ra0_deg, dec0_deg):
+    """(RA, Dec) in degrees of standard coordinates (xi, eta) about (ra0, dec0)."""
+    xi, eta = np.asarray(xi, float), np.asarray(eta, float)
+    ra0, dec0 = np.radians(float(ra0_deg)), np.radians(float(dec0_deg))
+    x = np.cos(dec0) - eta * np.sin(dec0)
+    ra = ra0 + np.arctan2(xi, x)
+    dec = np.arctan2(np.sin(dec0) + eta * np.cos(dec0), np.hypot(xi, x))
+    return np.degrees(ra) % 360.0, np.degrees(dec)
+
+
+def tangent_pixels(ra_deg, dec_deg, ra0_deg, dec0_deg):
+    """(rows towards north, cols towards east) of directions on the tangent plane at
+    (ra0, dec0), in sky-image pixels at the centre (4.5 / 460 rad): the geometry of a sky
+    image pointed there at roll 0."""
+    xi, eta = gnomonic(ra_deg, dec_deg, ra0_deg, dec0_deg)
+    return eta / instrument.SKY_PIXEL_RAD, xi / instrument.SKY_PIXEL_RAD
+
+
+def restoring_beam(d_rows, d_cols):
+    """The beam a restored source is given, at offsets in sky pixels on the tangent plane at
+    the source (rows north, cols east): the instrument's on-axis PSF, detection.separable_psf
+    (1 at the centre, 0 beyond 3.6 pixels)."""
+    return detection.separable_psf(d_rows, d_cols)
+
+
+BEAM_REACH_PIXELS = 4.0  # separable_psf is 0 beyond 2.609 + 1 pixels
+
+
+def _wcs_pixels(wcs_keywords: dict, ra, dec):
+    """0-based (x, y) of directions in a TAN image with a CD matrix (what astropy.wcs'
+    all_world2pix gives for these keywords, about 30 times faster)."""
+    xi, eta = gnomonic(ra, dec, wcs_keywords["CRVAL1"], wcs_keywords["CRVAL2"])
+    cd = np.array([[wcs_keywords["CD1_1"], wcs_keywords["CD1_2"]],
+                   [wcs_keywords["CD2_1"], wcs_keywords["CD2_2"]]], dtype=float)
+    inverse = np.linalg.inv(cd)
+    world = np.degrees(np.stack([xi, eta]))  # intermediate world coordinates (deg)
+    x, y = np.tensordot(inverse, world, axes=1)
+    return x + float(wcs_keywords["CRPIX1"]) - 1.0, y + float(wcs_keywords["CRPIX2"]) - 1.0
+
+
+def sample(rates: SkyRates, ra, dec, interpolate: bool = False):
+    """(f, v, pcode) of an image at directions: the residual at the sky-image pixel each falls
+    in (nearest neighbour, whose variance is exact) or interpolated bilinearly, plus every
+    restored source's beam at its exact offset. v is NaN where the image does not measure."""
+    ra, dec = np.asarray(ra, float), np.asarray(dec, float)
+    x, y = _wcs_pixels(rates.wcs_keywords, ra, dec)
+    n_rows, n_cols = np.shape(rates.residual)
     with np.errstate(invalid="ignore"):
-        col, row = np.rint(x), np.rint(y)
-        inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < n_cols) \
-            & (row >= 0) & (row < n_rows)
-    pixels, row, col = pixels[inside], row[inside].astype(int), col[inside].astype(int)
-    scale = 1.0 / (max(float(exposure_s), 1e-9) * instrument.PIXEL_AREA_CM2)
-    s, v, w = (np.asarray(a, float)[row, col] for a in (intensity, variance, pcode))
-    use = np.isfinite(v) & (v > 0) & (w >= pcode_min)
-    pixels, s, v, w = pixels[use], s[use] * scale, v[use] * scale**2, w[use]
+        inside = np.isfinite(x) & np.isfinite(y) & (x > -0.5) & (x < n_cols - 0.5) \
+            & (y > -0.5) & (y < n_rows - 0.5)
+    if interpolate:
+        rows, cols = np.where(inside, y, 0.0), np.where(inside, x, 0.0)
+        variance = np.where(np.isfinite(rates.variance), rates.variance, np.nan)
+        f, v, w = (detection.bilinear(image, rows, cols)
+                   for image in (rates.residual, variance, rates.pcode))
+    else:
+        rows = np.where(inside, np.rint(y), 0).astype(np.intp)
+        cols = np.where(inside, np.rint(x), 0).astype(np.intp)
+        f, v, w = (np.asarray(image, float)[rows, cols]
+                   for image in (rates.residual, rates.variance, rates.pcode))
+    f = f + restored_sources(rates.sources, ra, dec)
+    with np.errstate(invalid="ignore"):
+        measured = inside & np.isfinite(v) & (v > 0)
+    return f, np.where(measured, v, np.nan), np.where(measured, w, 0.0)
+
+
+def restored_sources(sources, ra, dec) -> np.ndarray:
+    """The sum of the sources' restoring beams at directions (count s-1 cm-2)."""
+    total = np.zeros(np.shape(ra))
+    reach = np.cos(np.radians(BEAM_REACH_PIXELS * 1.5 * instrument.SKY_PIXEL_DEG))
+    if not len(sources):
+        return total
+    vectors = instrument.radec_to_unit(ra, dec)
+    for source in sources:
+        near = vectors @ instrument.radec_to_unit(source.ra, source.dec) >= reach
+        if not near.any():
+            continue
+        d_rows, d_cols = tangent_pixels(ra[near], dec[near], source.ra, source.dec)
+        total[near] += source.flux * restoring_beam(d_rows, d_cols)
+    return total
+
+
+def image_to_grid(grid, rates: SkyRates, pcode_min: float = 0.1) -> dict:
+    """{tile: MosaicSums} of one image sampled at the centre of every grid pixel it covers
+    (nearest sky-image pixel, the restored sources at their exact offsets)."""
+    pixels = grid.pixels_near(*rates.pointing, FIELD_RADIUS_DEG)
+    ra, dec = grid.centres(pixels)
+    f, v, w = sample(rates, ra, dec)
+    with np.errstate(invalid="ignore"):
+        use = np.isfinite(v) & (w >= pcode_min)
+    pixels, f, v, w = pixels[use], f[use], v[use], w[use]
     tiles, local = grid.split(pixels)
     out = {}
     order = np.argsort(tiles, kind="stable")
-    tiles, local, s, v, w = tiles[order], local[order], s[order], v[order], w[order]
+    tiles, local, f, v, w = tiles[order], local[order], f[order], v[order], w[order]
     starts = np.flatnonzero(np.diff(tiles, prepend=-1))
     for start, stop in zip(starts, np.append(starts[1:], len(tiles))):
-        sums = MosaicSums.empty(grid.pixels_per_tile)
-        index = local[start:stop]
-        sums.weighted_flux[index] = s[start:stop] / v[start:stop]
-        sums.weight[index] = 1.0 / v[start:stop]
-        sums.exposure[index] = float(exposure_s) * w[start:stop]
-        sums.ncontrib[index] = 1.0
-        sums.pcode[index] = w[start:stop]
-        out[int(tiles[start])] = sums
+        out[int(tiles[start])] = point_sums(grid.pixels_per_tile, local[start:stop],
+                                            f[start:stop], v[start:stop], w[start:stop],
+                                            rates.exposure)
     return out
+
+
+def point_sums(n: int, index, f, v, w, exposure_s: float) -> "MosaicSums":
+    """MosaicSums of n pixels, of which `index` take one image's samples (f, v, pcode)."""
+    sums = MosaicSums.empty(n)
+    sums.weighted_flux[index] = f / v
+    sums.weight[index] = 1.0 / v
+    sums.exposure[index] = float(exposure_s) * w
+    sums.ncontrib[index] = 1.0
+    sums.pcode[index] = w
+    return sums
 
 
 # ============================================================================================
@@ -339,11 +481,13 @@ def _neighbour_pixels(grid, pixels) -> np.ndarray:
 
 def find_mosaic_sources(grid, mosaic: MosaicMap, snr_threshold: float,
                         max_sources: int = 200) -> list[SourceRow]:
-    """Local maxima of the significance over each pixel's 8 neighbours, above snr_threshold,
-    brightest first; peaks within PEAK_MERGE_DEG of a brighter one are dropped. Position: the
-    significance-weighted mean direction of the peak and its neighbours; FLUX: the intensity
-    of the peak pixel (count s-1 cm-2); ERR_RAD: docs/science.md's rule of thumb for the PSF at that
-    significance, with the systematic in quadrature."""
+    """The candidate sources of a mosaic (kernels.mosaic_sources refines them): local maxima
+    of the significance over each pixel's 8 neighbours, above snr_threshold, brightest first;
+    peaks within PEAK_MERGE_DEG of a brighter one are dropped. Position: the
+    significance-weighted mean direction of the peak and its neighbours; SNR: the peak's
+    significance; FLUX: the intensity of the peak pixel (count s-1 cm-2); ERR_RAD:
+    docs/science.md's rule of thumb for the PSF at that significance, with the systematic in
+    quadrature (what a candidate that cannot be refined keeps)."""
     candidates = np.flatnonzero(mosaic.significance >= snr_threshold)
     if not len(candidates):
         return []

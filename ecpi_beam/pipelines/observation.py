@@ -22,14 +22,22 @@ IMAG_PRODUCTS = ("ECL-SKY-IMA", "ECL-SOP-IMA")
 
 
 def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dirs,
-                               progress=None):
+                               progress=None, *, mosaic_sources=None, stamp: str | None = None,
+                               spex_keywords=None):
     """Add the whole chain to `pipeline`; returns the dict of named output collections.
-    `progress`: io.progress.ProgressMarks for ecpi_run's progress line, or None."""
+    `progress`: io.progress.ProgressMarks for ecpi_run's progress line, or None.
+
+    The campaign's mosaic is made after every observation's pipeline (pipelines/mosaic.py):
+    here each observation stores its accumulator (ECL-MOS-ACC). With [spex] sources = mosaic,
+    SPEX runs then, in a pipeline of its own given the mosaic's sources (`mosaic_sources`:
+    [((band, occ), [SourceRow])]), the products `stamp` of the run and `spex_keywords`.
+    """
     general = params.general
     # one failing observation stops no other; the same DoFns mark their progress
     failure_log = FailureLog(general.working_out, progress)
     written = []  # URLs of every writer: joined at the end (see below)
-    fingerprint = products_stamp(params, caldb_dir)  # PARHASH and CALDBHSH (campaign resume)
+    # PARHASH and CALDBHSH (campaign resume)
+    fingerprint = stamp or products_stamp(params, caldb_dir)
     read = (pipeline
             | "ObservationDirs" >> beam.Create(list(observation_dirs))
             | "Read" >> ReadObservation(chunk_size=params.cali.chunk_size,
@@ -44,15 +52,19 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             general.working_out, params.cali.out_files, fingerprint, observations, failed,
             failure_log=failure_log))
 
-    wants_spex = bool(params.spex.out_files)  # SPEX: on the sources IMAG finds, or a list
+    # SPEX: on the sources IMAG finds, a list, or the mosaic's (once the mosaic is made)
+    wants_spex = bool(params.spex.out_files) and (not params.spex_from_mosaic
+                                                  or mosaic_sources is not None)
     spex_from = params.spex.sources_from if wants_spex else None
-    wants_mosa = bool(params.mosa.out_files) or spex_from == "mosaic"
+    wants_mosa = params.wants_mosaic and mosaic_sources is None
     wants_imag = bool(params.imag.out_files) or wants_mosa or spex_from == "imag"
     if params.bube.out_files or wants_imag or wants_spex:
         timelines = observations | "Timelines" >> ImagingTimelines(params.bube, failure_log)
-        detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines, failure_log,
-                                               imag_params=params.imag)
-        outputs.update(timelines=timelines, detector=detector)
+        outputs["timelines"] = timelines
+        if params.bube.out_files or wants_imag:  # SPEX alone needs the good time only
+            detector = calibrated | "Bube" >> Bube(params.bube, caldb_dir, timelines,
+                                                   failure_log, imag_params=params.imag)
+            outputs["detector"] = detector
         write = dict(working_out=general.working_out, fingerprint=fingerprint,
                      observations=observations, failed=failed, failure_log=failure_log)
         if "ECL-GTI-UBC" in params.bube.out_files:
@@ -73,23 +85,22 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
             if "ECL-SOP-IMA" in params.imag.out_files:  # a VOEvent per NEW source beside it
                 written.append(imag.by_observation | "WriteAlerts" >> WriteAlerts(
                     "ECL-ALERT", **write, grouped=True))
-            if wants_mosa:  # MOSA: one mosaic of every observation's sky images
+            if wants_mosa:  # MOSA: what this observation adds to the campaign's mosaic
                 # imported when asked: astropy.coordinates and healpix cost start-up time
-                from ecpi_beam.transforms.mosa import Mosa
+                from ecpi_beam.transforms.mosa import ACCUMULATOR, WriteMosaicInputs
 
-                mosa = sky | "Mosa" >> Mosa(params.mosa, general.working_out, fingerprint,
-                                            observations, failure_log, spex_from == "mosaic")
-                if mosa.written is not None:
-                    written.append(mosa.written)
-                outputs["mosaic_sources"] = mosa.sources
+                written.append(imag.by_observation | "WriteMosAcc" >> WriteMosaicInputs(
+                    ACCUMULATOR, **write, grouped=True))
         if wants_spex:
             # imported when asked: through the CALDB generator it pulls in scipy.signal/stats
             from ecpi_beam.transforms.spex import Spex
 
+            found = (pipeline | "MosaicSources" >> beam.Create(list(mosaic_sources))
+                     if spex_from == "mosaic" else None)
             written.append(calibrated | "Spex" >> Spex(
                 params.spex, params.bube, caldb_dir, timelines, outputs.get("sky"), observations,
-                failed, general.working_out, fingerprint, failure_log,
-                outputs.get("mosaic_sources")))
+                failed, general.working_out, fingerprint, failure_log, found,
+                extra_keywords=spex_keywords))
 
     written.append(read.failures | "RecordFailures" >> RecordFailures(general.working_out))
     outputs["failures"] = read.failures

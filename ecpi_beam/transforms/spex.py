@@ -102,9 +102,11 @@ class WriteSourceProducts(beam.DoFn):
     """((obs_id, source index, occ), SourceSums) -> the URLs of its spectrum (PHA, RMF, ARF)
     and light curves."""
 
-    def __init__(self, caldb_dir, spex_params, bands, working_out, fingerprint):
+    def __init__(self, caldb_dir, spex_params, bands, working_out, fingerprint,
+                 extra_keywords=None):
         self._caldb_dir, self._params, self._bands = caldb_dir, spex_params, tuple(bands)
         self._working_out, self._fingerprint = working_out, fingerprint
+        self._extra = dict(extra_keywords or {})
         self._written = Metrics.counter("ecpi.write", "products_written")
 
     def setup(self):
@@ -152,8 +154,8 @@ class WriteSourceProducts(beam.DoFn):
 
     def _put(self, product, observation, name, hdus):
         url = fs.inside(self._working_out, name)  # names built from OBS_ID stay confined
-        write_product(url, hdus, standard_keywords(product, observation.keywords,
-                                                   self._fingerprint))
+        write_product(url, hdus, {**standard_keywords(product, observation.keywords,
+                                                      self._fingerprint), **self._extra})
         self._written.inc()
         return url
 
@@ -225,7 +227,8 @@ class Spex(DataclassTransform):
     working_out: str
     fingerprint: str
     failure_log: object = None
-    mosaic_sources: beam.PCollection | None = None  # Mosa's: ((band, occ), [SourceRow])
+    mosaic_sources: beam.PCollection | None = None  # the mosaic's: ((band, occ), [SourceRow])
+    extra_keywords: dict | None = None  # written in every product (the mosaic's SRCHASH)
 
     def expand(self, calibrated):
         params, bands = self.spex_params, self.bube_params.energy_channels
@@ -244,5 +247,6 @@ class Spex(DataclassTransform):
                 | "Sum" >> beam.CombinePerKey(SumCombineFn()))
         return sums | "Write" >> beam.ParDo(
             with_failure_log(WriteSourceProducts(self.caldb_dir, params, bands, self.working_out,
-                                                 self.fingerprint), self.failure_log),
+                                                 self.fingerprint, self.extra_keywords),
+                             self.failure_log),
             timelines, sources, beam.pvalue.AsDict(self.observations), self.failed)

@@ -1,7 +1,8 @@
 """A campaign of two good observations and many bad ones, run once: every bad observation is
 one failure record and one `error:` line naming its directory, none of them leaves a product,
-nothing outside working_out changes, and the good observations' products equal those of a
-clean campaign of the good ones alone (compared HDU by HDU)."""
+nothing outside working_out changes, and the good observations' products, and the campaign's
+mosaic, equal those of a clean campaign of the good ones alone (compared HDU by HDU): a bad
+observation enters no MOSA product, wherever it failed (DPCO, reading its events, a write)."""
 import json
 import os
 import shutil
@@ -18,6 +19,9 @@ from test_faults_observation import (edit_table, empty_events, gzip_and_cut, in_
                                      set_raw_card, set_row)
 
 GOOD_IDS = ("0000000501", "0000000502")
+MOSA = {"mosa": {"out_files": "['ECL-MOS-IMA', 'ECL-MOS-SOP', 'ECL-MOS-LCS']"}}
+CAMPAIGN_PRODUCTS = ("ECL-MOS-IMA_MOSAIC.fits", "ECL-MOS-SOP_MOSAIC.fits",
+                     "ECL-MOS-LCS_MOSAIC.fits")
 LINKED_ID = "0000000503"  # good data, but its ECL-SKY-IMA name is a link leading out
 DUPLICATE_ID = "0000000777"
 # the triplet of pipeline_fixtures.small_scenario
@@ -91,13 +95,18 @@ def campaign(tmp_path_factory, pipeline_workspace):
 
 @pytest.fixture(scope="module")
 def clean_run(campaign, pipeline_workspace):
-    root, good, clean_out = campaign
-    params = write_params(root / "clean.ini", root / "good_in" / "obs_*", clean_out)
-    with pytest.MonkeyPatch.context() as patch:
-        from ecpi_beam.cli import ecpi_run
+    """The good observations alone, run as the faulty campaign is (the `ecpi_run` command in
+    its own process: the same numerical environment, one BLAS thread, so the products can be
+    compared bit for bit)."""
+    import subprocess
 
-        patch.setenv("ECPI_HOME", str(pipeline_workspace))
-        assert ecpi_run([str(params)]) == 0
+    from pipeline_fixtures import ecpi_run_command, pipeline_env
+
+    root, good, clean_out = campaign
+    params = write_params(root / "clean.ini", root / "good_in" / "obs_*", clean_out, extra=MOSA)
+    completed = subprocess.run([*ecpi_run_command("script"), str(params)], capture_output=True,
+                               text=True, timeout=600, env=pipeline_env(pipeline_workspace))
+    assert completed.returncode == 0, completed.stderr
     return clean_out
 
 
@@ -110,7 +119,7 @@ def faulty_run(campaign, clean_run, pipeline_workspace, tmp_path_factory):
     (root / "sibling").mkdir()
     (root / "sibling" / "target.fits").write_bytes(b"not ours")
     (out / f"ECL-SKY-IMA_{LINKED_ID}.fits").symlink_to(root / "sibling" / "target.fits")
-    params = write_params(root / "faulty.ini", root / "in" / "obs_*", out)
+    params = write_params(root / "faulty.ini", root / "in" / "obs_*", out, extra=MOSA)
     top = root.parent.parent
     before = snapshot(top, skip=out)
     import subprocess
@@ -130,7 +139,7 @@ def test_the_campaign_exits_2_with_one_line_per_bad_observation(faulty_run):
     assert code == 2, report
     assert "Traceback" not in stdout + stderr, report
     assert len(error_lines(stderr)) == len(BAD_OBSERVATIONS), report
-    progress = [line for line in stderr_lines(stderr) if line.startswith("campaign: ")]
+    progress = [line for line in stderr_lines(stderr) if line.startswith("campaign")]
     assert len(stderr_lines(stderr)) - len(progress) == len(BAD_OBSERVATIONS), report  # once
     n_good = len(GOOD_IDS)
     assert f"{n_good}/{n_good + len(BAD_OBSERVATIONS)} observation(s) processed" in stdout, report
@@ -161,6 +170,8 @@ def test_bad_observations_leave_no_product_and_nothing_outside_changes(faulty_ru
     assert_working_out_clean(out)
     expected = {f"{product}_{obs_id}.fits" for product in ALL_PRODUCTS for obs_id in GOOD_IDS}
     expected |= {f"ECL-SOP-IMA_{obs_id}.reg" for obs_id in GOOD_IDS}  # DS9 regions beside it
+    # what each good observation adds to the mosaic, and the mosaic
+    expected |= {f"ECL-MOS-ACC_{obs_id}.fits" for obs_id in GOOD_IDS} | set(CAMPAIGN_PRODUCTS)
     # the planted link stays; campaign.json is the campaign's summary (docs/runners.md)
     expected |= {"failures.jsonl", "campaign.json", f"ECL-SKY-IMA_{LINKED_ID}.fits"}
     # a VOEvent per NEW (uncatalogued) source of the good observations, none of the failed ones
@@ -176,3 +187,14 @@ def test_good_observations_get_the_products_of_a_clean_run(faulty_run, clean_run
     for obs_id in GOOD_IDS:
         assert_same_products(out / f"{product}_{obs_id}.fits",
                              Path(clean_run) / f"{product}_{obs_id}.fits")
+
+
+@pytest.mark.parametrize("product", ["ECL-MOS-ACC"])
+def test_good_observations_get_the_mosaic_accumulators_of_a_clean_run(faulty_run, clean_run,
+                                                                     product):
+    test_good_observations_get_the_products_of_a_clean_run(faulty_run, clean_run, product)
+
+
+@pytest.mark.parametrize("name", CAMPAIGN_PRODUCTS)
+def test_the_mosaic_is_that_of_the_good_observations_alone(faulty_run, clean_run, name):
+    assert_same_products(faulty_run[3] / name, Path(clean_run) / name)
