@@ -12,7 +12,6 @@ setup(
     install_requires=[
         "apache-beam==2.77.0",  # the Flink/Spark job-server jars are fetched at this version
         "numpy>=1.24",
-        "threadpoolctl>=3.1",  # one BLAS thread per worker (ecpi_beam/blas.py)
         "scipy>=1.10",
         "astropy>=6.0",
         "pyerfa>=2.0",  # astropy's; called directly for the alerts' UTC times

@@ -30,10 +30,11 @@ from types import SimpleNamespace
 T0 = time.perf_counter()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import ecpi_beam  # noqa: E402,F401  (first: one BLAS thread, as ecpi_run; ecpi_beam/__init__.py)
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
 
-from ecpi_beam import blas, instrument  # noqa: E402
+from ecpi_beam import instrument  # noqa: E402
 from ecpi_beam.caldb import Caldb  # noqa: E402
 from ecpi_beam.io import events as event_io  # noqa: E402
 from ecpi_beam.io import fs  # noqa: E402
@@ -240,7 +241,6 @@ def main(argv=None) -> int:
 
     watch = Stopwatch()
     watch.seconds["imports"] = watch._last - T0
-    blas.single_threaded()  # as the pipeline's workers (ecpi_beam/blas.py)
     params = load_params(args.params)
     caldb = Caldb.open(resolve_caldb_dir(params.general.caldb_dir))
     out_dir = args.out or fs.join(params.general.working_out, "bare-numpy")

@@ -13,7 +13,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from ecpi_beam import blas, instrument
+from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
 from ecpi_beam.kernels import background, binning, bube, earth, intervals
 from ecpi_beam.kernels.gti import good_time
@@ -100,7 +100,6 @@ class CorrectBackground(beam.DoFn):
         self._imag_params = imag_params
 
     def setup(self):
-        blas.single_threaded()
         detection = None if self._imag_params is None else {
             "snr_threshold": self._imag_params.effective_snr_threshold,
             "pcode_min": self._imag_params.pcode_min, "win_dim": self._imag_params.win_dim}

@@ -14,7 +14,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from ecpi_beam import blas, instrument
+from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
 from ecpi_beam.io.image_products import parse_band
 from ecpi_beam.kernels import catalogue, cleaning, imaging
@@ -52,7 +52,6 @@ class MakeSkyImages(beam.DoFn):
         self._limit = Metrics.counter(NAMESPACE, "cleaning_limit_reached")
 
     def setup(self):
-        blas.single_threaded()
         caldb = Caldb.open(self._caldb_dir)
         self._analyser = SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), self._params,
                                      irf=caldb.irf(), arf=caldb.arf())
