@@ -196,7 +196,8 @@ def run_observation(obs_dir, params, caldb, out_dir, write, watch):
         mode = bube.correction_for(occ)
         exposure = timeline.exposure(occ)
         correction = corrector.correct(mode, counts, observation.obs_id, instrument.band_name(band),
-                                       occ, timeline).correction
+                                       occ, timeline,
+                                       earth_map="ECL-EAR-OFM" in params.bube.out_files).correction
         name = instrument.band_name(band)
         detector.append((name, occ, SimpleNamespace(
             counts=counts, exposure=exposure, good_pixels=good_pixels, efficiency=efficiency,

@@ -35,7 +35,7 @@ class DetectorProducts:
     efficiency: np.ndarray  # (80, 80) relative efficiency (CALDB EFFIC)
     mode: str
     correction: background.BackgroundResult
-    earth: earth.EarthTemplates = None  # the key's Earth geometry (ECL-EAR-OFM)
+    earth: earth.EarthTemplates = None  # the key's Earth geometry (ECL-EAR-OFM), when made
 
 
 def observation_timeline(observation, bube_params) -> ImagingTimeline:
@@ -94,10 +94,12 @@ class DetectorImageSum(beam.CombineFn):
 class CorrectBackground(beam.DoFn):
     """Fits and removes the background of each keyed detector image (mode per occ type)."""
 
-    def __init__(self, caldb_dir: str, mode_by_occ: dict, imag_params=None):
+    def __init__(self, caldb_dir: str, mode_by_occ: dict, imag_params=None,
+                 earth_map: bool = True):
         self._caldb_dir = caldb_dir
         self._mode_by_occ = dict(mode_by_occ)
         self._imag_params = imag_params
+        self._earth_map = earth_map  # ECL-EAR-OFM wanted: the Earth geometry of every key
 
     def setup(self):
         detection = None if self._imag_params is None else {
@@ -111,7 +113,8 @@ class CorrectBackground(beam.DoFn):
     def process(self, element, timelines):
         (obs_id, band, occ), counts = element
         mode = self._mode_by_occ[occ]
-        key = self._corrector.correct(mode, counts, obs_id, band, occ, timelines[obs_id])
+        key = self._corrector.correct(mode, counts, obs_id, band, occ, timelines[obs_id],
+                                      earth_map=self._earth_map)
         LOG.info("BUBE %s %s %s: %d counts, %.1f s, background %s", obs_id, band, occ,
                  int(np.sum(counts)), key.exposure, mode)
         yield (obs_id, band, occ), DetectorProducts(
@@ -176,5 +179,6 @@ class Bube(DataclassTransform):
                   | "Sum" >> beam.CombinePerKey(DetectorImageSum()))
         mode_by_occ = {occ: params.correction_for(occ) for occ in params.ear_occ_bub}
         return images | "Background" >> beam.ParDo(
-            with_failure_log(CorrectBackground(self.caldb_dir, mode_by_occ, self.imag_params),
+            with_failure_log(CorrectBackground(self.caldb_dir, mode_by_occ, self.imag_params,
+                                               "ECL-EAR-OFM" in params.out_files),
                              self.failure_log), side)
