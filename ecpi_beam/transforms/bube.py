@@ -18,7 +18,7 @@ from ecpi_beam.caldb import Caldb
 from ecpi_beam.kernels import background, binning, bube, earth, intervals
 from ecpi_beam.kernels.gti import good_time
 from ecpi_beam.kernels.timeline import ImagingTimeline, imaging_timeline
-from ecpi_beam.transforms.base import DataclassTransform
+from ecpi_beam.transforms.base import DataclassTransform, worker_state
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.bube"
@@ -91,6 +91,11 @@ class DetectorImageSum(beam.CombineFn):
         return accumulator
 
 
+def _background_corrector(caldb, detection, smart) -> bube.BackgroundCorrector:
+    return bube.BackgroundCorrector.from_caldb(
+        caldb, None if detection is None else dict(detection), smart=smart)
+
+
 class CorrectBackground(beam.DoFn):
     """Fits and removes the background of each keyed detector image (mode per occ type)."""
 
@@ -102,12 +107,12 @@ class CorrectBackground(beam.DoFn):
         self._earth_map = earth_map  # ECL-EAR-OFM wanted: the Earth geometry of every key
 
     def setup(self):
-        detection = None if self._imag_params is None else {
-            "snr_threshold": self._imag_params.effective_snr_threshold,
-            "pcode_min": self._imag_params.pcode_min, "win_dim": self._imag_params.win_dim}
-        self._corrector = bube.BackgroundCorrector.from_caldb(
-            Caldb.open(self._caldb_dir), detection,
-            smart="shape_moretti_smart" in self._mode_by_occ.values())
+        detection = None if self._imag_params is None else (
+            ("snr_threshold", self._imag_params.effective_snr_threshold),
+            ("pcode_min", self._imag_params.pcode_min), ("win_dim", self._imag_params.win_dim))
+        self._corrector = worker_state(
+            _background_corrector, Caldb.open(self._caldb_dir), detection,
+            "shape_moretti_smart" in self._mode_by_occ.values())
 
     @isolating("bube")
     def process(self, element, timelines):

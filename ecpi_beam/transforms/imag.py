@@ -19,7 +19,7 @@ from ecpi_beam.caldb import Caldb
 from ecpi_beam.io.image_products import parse_band
 from ecpi_beam.kernels import catalogue, cleaning, imaging
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
-from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation
+from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation, worker_state
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.imag"
@@ -41,6 +41,11 @@ class SkyProducts:
     catalogue: object = None  # kernels.catalogue.ObservationCatalogue of the whole observation
 
 
+def _sky_analyser(caldb, imag_params) -> SkyAnalyser:
+    return SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), imag_params,
+                       irf=caldb.irf(), arf=caldb.arf())
+
+
 class MakeSkyImages(beam.DoFn):
     """Deconvolves each background-corrected detector image and detects sources in it."""
 
@@ -52,9 +57,7 @@ class MakeSkyImages(beam.DoFn):
         self._limit = Metrics.counter(NAMESPACE, "cleaning_limit_reached")
 
     def setup(self):
-        caldb = Caldb.open(self._caldb_dir)
-        self._analyser = SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), self._params,
-                                     irf=caldb.irf(), arf=caldb.arf())
+        self._analyser = worker_state(_sky_analyser, Caldb.open(self._caldb_dir), self._params)
 
     @isolating("imag")
     def process(self, element, timelines):
