@@ -37,6 +37,13 @@ class SumCombineFn(beam.CombineFn):
         return accumulator
 
 
+class GroupByObservation(beam.PTransform):
+    """((obs_id, band, occ), value) -> (obs_id, [(band, occ, value), ...])."""
+
+    def expand(self, keyed):
+        return grouped_by_observation(keyed)
+
+
 def grouped_by_observation(keyed):
     """((obs_id, band, occ), value) -> (obs_id, [(band, occ, value), ...]): the images of one
     observation together (one product file, one catalogue)."""
