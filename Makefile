@@ -4,7 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test test-quick setup system-deps engines benchmark clean
+.PHONY: demo test test-quick setup system-deps engines prism benchmark clean
+
+# Beam's Prism runner (a Go program), the local streaming runner (docs/streaming.md): built
+# once from the Go module proxy into the per-user cache, outside the clone (CI keeps it);
+# ecpi_run finds it there (or at $$ECPI_PRISM) and never downloads it at run time.
+PRISM_VERSION := 2.73.0
+PRISM_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ecpi-beam/prism-$(PRISM_VERSION)
+PRISM := $(PRISM_DIR)/prism
 
 $(BIN)/ecpi_run: setup.py | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +20,17 @@ $(BIN)/ecpi_run: setup.py | system-deps
 	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install --quiet -e ".[test,dask,s3]"
 	touch $@
 
-setup: $(BIN)/ecpi_run
+setup: $(BIN)/ecpi_run $(PRISM)
+
+$(PRISM):
+	@command -v go >/dev/null 2>&1 || { echo "make prism: Go (1.26 or later) is needed to build \
+	Beam's Prism runner, the local streaming runner" >&2; exit 1; }
+	@echo "prism: building Beam's Prism runner $(PRISM_VERSION) into $(PRISM_DIR)"
+	@mkdir -p $(PRISM_DIR)
+	GOBIN=$(PRISM_DIR) GOFLAGS=-mod=mod go install \
+	  github.com/apache/beam/sdks/v2/go/cmd/prism@v$(PRISM_VERSION)
+
+prism: $(PRISM)
 
 # sherpa (the tests' spectral fitter) is a source distribution: these let pip compile it
 SHERPA_BUILD_DEPS = byacc flex bison libfftw3-dev pkg-config

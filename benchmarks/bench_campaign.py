@@ -35,24 +35,28 @@ from ecpi_beam import engines  # noqa: E402
 PRODUCTS = dict(cali_out=[], bube_out=["ECL-DET-IMA"], imag_out=["ECL-SOP-IMA"])
 
 
+def tree_memory(pids) -> dict:
+    """{pid: (command line, RSS in MiB)} of the processes `pids` and all their descendants."""
+    found = {}
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in tree:
+            try:
+                found[proc.pid] = (" ".join(proc.cmdline()), proc.memory_info().rss / 2**20)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    return found
+
+
 def peak_memory(process: subprocess.Popen, extra_pids=()) -> dict:
     """Wait for `process`; peak RSS (MiB) per process kind of its tree and of `extra_pids`."""
     peaks: dict[str, float] = {}
-    root = psutil.Process(process.pid)
     while process.poll() is None:
-        tree = [root, *root.children(recursive=True)]
-        for pid in extra_pids:
-            try:
-                cluster = psutil.Process(pid)
-                tree += [cluster, *cluster.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-        for proc in tree:
-            try:
-                command = " ".join(proc.cmdline())
-                rss = proc.memory_info().rss / 2**20
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
+        for command, rss in tree_memory([process.pid, *extra_pids]).values():
             kind = kind_of(command)
             peaks[kind] = max(peaks.get(kind, 0.0), rss)
         time.sleep(0.2)
@@ -61,6 +65,7 @@ def peak_memory(process: subprocess.Popen, extra_pids=()) -> dict:
 
 def kind_of(command: str) -> str:
     for marker, kind in (("SdkHarness", "sdk worker"), ("sdk_worker_main", "sdk worker"),
+                         ("CoarseGrainedExecutorBackend", "spark executor"),
                          ("worker_pool_main", "worker pool"),
                          ("local_job_service", "job service"),
                          ("StandaloneSession", "flink jobmanager"),

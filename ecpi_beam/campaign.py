@@ -32,6 +32,7 @@ from ecpi_beam.io.events import read_primary_header, table_layout
 from ecpi_beam.io.products import STAMP_SEPARATOR, product_url
 from ecpi_beam.kernels.consistency import OBS_ID_PATTERN
 from ecpi_beam.params import SPEX_PRODUCTS
+from ecpi_beam.options import option_value
 from ecpi_beam.transforms.dpco import discover_triplet
 
 CAMPAIGN_FILE = "campaign.json"
@@ -167,10 +168,7 @@ def default_batch(beam_args) -> int:
     """All observations in one pipeline (0), but waves on the DirectRunner (local: the cost
     of a pipeline is small there, and the progress line comes after each wave): the size of
     its first wave."""
-    runner = next((beam_args[i + 1] for i, arg in enumerate(beam_args[:-1])
-                   if arg == "--runner"), "")
-    runner = next((arg.split("=", 1)[1] for arg in beam_args if arg.startswith("--runner=")),
-                  runner)
+    runner = option_value(beam_args, "--runner", "")
     return DIRECT_RUNNER_BATCH if runner in ("", "DirectRunner") else 0
 
 

@@ -58,3 +58,8 @@ def ecpi_quicklook(argv=None) -> int:
 def ecpi_engine(argv=None) -> int:
     """`ecpi_engine start|stop flink|spark`, `ecpi_engine status` (docs/runners.md)."""
     return _dispatch("ecpi_beam.engines", argv)
+
+
+def ecpi_engine_setup(argv=None) -> int:
+    """`make engines` (engines/setup.sh): the job servers and distributions, into the cache."""
+    return _dispatch("ecpi_beam.engine_setup", argv)

@@ -1,20 +1,22 @@
-"""`ecpi_engine start|stop flink|spark`, `ecpi_engine status`: local clusters to run campaigns on.
+"""`ecpi_engine start|stop|options flink|spark`, `ecpi_engine status`: local clusters that run
+campaigns through Beam's Flink and Spark job servers.
 
     ecpi_engine start flink    a Flink session cluster on 127.0.0.1 (JobManager, REST on 8081,
                                one TaskManager with 2 slots) and a Beam worker pool for the
-                               Python SDK; prints the ecpi_run options that use it
+                               Python SDK; prints the ecpi_run options that run on it
     ecpi_engine start spark    a Spark standalone master (spark://127.0.0.1:7077, web UI on
                                8080), one worker with 2 cores, and a Beam worker pool
-    ecpi_engine stop flink|spark   stops, by process id, everything `start` started
+    ecpi_engine options flink|spark   the ecpi_run options of the running cluster
+    ecpi_engine stop flink|spark      stops, by process id, everything `start` started
     ecpi_engine status         what runs
 
-The Flink and Spark distributions are those that the `apache-flink` and `pyspark` packages
-ship, installed in their own environments by `make engines` (engines/setup.sh): `.venv-flink`
-and `.venv-spark` in the project folder, or the folders named by ECPI_FLINK_HOME and
-ECPI_SPARK_HOME. The Beam job-server jars are looked for in the project's `engines/jars` (or
-ECPI_JOB_SERVER_DIR); `--flink_job_server_jar` / `--spark_job_server_jar` name others.
+Every port is an option of `start` (`--rest-port`, `--master-port`...; 0 picks a free one) and
+an environment variable (ECPI_FLINK_REST_PORT, ECPI_SPARK_MASTER_PORT...); the printed options
+follow them. The Flink and Spark distributions and the job-server launchers are those that
+`make engines` (ecpi_beam/engine_setup.py) put in the engines' cache, or the distribution
+folders named by ECPI_FLINK_HOME and ECPI_SPARK_HOME.
 
-Process ids, logs and configuration live in `<state>/<engine>/` (default
+Process ids, ports, logs and configuration live in `<state>/<engine>/` (default
 `$ECPI_HOME/.ect/engines`, or ECPI_ENGINE_STATE). Every process is started in a session of
 its own, so that `stop` ends it and its children by process group, and nothing else.
 """
@@ -22,41 +24,76 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecpi_beam import engine_setup
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.workspace import config_dir
 
 ENGINES = ("flink", "spark")
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
-FLINK_HOME_ENV, SPARK_HOME_ENV = "ECPI_FLINK_HOME", "ECPI_SPARK_HOME"
-JOB_SERVER_DIR_ENV, STATE_ENV = "ECPI_JOB_SERVER_DIR", "ECPI_ENGINE_STATE"
+FLINK_HOME_ENV, SPARK_HOME_ENV, STATE_ENV = "ECPI_FLINK_HOME", "ECPI_SPARK_HOME", "ECPI_ENGINE_STATE"
+LOCALHOST = "127.0.0.1"  # nothing of a local cluster listens beyond this machine
+# Flink's TaskManager, sized for Beam's portable batch graph (about 40 vertices):
+# - network 512 MiB-1 GiB: Flink's default is short of buffers for that many exchanges;
+# - task off-heap 1 GiB: the gRPC channels to the SDK workers buffer in direct memory, which
+#   Flink otherwise caps at its network memory plus 128 MiB ("Cannot reserve ... direct
+#   buffer memory", then the SDK worker's channel closes);
+# - heap ~2.9 GiB: Beam holds up to 100 data messages (each up to an event chunk, ~20 MB) per
+#   running stage in the heap, and several stages run at once in one slot;
+# - managed memory (Flink's own sorts) only a tenth.
+FLINK_MEMORY = {"jobmanager.memory.process.size": "1024m",
+                "taskmanager.memory.process.size": "6144m",
+                "taskmanager.memory.managed.fraction": "0.1",
+                "taskmanager.memory.task.off-heap.size": "1g",
+                "taskmanager.memory.network.min": "512mb",
+                "taskmanager.memory.network.max": "1gb"}
+SPARK_WORKER_MEMORY = "4g"
+# SDK workers are kept this long after a stage, for the next stage of the job (flink_lib)
+ENVIRONMENT_CACHE_MS = 30000
 
 
 @dataclass(frozen=True)
-class Ports:
-    """The addresses users know (Flink REST 8081, Spark 7077 and 8080) and the others."""
-    flink_rest: int = 8081
-    flink_rpc: int = 6123
-    spark_master: int = 7077
-    spark_ui: int = 8080
-    spark_worker_ui: int = 8082
-    flink_worker_pool: int = 50000
-    spark_worker_pool: int = 50001
+class Port:
+    """A port of a local cluster: its option of `ecpi_engine start`, environment variable and
+    default."""
+    engine: str
+    name: str
+    default: int
+    what: str
+
+    @property
+    def option(self) -> str:
+        return f"--{self.name}-port"
+
+    @property
+    def env(self) -> str:
+        return f"ECPI_{self.engine.upper()}_{self.name.upper().replace('-', '_')}_PORT"
+
+
+PORTS = {
+    "flink": (Port("flink", "rest", 8081, "Flink's REST API and web UI (--flink_master)"),
+              Port("flink", "rpc", 6123, "the JobManager's RPC"),
+              Port("flink", "worker-pool", 50000, "the Beam worker pool (--environment_config)")),
+    "spark": (Port("spark", "master", 7077, "the master (--spark_master_url)"),
+              Port("spark", "ui", 8080, "the master's web UI and /json/"),
+              Port("spark", "worker-ui", 8082, "the worker's web UI"),
+              Port("spark", "worker-pool", 50001, "the Beam worker pool (--environment_config)")),
+}
+# Every other port of the clusters (TaskManager RPC and data, blob server, Spark worker,
+# the job server's) is chosen free at start-up by the programs themselves.
 
 
 @dataclass(frozen=True)
@@ -79,27 +116,27 @@ def state_dir(engine: str) -> Path:
     return Path(base).expanduser().absolute() / engine
 
 
-def _distribution(env_name: str, venv: str, package: str, marker: str) -> Path:
-    """The folder of a distribution: $env_name, or <project>/<venv>/.../site-packages/package."""
+def _distribution(engine: str, env_name: str, package: str, marker: str) -> Path:
+    """The folder of a distribution: $env_name, or the package in the engines' cache venv."""
     if os.environ.get(env_name):
         found = [Path(os.environ[env_name]).expanduser()]
     else:
-        found = [Path(path) for path in sorted(glob.glob(
-            str(PROJECT_DIR / venv / "lib" / "python*" / "site-packages" / package)))]
+        venv = engine_setup.distribution_venv(engine)
+        found = sorted(venv.glob(f"lib/python*/site-packages/{package}"))
     for home in found:
         if (home / marker).exists():
             return home
-    where = os.environ.get(env_name) or f"{PROJECT_DIR / venv}"
+    where = os.environ.get(env_name) or str(engine_setup.distribution_venv(engine))
     raise EcpiError(f"no {package} distribution in {where} (expected {marker} there): run "
                     f"`make engines`, or set {env_name} to a distribution folder")
 
 
 def flink_home() -> Path:
-    return _distribution(FLINK_HOME_ENV, ".venv-flink", "pyflink", "bin/jobmanager.sh")
+    return _distribution("flink", FLINK_HOME_ENV, "pyflink", "bin/jobmanager.sh")
 
 
 def spark_home() -> Path:
-    return _distribution(SPARK_HOME_ENV, ".venv-spark", "pyspark", "bin/spark-class")
+    return _distribution("spark", SPARK_HOME_ENV, "pyspark", "bin/spark-class")
 
 
 def flink_version(home: Path) -> str:
@@ -109,15 +146,49 @@ def flink_version(home: Path) -> str:
     raise EcpiError(f"{home / 'lib'}: no flink-dist jar; expected a Flink distribution")
 
 
-def job_server_jar(engine: str, flink_minor: str = "") -> Path | None:
-    """The Beam job-server jar of `engine` at the version of the installed apache-beam."""
-    import apache_beam
+def job_server_jar(engine: str) -> Path:
+    """The job-server launcher of `engine` that `make engines` assembled."""
+    jar = engine_setup.installed_job_server(engine)
+    if jar is None:
+        raise EcpiError(f"no Beam {engine} job server in {engine_setup.job_server_dir(engine)}:"
+                        " run `make engines` (it resolves the job servers with mvn)")
+    return jar
 
-    folder = Path(os.environ.get(JOB_SERVER_DIR_ENV) or PROJECT_DIR / "engines" / "jars")
-    artifact = (f"beam-runners-flink-{flink_minor}-job-server" if engine == "flink"
-                else "beam-runners-spark-3-job-server")
-    jar = folder / f"{artifact}-{apache_beam.__version__}.jar"
-    return jar if jar.is_file() else None
+
+# ============================================================================================
+# Ports
+# ============================================================================================
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOCALHOST, 0))
+        return probe.getsockname()[1]
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((LOCALHOST, port)) == 0
+
+
+def resolve_ports(engine: str, given: dict | None = None) -> dict:
+    """{port name: number}: given (option), else the environment variable, else the default;
+    0 picks a free port. A variable that is not a port number is a one-line error."""
+    given = given or {}
+    ports = {}
+    for port in PORTS[engine]:
+        value = given.get(port.name)
+        source = port.option
+        if value is None and os.environ.get(port.env):
+            value, source = os.environ[port.env], port.env
+        try:
+            number = int(value) if value is not None else port.default
+        except ValueError:
+            number = -1
+        if not 0 <= number <= 65535:
+            raise EcpiError(f"{source}: {value!r} is not a port number (1-65535, or 0 for a "
+                            "free one)")
+        ports[port.name] = number or free_port()
+    return ports
 
 
 # ============================================================================================
@@ -145,53 +216,88 @@ def worker_pool(port: int) -> Process:
                                    f"--service_port={port}"), env, port, ("worker_pool_main",))
 
 
-def _flink_config(ports: Ports, slots: int) -> str:
-    # 127.0.0.1 everywhere: nothing of the cluster listens beyond this machine.
+def _shipped_java_options(home: Path) -> str:
+    """The JVM options of the distribution's own config.yaml (`env.java.opts.all`: Java 17's
+    --add-opens/--add-exports, without which Flink's own reflection fails and a task's error
+    becomes a fatal TaskManager error)."""
+    try:
+        text = (home / "conf" / "config.yaml").read_text()
+    except OSError:
+        return ""
+    found = re.search(r"^env\.java\.opts\.all:\s*(.+)$", text, re.M) or re.search(
+        r"^env:\s*\n\s+java:\s*\n\s+opts:\s*\n\s+all:\s*(.+)$", text, re.M)
+    return found.group(1).strip() if found else ""
+
+
+def _flink_config(ports: dict, slots: int, java_options: str = "") -> str:
     values = {
-        "jobmanager.rpc.address": "127.0.0.1", "jobmanager.bind-host": "127.0.0.1",
-        "jobmanager.rpc.port": ports.flink_rpc, "jobmanager.memory.process.size": "1024m",
-        "taskmanager.host": "127.0.0.1", "taskmanager.bind-host": "127.0.0.1",
-        "taskmanager.memory.process.size": "1728m", "taskmanager.numberOfTaskSlots": slots,
-        "parallelism.default": slots, "rest.address": "127.0.0.1",
-        "rest.bind-address": "127.0.0.1", "rest.port": ports.flink_rest,
+        "jobmanager.rpc.address": LOCALHOST, "jobmanager.bind-host": LOCALHOST,
+        "jobmanager.rpc.port": ports["rpc"], "taskmanager.host": LOCALHOST,
+        "taskmanager.bind-host": LOCALHOST, "taskmanager.numberOfTaskSlots": slots,
+        "parallelism.default": slots, "rest.address": LOCALHOST,
+        "rest.bind-address": LOCALHOST, "rest.port": ports["rest"], **FLINK_MEMORY,
+        "classloader.resolve-order": "parent-first",  # Beam's classes from lib (flink_lib)
     }
+    if java_options:
+        values["env.java.opts.all"] = java_options
     return "".join(f"{key}: {value}\n" for key, value in values.items())
 
 
-def flink_processes(ports: Ports, slots: int, state: Path) -> list[Process]:
+def flink_lib(home: Path, state: Path) -> Path:
+    """Flink's lib folder for the cluster: links to Flink's jars and to those of Beam's Flink
+    job server (engine_setup.cluster_jars).
+
+    With Beam's runner classes on the TaskManager's own class path (and parent-first class
+    loading), Beam keeps a job's SDK workers between its stages (`--environment_cache_millis`);
+    loaded with each job instead, it must stop them after every stage, and a new Python worker
+    then starts for each of the graph's ~40 stages."""
+    lib = state / "lib"
+    shutil.rmtree(lib, ignore_errors=True)
+    lib.mkdir(parents=True)
+    job_server_jar("flink")  # made by the set-up, or a one-line error
+    for jar in sorted((home / "lib").glob("*.jar")) + engine_setup.cluster_jars("flink"):
+        (lib / jar.name).symlink_to(jar)
+    return lib
+
+
+def flink_processes(ports: dict, slots: int, state: Path) -> list[Process]:
     home = flink_home()
     conf = state / "conf"
     conf.mkdir(parents=True, exist_ok=True)
     for shipped in list((home / "conf").glob("log4j*.properties")) + list(
             (home / "conf").glob("logback*.xml")):
         shutil.copy(shipped, conf / shipped.name)
-    (conf / "config.yaml").write_text(_flink_config(ports, slots))
-    env = _java_env({"FLINK_CONF_DIR": str(conf), "FLINK_LOG_DIR": str(state / "logs")})
+    (conf / "config.yaml").write_text(_flink_config(ports, slots, _shipped_java_options(home)))
+    env = _java_env({"FLINK_CONF_DIR": str(conf), "FLINK_LOG_DIR": str(state / "logs"),
+                     "FLINK_LIB_DIR": str(flink_lib(home, state))})
     return [Process("jobmanager", ("bash", str(home / "bin" / "jobmanager.sh"),
-                                   "start-foreground"), env, ports.flink_rest,
+                                   "start-foreground"), env, ports["rest"],
                     ("jobmanager.sh", "flink-console.sh", "StandaloneSessionClusterEntrypoint")),
             Process("taskmanager", ("bash", str(home / "bin" / "taskmanager.sh"),
                                     "start-foreground"), env, 0,
                     ("taskmanager.sh", "flink-console.sh", "TaskManagerRunner")),
-            worker_pool(ports.flink_worker_pool)]
+            worker_pool(ports["worker-pool"])]
 
 
-def spark_processes(ports: Ports, cores: int, state: Path) -> list[Process]:
+def spark_processes(ports: dict, cores: int, state: Path) -> list[Process]:
+    """Master and worker in the foreground through `spark-class` (the pyspark wheel has no
+    sbin/start-master.sh; spark-daemon.sh would detach them from the recorded process)."""
     home = spark_home()
-    env = _java_env({"SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1",
+    env = _java_env({"SPARK_HOME": str(home), "SPARK_LOCAL_IP": LOCALHOST,
                      "SPARK_LOG_DIR": str(state / "logs"),
                      "SPARK_WORKER_DIR": str(state / "work")})
     spark_class = str(home / "bin" / "spark-class")
-    master = f"spark://127.0.0.1:{ports.spark_master}"
+    master = f"spark://{LOCALHOST}:{ports['master']}"
     return [Process("master", (spark_class, "org.apache.spark.deploy.master.Master",
-                               "--host", "127.0.0.1", "--port", str(ports.spark_master),
-                               "--webui-port", str(ports.spark_ui)), env, ports.spark_master,
+                               "--host", LOCALHOST, "--port", str(ports["master"]),
+                               "--webui-port", str(ports["ui"])), env, ports["master"],
                     ("deploy.master.Master",)),
             Process("worker", (spark_class, "org.apache.spark.deploy.worker.Worker",
-                               "--host", "127.0.0.1", "--cores", str(cores), "--memory", "2g",
-                               "--webui-port", str(ports.spark_worker_ui), master), env, 0,
+                               "--host", LOCALHOST, "--cores", str(cores),
+                               "--memory", SPARK_WORKER_MEMORY,
+                               "--webui-port", str(ports["worker-ui"]), master), env, 0,
                     ("deploy.worker.Worker",)),
-            worker_pool(ports.spark_worker_pool)]
+            worker_pool(ports["worker-pool"])]
 
 
 def get_json(url: str, timeout: float = 5.0):
@@ -199,38 +305,40 @@ def get_json(url: str, timeout: float = 5.0):
         return json.loads(response.read().decode())
 
 
-def flink_ready(ports: Ports, slots: int) -> bool:
+def flink_ready(ports: dict, slots: int) -> bool:
     with contextlib.suppress(OSError, ValueError):
-        overview = get_json(f"http://127.0.0.1:{ports.flink_rest}/overview")
+        overview = get_json(f"http://{LOCALHOST}:{ports['rest']}/overview")
         return overview.get("taskmanagers", 0) >= 1 and overview.get("slots-total", 0) >= slots
     return False
 
 
-def spark_ready(ports: Ports, cores: int) -> bool:
+def spark_ready(ports: dict, cores: int) -> bool:
     with contextlib.suppress(OSError, ValueError):
-        master = get_json(f"http://127.0.0.1:{ports.spark_ui}/json/")
+        master = get_json(f"http://{LOCALHOST}:{ports['ui']}/json/")
         return master.get("status") == "ALIVE" and master.get("aliveworkers", 0) >= 1 \
             and master.get("cores", 0) >= cores
     return False
 
 
-def run_options(engine: str, ports: Ports, parallelism: int) -> list[str]:
-    """The ecpi_run (Beam) options that run a campaign on the local cluster of `engine`."""
+def run_options(engine: str, ports: dict, parallelism: int) -> list[str]:
+    """The ecpi_run (Beam) options that run a pipeline THROUGH the local cluster of `engine`:
+    Beam's job server for it (started by Beam from the launcher jar, on free ports), the
+    cluster's address, and its worker pool as the SDK environment, with one SDK worker
+    process per slot / core (one Python process would hold every slot's work under one GIL).
+    """
     if engine == "flink":
         minor = ".".join(flink_version(flink_home()).split(".")[:2])
-        options = ["--runner", "FlinkRunner", "--flink_master", f"127.0.0.1:{ports.flink_rest}",
-                   "--flink_version", minor, "--parallelism", str(parallelism)]
-        jar, jar_option, pool = job_server_jar("flink", minor), "--flink_job_server_jar", \
-            ports.flink_worker_pool
+        options = ["--runner", "FlinkRunner", "--flink_master", f"{LOCALHOST}:{ports['rest']}",
+                   "--flink_version", minor, "--flink_job_server_jar",
+                   str(job_server_jar("flink")), "--parallelism", str(parallelism)]
     else:
         options = ["--runner", "SparkRunner",
-                   "--spark_master_url", f"spark://127.0.0.1:{ports.spark_master}"]
-        jar, jar_option, pool = job_server_jar("spark"), "--spark_job_server_jar", \
-            ports.spark_worker_pool
-    if jar is not None:
-        options += [jar_option, str(jar)]
+                   "--spark_master_url", f"spark://{LOCALHOST}:{ports['master']}",
+                   "--spark_job_server_jar", str(job_server_jar("spark"))]
     return options + ["--environment_type", "EXTERNAL",
-                      "--environment_config", f"127.0.0.1:{pool}"]
+                      "--environment_config", f"{LOCALHOST}:{ports['worker-pool']}",
+                      "--sdk_worker_parallelism", str(parallelism),
+                      "--environment_cache_millis", str(ENVIRONMENT_CACHE_MS)]
 
 
 # ============================================================================================
@@ -238,6 +346,10 @@ def run_options(engine: str, ports: Ports, parallelism: int) -> list[str]:
 # ============================================================================================
 def _pid_file(state: Path) -> Path:
     return state / "pids.json"
+
+
+def _cluster_file(state: Path) -> Path:
+    return state / "cluster.json"
 
 
 def recorded(state: Path) -> dict:
@@ -257,12 +369,6 @@ def alive(entry: dict) -> bool:
     return any(marker.encode() in command for marker in entry.get("markers", ()))
 
 
-def _port_taken(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _launch(process: Process, logs: Path) -> subprocess.Popen:
     with open(logs / f"{process.name}.out", "ab") as log:
         return subprocess.Popen(process.command, stdout=log, stderr=subprocess.STDOUT,
@@ -270,21 +376,26 @@ def _launch(process: Process, logs: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def start(engine: str, ports: Ports = Ports(), parallelism: int = 2,
+def start(engine: str, ports: dict | None = None, parallelism: int = 2,
           timeout: float = STARTUP_TIMEOUT_S) -> list[str]:
-    """Start the cluster of `engine`, wait until it is ready; returns the ecpi_run options."""
+    """Start the cluster of `engine` on `ports` ({name: number}, missing ones from the
+    environment or the defaults, 0 = free), wait until it is ready; returns the ecpi_run
+    options."""
     state = state_dir(engine)
     running = {name: entry for name, entry in recorded(state).items() if alive(entry)}
     if running:
         raise EcpiError(f"{engine} already runs ({', '.join(sorted(running))}, state in "
                         f"{state}): `ecpi_engine stop {engine}` first")
+    ports = resolve_ports(engine, ports)
+    taken = [f"{number} ({port.option})" for port in PORTS[engine]
+             for name, number in ports.items() if name == port.name and port_taken(number)]
+    if taken:
+        raise EcpiError(f"cannot start {engine}: port(s) {', '.join(taken)} on {LOCALHOST} "
+                        "already in use: choose others (0 = a free one)")
+    options = run_options(engine, ports, parallelism)  # the jar must be there: say so first
     (state / "logs").mkdir(parents=True, exist_ok=True)
     build = flink_processes if engine == "flink" else spark_processes
     processes = build(ports, parallelism, state)
-    taken = [p.port for p in processes if p.port and _port_taken(p.port)]
-    if taken:
-        raise EcpiError(f"cannot start {engine}: port(s) {', '.join(map(str, taken))} on "
-                        "127.0.0.1 already in use (another cluster?)")
     pids = {}
     try:
         for process in processes:
@@ -298,7 +409,9 @@ def start(engine: str, ports: Ports = Ports(), parallelism: int = 2,
     except BaseException:
         stop(engine)
         raise
-    return run_options(engine, ports, parallelism)
+    _cluster_file(state).write_text(json.dumps(
+        {"ports": ports, "parallelism": parallelism, "options": options}, indent=1))
+    return options
 
 
 def _wait(engine, ready, ports, pids, state, timeout) -> None:
@@ -308,10 +421,22 @@ def _wait(engine, ready, ports, pids, state, timeout) -> None:
         if dead:
             raise EcpiError(f"{engine}: {', '.join(dead)} exited while starting; see "
                             f"{state / 'logs'}")
-        if all(_port_taken(port) for port in ports) and ready():
+        if all(port_taken(port) for port in ports) and ready():
             return
         time.sleep(0.5)
     raise EcpiError(f"{engine} not ready after {timeout:.0f} s; see {state / 'logs'}")
+
+
+def running_cluster(engine: str) -> dict:
+    """{"ports", "parallelism", "options"} of the running cluster of `engine`."""
+    state = state_dir(engine)
+    if not any(alive(entry) for entry in recorded(state).values()):
+        raise EcpiError(f"{engine} is not running (state in {state}): `ecpi_engine start "
+                        f"{engine}` first")
+    try:
+        return json.loads(_cluster_file(state).read_text())
+    except (OSError, ValueError):
+        raise EcpiError(f"{engine} is still starting (no {_cluster_file(state)} yet)") from None
 
 
 def stop(engine: str) -> list[str]:
@@ -331,8 +456,9 @@ def stop(engine: str) -> list[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         stopped.append(name)
-    with contextlib.suppress(FileNotFoundError):
-        _pid_file(state).unlink()
+    for done in (_pid_file(state), _cluster_file(state)):
+        with contextlib.suppress(FileNotFoundError):
+            done.unlink()
     return stopped
 
 
@@ -354,12 +480,20 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="ecpi_engine", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     starting = commands.add_parser("start", help="start a local cluster and print its options")
-    starting.add_argument("engine", choices=ENGINES)
-    starting.add_argument("--parallelism", type=int, default=2,
-                          help="Flink task slots / Spark worker cores (default 2)")
-    starting.add_argument("--timeout", type=float, default=STARTUP_TIMEOUT_S)
-    stopping = commands.add_parser("stop", help="stop what `start` started")
-    stopping.add_argument("engine", choices=ENGINES)
+    engines = starting.add_subparsers(dest="engine", required=True)
+    for engine in ENGINES:
+        one = engines.add_parser(engine, help=f"a local {engine} cluster")
+        one.add_argument("--parallelism", type=int, default=2,
+                         help="Flink task slots / Spark worker cores, and SDK workers "
+                              "(default 2)")
+        one.add_argument("--timeout", type=float, default=STARTUP_TIMEOUT_S)
+        for port in PORTS[engine]:
+            one.add_argument(port.option, type=int, default=None, metavar="PORT",
+                             help=f"{port.what}: default {port.default}, or ${port.env}; "
+                                  "0 = a free port")
+    for command, what in (("options", "print the ecpi_run options of the running cluster"),
+                          ("stop", "stop what `start` started")):
+        commands.add_parser(command, help=what).add_argument("engine", choices=ENGINES)
     commands.add_parser("status", help="say what runs")
     return parser.parse_args(argv)
 
@@ -367,14 +501,15 @@ def parse_args(argv):
 def main(argv) -> int:
     args = parse_args(argv)
     if args.command == "start":
-        options = start(args.engine, parallelism=args.parallelism, timeout=args.timeout)
-        if "--flink_job_server_jar" not in options and "--spark_job_server_jar" not in options:
-            print(f"ecpi_engine: no Beam job-server jar for {args.engine} in the project's "
-                  "engines/jars (`make engines` fetches it): add --flink_job_server_jar / "
-                  "--spark_job_server_jar JAR to these options", file=sys.stderr)
+        given = {port.name: getattr(args, port.option[2:].replace("-", "_"))
+                 for port in PORTS[args.engine]}
+        options = start(args.engine, ports=given, parallelism=args.parallelism,
+                        timeout=args.timeout)
         print(f"ecpi_engine: {args.engine} is ready (state in {state_dir(args.engine)}); "
               "run a campaign with:")
         print(" ".join(options))
+    elif args.command == "options":
+        print(" ".join(running_cluster(args.engine)["options"]))
     elif args.command == "stop":
         stopped = stop(args.engine)
         print(f"ecpi_engine: {args.engine}: " + (f"stopped {', '.join(stopped)}" if stopped

@@ -20,6 +20,22 @@ WORKER_PLUGIN = "ecpi_beam.worker_logging"
 WORKER_START_UP_LOGGERS = ("__main__", "apache_beam.options.pipeline_options")
 WORKER_LOG_RELAY = "apache_beam.runners.portability.local_job_service"
 STAGE_ORDER = ("read", "dpco", "cali", "bube", "imag", "write")  # others follow, by name
+# The SDK harness level as Java's LogLevel names it (OFF ERROR WARN INFO DEBUG TRACE): the
+# Flink and Spark job servers parse the option and refuse the job on any other name; the
+# Python SDK worker reads these names too (logging.WARN is logging.WARNING).
+JAVA_LOG_LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARN",
+                   logging.ERROR: "ERROR", logging.CRITICAL: "ERROR"}
+# Beam's notices while it starts, waits for and stops a Java job server (FlinkRunner,
+# SparkRunner), logged as warnings though nothing is wrong: shown at `info` and below.
+JOB_SERVER_NOTICES = ("Really starting service at", "Really destroying service at",
+                      "Waiting for grpc channel to be ready at")
+
+
+class _JobServerNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING
+                    and str(record.msg).startswith(JOB_SERVER_NOTICES))
+
 
 def level_number(level_name: str) -> int:
     return getattr(logging, str(level_name).upper())
@@ -36,6 +52,9 @@ def configure_logging(level_name: str) -> int:
     # job service's copy of each, a dump of the log proto, is shown at debug only
     logging.getLogger(WORKER_LOG_RELAY).setLevel(
         logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL + 1)
+    if level >= logging.WARNING:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_JobServerNotices())
     return level
 
 
@@ -48,7 +67,7 @@ def worker_logging_args(level_name: str, beam_args) -> list:
     level = level_number(level_name)
     extra = []
     if not _given(beam_args, "--default_sdk_harness_log_level"):
-        extra.append(f"--default_sdk_harness_log_level={logging.getLevelName(level)}")
+        extra.append(f"--default_sdk_harness_log_level={JAVA_LOG_LEVELS[level]}")
     if level >= logging.WARNING and not _given(beam_args, "--sdk_harness_log_level_overrides"):
         quiet = {name: "ERROR" for name in WORKER_START_UP_LOGGERS}
         extra.append(f"--sdk_harness_log_level_overrides={json.dumps(quiet)}")

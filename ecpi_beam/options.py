@@ -47,6 +47,45 @@ class EcpiRunOptions(PipelineOptions):
                                  "all at once on other runners); 0 = all at once")
 
 
+FLINK_BATCH_EXECUTION_MODE = "--execution_mode_for_batch"
+
+
+class JobServerOptions(PipelineOptions):
+    """Options read by Beam's Java job servers that Python's runner options do not declare
+    (so that they are known here, and passed on to the job server)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(FLINK_BATCH_EXECUTION_MODE, default=None,
+                            choices=("PIPELINED", "PIPELINED_FORCED", "BATCH", "BATCH_FORCED"),
+                            help="FlinkRunner, batch: how stages exchange data (Flink's "
+                                 "ExecutionMode); ecpi_run's default is BATCH_FORCED (every "
+                                 "exchange materialized: pipelined exchanges deadlock on the "
+                                 "graph's diamonds, docs/runners.md)")
+
+
+def option_value(args, option: str, default=None):
+    """The value of `option` in a command line (`--option VALUE` or `--option=VALUE`, the
+    last one given), without parsing all of Beam's options."""
+    value = default
+    for index, arg in enumerate(args):
+        if arg == option and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def with_runner_defaults(beam_args) -> list:
+    """`beam_args` plus what the graph needs on the runner chosen, unless given: on the
+    FlinkRunner in batch, materialized exchanges (FLINK_BATCH_EXECUTION_MODE)."""
+    runner = str(option_value(beam_args, "--runner", "")).lower()
+    if (runner in ("flinkrunner", "flink") and "--streaming" not in beam_args
+            and option_value(beam_args, FLINK_BATCH_EXECUTION_MODE) is None):
+        return [*beam_args, FLINK_BATCH_EXECUTION_MODE, "BATCH_FORCED"]
+    return list(beam_args)
+
+
 class CommandLine(NamedTuple):
     params_path: str
     beam_args: list  # for PipelineOptions: ours and Beam's, --runner DirectRunner by default

@@ -115,11 +115,19 @@ class StreamParams:
     energy_channels: tuple[tuple[int, int], ...] = ((13, 1260),)  # PI bands searched
     match_radius: float = 60.0  # arcmin: one transient, several windows -> one alert
     poll_interval: float = 1.0  # s between two listings of working_in
+    idle_after: float = 30.0  # wall s without a new slice: an observation stops holding
+    idle_after_event: float = 60.0  # mission s covered by a later observation: likewise
 
     @property
     def tile_seconds(self) -> int:
         """Event-time step of the partial images: divides every window length and period."""
         return math.gcd(*self.window_lengths, *self.window_periods)
+
+    @property
+    def clock_step(self) -> int:
+        """A multiple of every window period (s): shifting an observation by it keeps its
+        windows (docs/streaming.md, "Watermark")."""
+        return math.lcm(*self.window_periods)
 
 
 # Parameters that only say where data lives or how the work is split: they never change a
@@ -193,7 +201,8 @@ SECTIONS = {
     "mosa": ("out_files", "grid", "nside", "car_pixel_deg", "pcode_min", "snr_ths"),
     "spex": ("out_files", "sources", "time_bin", "pi_per_channel"),
     "stream": ("window_lengths", "window_periods", "snr_ths", "allowed_lateness",
-               "energy_channels", "match_radius", "poll_interval"),
+               "energy_channels", "match_radius", "poll_interval", "idle_after",
+               "idle_after_event"),
 }
 MANDATORY = {("general", "working_in"), ("general", "working_out"), ("dpco", "out_files"),
              ("cali", "out_files"), ("bube", "out_files"), ("imag", "out_files")}
@@ -528,7 +537,11 @@ class _SectionReader:
             match_radius=self.number("stream", "match_radius", StreamParams.match_radius, 0.0,
                                      low_open=True),
             poll_interval=self.number("stream", "poll_interval", StreamParams.poll_interval,
-                                      0.0, low_open=True))
+                                      0.0, low_open=True),
+            idle_after=self.number("stream", "idle_after", StreamParams.idle_after, 0.0,
+                                   low_open=True),
+            idle_after_event=self.number("stream", "idle_after_event",
+                                         StreamParams.idle_after_event, 0.0, low_open=True))
 
     def locations(self, section, key) -> tuple[str, ...]:
         """working_in: one directory, a glob, or several (comma-separated or a Python list)."""

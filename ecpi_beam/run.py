@@ -13,7 +13,6 @@ import threading
 import time
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from ecpi_beam import campaign, progress
@@ -22,8 +21,9 @@ from ecpi_beam.io import failures as failure_log, fs
 from ecpi_beam.io.products import MOSAIC_OBS_ID
 from ecpi_beam.io.progress import ProgressMarks
 from ecpi_beam.logs import configure_logging, log_stage_summary, worker_logging_args
-from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line
+from ecpi_beam.options import STREAM_IDLE_TIMEOUT, parse_command_line, with_runner_defaults
 from ecpi_beam.params import load_params
+from ecpi_beam.pipelines.metrics import metric_totals  # noqa: F401 - also run.metric_totals
 from ecpi_beam.pipelines.observation import build_observation_pipeline
 from ecpi_beam.pipelines import safeguards
 from ecpi_beam.pipelines.direct import runner_for
@@ -75,20 +75,6 @@ def with_params_file(err: EcpiError, path: str) -> EcpiError:
     return EcpiError(f"{path}: {err}") if str(err).startswith("[") else err
 
 
-def metric_totals(result):
-    """Counter name -> total over steps, for the summary line (Metrics are the log of record)."""
-    totals = {}
-    try:
-        counters = result.metrics().query(MetricsFilter())["counters"]
-    except NotImplementedError:  # the DaskRunner has no metrics yet
-        return totals
-    for counter in counters:
-        name = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[name] = totals.get(name, 0) + (value or 0)
-    return totals
-
-
 def run_graph(beam_args, build) -> dict:
     """Run the graph `build(pipeline)` adds to a pipeline of `beam_args`; its metric totals."""
     options = PipelineOptions(beam_args)
@@ -116,7 +102,7 @@ def main(argv) -> int:
     path, beam_args, args = parse_command(argv)
     params = load_params(path)
     configure_logging(params.general.logger_level)
-    beam_args = worker_logging_args(params.general.logger_level, beam_args)
+    beam_args = with_runner_defaults(worker_logging_args(params.general.logger_level, beam_args))
     try:
         # writable, one run at a time, leftovers of earlier runs removed (docs/reliability.md)
         with safeguards.guarded_working_out(params.general.working_out):

@@ -12,7 +12,7 @@ import pytest
 
 # fixtures shared by several test modules: a moto S3 server, a simulated observation and its
 # reference pipeline run
-pytest_plugins = ["s3_server", "pipeline_fixtures"]
+pytest_plugins = ["s3_server", "pipeline_fixtures", "engine_fixtures", "stream_fixtures"]
 
 
 def pytest_configure(config):

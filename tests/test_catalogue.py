@@ -4,8 +4,10 @@ import pytest
 
 from ecpi_beam.caldb import Caldb, default_caldb_dir
 from ecpi_beam.caldb.generate import known_sources_model
-from ecpi_beam.kernels.catalogue import KnownSources, angular_separation_deg, iau_name, \
-    match_known
+from ecpi_beam.kernels.catalogue import (MATCH_RADIUS_MIN_ARCMIN, MATCH_RADIUS_PER_ERR_RAD,
+                                         KnownSources, angular_separation_deg, iau_name,
+                                         known_match_radius_arcmin, match_known,
+                                         match_known_sources)
 
 
 @pytest.mark.parametrize("ra, dec, name", [
@@ -32,6 +34,40 @@ def test_match_known_nearest_within_radius():
                         KNOWN)
     assert index.tolist() == [0, 1, -1, -1]
     assert match_known([], [], 1.0, KNOWN).shape == (0,)
+
+
+def test_the_known_match_radius_is_1_73_error_radii_but_never_under_half_the_fwhm():
+    np.testing.assert_allclose(known_match_radius_arcmin([2.4, 10.0, 40.0]),
+                               [MATCH_RADIUS_MIN_ARCMIN, MATCH_RADIUS_MIN_ARCMIN,
+                                MATCH_RADIUS_PER_ERR_RAD * 40.0])
+    assert MATCH_RADIUS_MIN_ARCMIN == pytest.approx(43.85, abs=0.05)
+
+
+def _scattered(center, offsets_arcmin, angles_deg):
+    """Positions `offsets_arcmin` from `center` in the directions `angles_deg` (from north)."""
+    ra0, dec0 = center
+    dec = dec0 + offsets_arcmin / 60.0 * np.cos(np.radians(angles_deg))
+    ra = ra0 + offsets_arcmin / 60.0 * np.sin(np.radians(angles_deg)) / np.cos(np.radians(dec0))
+    return ra, dec
+
+
+def test_a_catalogued_source_is_never_new_however_its_position_scatters():
+    """The Crab found 2.6' off with ERR_RAD 2.4' (the streaming alert of the issue), and a
+    thousand window positions scattered as a 90 % radius of 2.4' says, plus 10' of systematic
+    error, in every direction: each is the Crab, by the one association rule."""
+    known = Caldb.open(default_caldb_dir()).known_sources()
+    crab = np.flatnonzero(known.name == "Crab")[0]
+    center = (known.ra_deg[crab], known.dec_deg[crab])
+    ra, dec = _scattered(center, np.array([2.6]), np.array([30.0]))
+    assert match_known(ra, dec, 2.4 / 60.0, known).tolist() == [-1]  # within ERR_RAD: missed
+    assert match_known_sources(ra, dec, 2.4, known).tolist() == [crab]
+    rng = np.random.default_rng(2)
+    sigma = 2.4 / np.sqrt(-2.0 * np.log(0.1))  # a Rayleigh 90 % radius of 2.4'
+    offsets = rng.rayleigh(sigma, 1000) + rng.uniform(0.0, 10.0, 1000)
+    ra, dec = _scattered(center, offsets, rng.uniform(0.0, 360.0, 1000))
+    assert np.all(match_known_sources(ra, dec, 2.4, known) == crab)
+    # a source well clear of every catalogued one stays unknown (NEW if bright)
+    assert match_known_sources([center[0] + 5.0], [center[1]], [2.4], known).tolist() == [-1]
 
 
 def test_angular_separation_across_ra_zero():

@@ -26,9 +26,31 @@ def test_configure_logging_replaces_a_root_handler_set_before_and_sets_beams_lev
             logging.getLogger(name).setLevel(logging.NOTSET)
 
 
+def test_job_server_start_up_notices_only_below_warning(capsys):
+    """Beam logs as warnings that it starts and waits for the Flink/Spark job server."""
+    try:
+        for level, shown in (("warning", 1), ("info", 3)):
+            logs.configure_logging(level)
+            server = logging.getLogger("apache_beam.utils.subprocess_server")
+            server.warning("Really starting service at %s with cmd: %s", "localhost:1", "java")
+            logging.warning("Waiting for grpc channel to be ready at %s.", "localhost:1")
+            server.warning("Error bringing up service (attempt %d of %d): %s", 1, 3, "boom")
+            lines = capsys.readouterr().err.splitlines()
+            assert len(lines) == shown, lines
+            assert "Error bringing up service" in lines[-1]
+    finally:
+        logging.basicConfig(force=True)
+        for name in ("ecpi_beam", "apache_beam"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+
+
 def test_workers_get_the_level_unless_the_user_gave_one():
     args = logs.worker_logging_args("warning", ["--runner", "DirectRunner"])
-    assert "--default_sdk_harness_log_level=WARNING" in args
+    # Java's level name (WARN, not WARNING): the Flink and Spark job servers parse it
+    assert "--default_sdk_harness_log_level=WARN" in args
+    for level, java in (("debug", "DEBUG"), ("info", "INFO"), ("error", "ERROR"),
+                        ("critical", "ERROR")):
+        assert f"--default_sdk_harness_log_level={java}" in logs.worker_logging_args(level, [])
     assert f"--beam_plugins={logs.WORKER_PLUGIN}" in args
     assert any(arg.startswith("--sdk_harness_log_level_overrides=") for arg in args)
     mine = logs.worker_logging_args("info", ["--default_sdk_harness_log_level=DEBUG"])

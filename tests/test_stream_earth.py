@@ -55,7 +55,7 @@ def _batch_timeline(slice_set, params):
 
 def test_a_windows_summed_hidden_sky_is_the_batch_mean_over_its_good_time(earth_rise_slices):
     params, tiles = _tiles(earth_rise_slices)
-    slice_sets = SliceWatcher([str(earth_rise_slices)]).poll()
+    slice_sets, _ = SliceWatcher([str(earth_rise_slices)]).poll()
     late = slice_sets[-1]  # the Earth well into the field
     sums = [tv.value[1] for tv in tiles.process(late)]
     assert len(sums) == SLICE_S / TILE_S
@@ -76,7 +76,7 @@ def test_a_windows_summed_hidden_sky_is_the_batch_mean_over_its_good_time(earth_
 
 def test_the_window_gives_bube_the_earth_templates_of_its_good_time(earth_rise_slices):
     params, tiles = _tiles(earth_rise_slices)
-    late = SliceWatcher([str(earth_rise_slices)]).poll()[-1]
+    late = SliceWatcher([str(earth_rise_slices)]).poll()[0][-1]
     sums = [tv.value[1] for tv in tiles.process(late)]
     seconds = sum(s.earth_seconds for s in sums)
     window = StreamTimeline(sums[0].weighted_quaternion / sums[0].exposure,

@@ -47,11 +47,17 @@ class FailureLog:
         self.write_record({"obs_id": obs_id, "stage": stage,
                            "error": f"observation {obs_id}: {stage} failed: {message}"})
 
+    def record_slice(self, obs_id: str, seq: int, url: str, reason: str) -> None:
+        """A streaming slice that was skipped (docs/streaming.md, "Bad slices"): the file and
+        what is wrong with it, as one line in `error`."""
+        self.write_record({"obs_id": obs_id, "stage": "stream", "slice": int(seq),
+                           "file": url, "reason": reason, "error": f"{url}: {reason}"})
+
     def write_record(self, record: dict) -> None:
         """One dead-letter record per observation and stage (the first one kept: later chunks
         of a failed observation usually fail the same way); the obs_id is in the record, never
         in the file name. A full disk frees the reserve and tries again."""
-        about = str(failed_key(record))
+        about = str(record_key(record)[::2])
         name = (f"{record.get('stage') or 'failure'}."
                 f"{hashlib.sha256(about.encode()).hexdigest()[:24]}.json")
         url = fs.inside(self.working_out, FAILURES_FOLDER, name)
@@ -68,6 +74,21 @@ class FailureLog:
 def failed_key(record: dict):
     """What a record is about: its observation directory, else its OBS_ID."""
     return record.get("obs_dir") or record.get("obs_id")
+
+
+def record_key(record: dict) -> tuple:
+    """One record per (observation, stage, file): the file is that of a skipped streaming
+    slice (None otherwise)."""
+    return failed_key(record), record.get("stage"), record.get("file")
+
+
+def unique_records(records) -> list[dict]:
+    """The first record of each `record_key`, sorted by observation, slice and file."""
+    unique = {}
+    for record in records:
+        unique.setdefault(record_key(record), record)
+    return sorted(unique.values(), key=lambda r: (str(failed_key(r)), r.get("slice", -1),
+                                                   str(r.get("file"))))
 
 
 def reserve_space(working_out: str) -> None:
@@ -90,19 +111,28 @@ def release_reserve(working_out: str) -> bool:
     return True
 
 
-def collect(working_out: str, extra=()) -> list[dict]:
-    """The records of failures.jsonl, of the dead letters and `extra`: one per observation and
-    stage, sorted. Reads only."""
-    records = read_records(working_out)
+def read_dead_letters(working_out: str, skip=frozenset()) -> list[tuple[str, dict]]:
+    """(name, record) of the dead-letter records whose names are not in `skip`."""
     folder = fs.inside(working_out, FAILURES_FOLDER)
-    if fs.exists(folder):
-        for name in sorted(fs.listdir(folder)):
-            if name != RESERVE_NAME:
-                records.append(json.loads(fs.read_bytes(fs.inside(folder, name)).decode()))
-    unique = {}
-    for record in [*records, *extra]:
-        unique.setdefault((failed_key(record), record.get("stage")), record)
-    return sorted(unique.values(), key=lambda r: str(failed_key(r)))
+    if not fs.exists(folder):
+        return []
+    return [(name, json.loads(fs.read_bytes(fs.inside(folder, name)).decode()))
+            for name in sorted(fs.listdir(folder)) if name != RESERVE_NAME and name not in skip]
+
+
+def collect(working_out: str, extra=()) -> list[dict]:
+    """The records of failures.jsonl, of the dead letters and `extra`: one per observation,
+    stage (and skipped slice), sorted. Reads only."""
+    letters = [record for _, record in read_dead_letters(working_out)]
+    return unique_records([*read_records(working_out), *letters, *extra])
+
+
+def write_records(working_out: str, records) -> None:
+    """`<working_out>/failures.jsonl`, one JSON record a line (none: no file written)."""
+    if records:
+        with fs.atomic_write(fs.inside(working_out, FAILURES_FILE)) as handle:
+            for record in records:
+                handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
 
 
 def gather(working_out: str, extra=()) -> list[dict]:
@@ -111,12 +141,13 @@ def gather(working_out: str, extra=()) -> list[dict]:
     file finds room on a full disk."""
     records = collect(working_out, extra)
     release_reserve(working_out)
-    if records:
-        with fs.atomic_write(fs.inside(working_out, FAILURES_FILE)) as handle:
-            for record in records:
-                handle.write((json.dumps(record, sort_keys=True) + "\n").encode())
-    _remove(working_out, FAILURES_FOLDER)
+    write_records(working_out, records)
+    remove_dead_letters(working_out)
     return records
+
+
+def remove_dead_letters(working_out: str) -> None:
+    _remove(working_out, FAILURES_FOLDER)
 
 
 def read_records(working_out: str) -> list[dict]:

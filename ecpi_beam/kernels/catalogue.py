@@ -15,9 +15,9 @@ from ecpi_beam.kernels import isotime
 from ecpi_beam.caldb.tables import KnownSources
 from ecpi_beam.io.voevent import TransientAlert
 
-__all__ = ["KnownSources", "iau_name", "match_known", "angular_separation_deg", "associate",
-           "build_catalogue", "ObservationCatalogue", "CatalogueSource", "BandMeasurement",
-           "new_source_alerts"]
+__all__ = ["KnownSources", "iau_name", "match_known", "match_known_sources",
+           "known_match_radius_arcmin", "angular_separation_deg", "associate", "build_catalogue",
+           "ObservationCatalogue", "CatalogueSource", "BandMeasurement", "new_source_alerts"]
 
 
 def iau_name(ra_deg: float, dec_deg: float, prefix: str = "ECL") -> str:
@@ -47,8 +47,9 @@ def angular_separation_deg(ra1, dec1, ra2, dec2) -> np.ndarray:
 def match_known(ra_deg, dec_deg, radius_deg, known: KnownSources) -> np.ndarray:
     """Index in `known` of the nearest known source within `radius_deg` of each position.
 
-    `radius_deg` is a scalar or one radius per position (the 90 % error radius); -1 where no
-    known source lies that close. Returns an (n,) int array.
+    `radius_deg` is a scalar or one radius per position; -1 where no known source lies that
+    close. Returns an (n,) int array. The geometry only: the association rule (which radius)
+    is match_known_sources.
     """
     ra = np.atleast_1d(np.asarray(ra_deg, dtype=float))
     dec = np.atleast_1d(np.asarray(dec_deg, dtype=float))
@@ -66,7 +67,7 @@ def match_known(ra_deg, dec_deg, radius_deg, known: KnownSources) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------
-# One catalogue per observation (docs/imaging.md, "The catalogue of an observation")
+# The association with the known sources (one rule for IMAG's catalogue, streaming, mosaics)
 # ------------------------------------------------------------------------------------------
 NEW_SNR_MIN = 8.0  # an unmatched source this bright or brighter is NEW (raises an alert)
 # matching radius to the known sources: the 99.9 % containment of the 90 % error circle
@@ -76,6 +77,26 @@ MATCH_RADIUS_PER_ERR_RAD = float(np.sqrt(np.log(1000.0) / np.log(10.0)))  # 1.73
 # two known sources closer than the FWHM image as one peak between them, up to FWHM / 2 from each
 MATCH_RADIUS_MIN_ARCMIN = 0.5 * float(np.degrees(instrument.MASK_PITCH_MM
                                                  / instrument.MASK_HEIGHT_MM)) * 60.0
+
+
+def known_match_radius_arcmin(err_rad_arcmin):
+    """The radius (arcmin) within which a detection is taken for a known source:
+    MATCH_RADIUS_PER_ERR_RAD x its 90 % error radius, and never less than
+    MATCH_RADIUS_MIN_ARCMIN (docs/imaging.md, "Known sources"). Scalar or array."""
+    return np.maximum(MATCH_RADIUS_PER_ERR_RAD * np.asarray(err_rad_arcmin, dtype=float),
+                      MATCH_RADIUS_MIN_ARCMIN)
+
+
+def match_known_sources(ra_deg, dec_deg, err_rad_arcmin, known: KnownSources) -> np.ndarray:
+    """THE association of detections with the known-source catalogue (ECL-SRC-CAT).
+
+    ra_deg, dec_deg: ICRS positions (deg); err_rad_arcmin: their 90 % error radii (arcmin),
+    one per position or one for all. Returns an (n,) int array: the index in `known` of the
+    nearest known source within `known_match_radius_arcmin(err_rad)`, or -1. IMAG's catalogue
+    (build_catalogue) and the streaming windows call this (and the mosaic's source list is
+    to), so a source known in one is known in all: one that is matched is never NEW.
+    """
+    return match_known(ra_deg, dec_deg, known_match_radius_arcmin(err_rad_arcmin) / 60.0, known)
 
 
 @dataclass(frozen=True)
@@ -151,9 +172,8 @@ def build_catalogue(entries, known: KnownSources | None, new_snr_min: float = NE
     entries: [(band, occ, rows)], rows having ra, dec, err_rad_arcmin, snr, flux, flux_err
     (kernels.sky_analysis.SourceRow). Best position: that of the detection with the highest
     SNR (each band is an independent measurement, but the bands' systematic errors are common,
-    so averaging would shrink the error radius below what holds). Known: the nearest known
-    source within MATCH_RADIUS_PER_ERR_RAD x the error radius, or MATCH_RADIUS_MIN_ARCMIN if
-    larger. NEW: unmatched and SNR >= new_snr_min.
+    so averaging would shrink the error radius below what holds). Known: match_known_sources
+    (the one association rule). NEW: unmatched and SNR >= new_snr_min.
     """
     flat = [(band, occ, index, row) for band, occ, rows in entries
             for index, row in enumerate(rows)]
@@ -177,10 +197,8 @@ def build_catalogue(entries, known: KnownSources | None, new_snr_min: float = NE
     drafts.sort(key=lambda draft: -draft[0].snr)
     ra = np.array([draft[0].ra for draft in drafts])
     dec = np.array([draft[0].dec for draft in drafts])
-    radius_deg = np.array([draft[0].err_rad_arcmin for draft in drafts]) / 60.0
-    match_radius_deg = np.maximum(MATCH_RADIUS_PER_ERR_RAD * radius_deg,
-                                  MATCH_RADIUS_MIN_ARCMIN / 60.0)
-    matched = (match_known(ra, dec, match_radius_deg, known)
+    err_rad = np.array([draft[0].err_rad_arcmin for draft in drafts])
+    matched = (match_known_sources(ra, dec, err_rad, known)
                if known is not None else np.full(len(drafts), -1))
     sources, label_of = [], {}
     for number, ((best, band, per_band, group), match) in enumerate(zip(drafts, matched)):

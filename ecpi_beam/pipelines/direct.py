@@ -8,8 +8,8 @@ always batch and always supported by the FnApiRunner (no TestStream, no Pub/Sub,
 timers), so ecpi_run makes that FnApiRunner itself, exactly as the switch does. The options
 the FnApiRunner reads (direct_num_workers, direct_running_mode) work unchanged, but with
 `multi_processing` each worker process is `python -m ecpi_beam.worker_logging`, Beam's worker
-with ecpi_run's logging from its first line. Streaming pipelines (pipelines/stream.py) keep
-Beam's DirectRunner.
+with ecpi_run's logging from its first line. Streaming
+pipelines (pipelines/stream.py) run on Beam's Prism runner instead.
 """
 from __future__ import annotations
 

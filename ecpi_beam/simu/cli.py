@@ -4,7 +4,7 @@
     ecpi_simulate scenario.toml input/ [--caldb DIR] [--seed N] [--duration S]
     (--out DIR may replace the positional output directory)
     ecpi_simulate [SCENARIO] --drip DIR --speed 10 [--slice-seconds 10] [--late SEQ:N]
-                                                     # replay as timed slices (streaming)
+                  [--truncate SEQ]                   # replay as timed slices (streaming)
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --drip: mission seconds per slice (default 10)")
     parser.add_argument("--late", action="append", default=[], metavar="SEQ:N",
                         help="with --drip: write event slice SEQ only after N more slices")
+    parser.add_argument("--truncate", action="append", type=int, default=[], metavar="SEQ",
+                        help="with --drip: write event slice SEQ cut short (a damaged file)")
     return parser
 
 
@@ -73,7 +75,8 @@ def _drip(args) -> int:
     late = dict(_late_slice(text) for text in args.late)
     started = time.perf_counter()
     truth = drip(scenario, args.drip, Caldb.open(args.caldb or default_caldb_dir()),
-                 speed=args.speed, slice_seconds=args.slice_seconds, late=late)
+                 speed=args.speed, slice_seconds=args.slice_seconds, late=late,
+                 truncate=tuple(args.truncate))
     print(f"ecpi_simulate: {scenario.name} obs_id {truth.obs_id}: {truth.n_events} events "
           f"dripped into {args.drip} as {args.slice_seconds:g} s slices at {args.speed:g}x "
           f"({time.perf_counter() - started:.1f} s)")

@@ -6,7 +6,8 @@ docs/streaming.md). Slice k, covering [t_k, t_k+1), lands in DIR when the replay
 `speed` times faster than mission time, reaches t_k+1: first its attitude and orbit, then its
 events. Each file is written under a temporary name and renamed, so a watcher never sees half
 a file. `late` holds some event slices back: {seq: n} writes slice seq's events only after
-n more slices have landed, to replay data arriving late.
+n more slices have landed, to replay data arriving late; `truncate` lists event slices written
+cut short (half their bytes), to replay a damaged file.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class _EventSource:
 
 
 def drip(scenario, out_dir, caldb, *, speed: float = 10.0, slice_seconds: float = 10.0,
-         late: dict | None = None, sleep: Callable[[float], None] = time.sleep,
+         late: dict | None = None, truncate=(), sleep: Callable[[float], None] = time.sleep,
          on_slice: Callable | None = None):
     """Write `scenario` into out_dir as timed slices; returns the simulator's Truth.
 
@@ -107,7 +108,7 @@ def drip(scenario, out_dir, caldb, *, speed: float = 10.0, slice_seconds: float 
                 _write_aux(path, extname, _aux_slice(table, t_lo, t_hi), columns, keywords)
                 _landed(on_slice, seq, kind, path)
             event_slice = (seq, obs_id, t_lo, t_hi, source.until(t_hi),
-                           _clip(gti, t_lo, t_hi))
+                           _clip(gti, t_lo, t_hi), seq in truncate)
             if seq in late:
                 held.append((seq + late[seq], event_slice))
             else:
@@ -125,15 +126,21 @@ def _clip(gti, t_lo, t_hi):
     return clipped[clipped[:, 1] > clipped[:, 0]]
 
 
-def _write_events(out_dir, seq, obs_id, t_lo, t_hi, rows, gti, on_slice=None):
+def _write_events(out_dir, seq, obs_id, t_lo, t_hi, rows, gti, truncated=False,
+                  on_slice=None):
     path = os.path.join(out_dir, slice_name("evt", obs_id, seq))
-    writer = EventFileWriter(path, common_keywords(obs_id, t_lo, t_hi, instrume="ECLAIRs"))
+    target = path + ".cut" if truncated else path
+    writer = EventFileWriter(target, common_keywords(obs_id, t_lo, t_hi, instrume="ECLAIRs"))
     try:
         writer.append(rows)
         writer.close(gti)
     except BaseException:
         writer.abort()
         raise
+    if truncated:  # the damaged file lands, as a cut transfer would leave it
+        with open(target, "r+b") as stream:
+            stream.truncate(os.path.getsize(target) // 2)
+        os.replace(target, path)
     _landed(on_slice, seq, "evt", path)
 
 

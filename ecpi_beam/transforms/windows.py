@@ -5,11 +5,14 @@ docs/streaming.md. Every science step is the batch one (no second implementation
   occultation classes (kernels.timeline), and binned by transforms.bube.BinDetectorImages, one
   partial image per (band, occ) and per tile of `tile_seconds` of event time. Each image is
   emitted with its tile's event time as element timestamp, with its exposure and pointing.
-- `WindowedSearch`: sliding event-time windows of one length and period, summed by
-  transforms.bube.DetectorImageSum (with the exposure and pointing beside it), background-
-  corrected by transforms.bube.CorrectBackground and imaged by transforms.imag.MakeSkyImages
-  (kernels.sky_analysis.SkyAnalyser); sources matching the known-source catalogue
-  (ECL-SRC-CAT) are dropped, the others are `WindowDetection`s.
+- `WindowedSearch`: sliding event-time windows of one length and period (Beam's default
+  trigger: one pane when the watermark passes the window's end, one more per late slice),
+  summed (`WindowSum`: images, exposure, pointing and the Earth's hidden sky), each pane added
+  to the window's earlier ones (`AccumulatePanes`: a late pane is the whole window again),
+  background-corrected by transforms.bube.CorrectBackground and imaged by
+  transforms.imag.MakeSkyImages (kernels.sky_analysis.SkyAnalyser); sources associated with
+  the known-source catalogue (ECL-SRC-CAT, kernels.catalogue.match_known_sources, the batch
+  rule) are dropped, the others are `WindowDetection`s.
 - `TransientAlerts`: a stateful DoFn keyed by obs_id (one pointing: its sky) turns detections
   into VOEvents, exactly once per transient: a detection within `match_radius` of a steady
   source of an earlier longest window is not new; one within `match_radius` of a transient
@@ -28,19 +31,21 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
+from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.transforms import trigger, userstate, window
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
+from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs, slices
 from ecpi_beam.io.voevent import TransientAlert, alert_file_name, write_voevent
-from ecpi_beam.kernels import catalogue, earth, intervals, isotime
+from ecpi_beam.kernels import binning, catalogue, earth, intervals, isotime
 from ecpi_beam.kernels.calibrate import calibrate_events
 from ecpi_beam.kernels.gti import good_time, telemetry_gti
 from ecpi_beam.kernels.timeline import imaging_timeline
 from ecpi_beam.transforms.base import DataclassTransform
-from ecpi_beam.transforms.bube import BinDetectorImages, CorrectBackground, DetectorImageSum
+from ecpi_beam.transforms.bube import BinDetectorImages, CorrectBackground
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 from ecpi_beam.transforms.imag import MakeSkyImages
 
@@ -72,16 +77,30 @@ class TileSums(NamedTuple):
     weighted_quaternion: np.ndarray  # reference quaternion x exposure (a mean pointing)
     hidden_seconds: np.ndarray  # sum of seconds x hidden fraction (199, 199) (earth.py)
     earth_seconds: float  # those seconds
+    clock_offset: float = 0.0  # the observation's, from its slices (io.slices.SliceSet)
+
+
+def add_sums(first: TileSums, second: TileSums) -> TileSums:
+    """Two tiles' (or windows') sums: the sum of their events (the clock offset is the
+    observation's, the same in both)."""
+    return TileSums(binning.add(first.image, second.image), first.exposure + second.exposure,
+                    first.weighted_quaternion + second.weighted_quaternion,
+                    first.hidden_seconds + second.hidden_seconds,
+                    first.earth_seconds + second.earth_seconds, first.clock_offset)
 
 
 # ==============================================================================================
 # Slices -> timestamped partial images
 # ==============================================================================================
+TILE_TYPE = typing.Tuple[typing.Tuple[str, str, str], typing.Any]  # ((obs_id, band, occ), sums)
+
+
 class SliceTiles(beam.DoFn):
     """SliceSet -> TimestampedValue(((obs_id, band, occ), TileSums), t).
 
-    t is the tile's start (or the slice's, when the slice starts inside the tile): window
-    boundaries are multiples of the tile, so the image lands in the windows of its tile. The
+    t is the tile's start (or the slice's, when the slice starts inside the tile), on the
+    stream's clock (mission time + the observation's clock offset): window boundaries are
+    multiples of the tile, so the image lands in the windows of its tile. The
     Earth's mean hidden sky of the tile's class good time (kernels/earth.py, the batch
     averaging) goes with it, weighted by its seconds, so that a window's sum is its own mean.
     """
@@ -95,19 +114,42 @@ class SliceTiles(beam.DoFn):
         self._slices = Metrics.counter(NAMESPACE, "slices")
         self._events = Metrics.counter(NAMESPACE, "events")
         self._no_good_time = Metrics.counter(NAMESPACE, "slices_without_good_time")
+        self._skipped = Metrics.counter(NAMESPACE, "slices_skipped")
+        self.failure_log = None  # set by with_failure_log
 
     def setup(self):
         self._pixcal = Caldb.open(self._caldb_dir).pixel_calibration()
 
-    @isolating("stream")
     def process(self, slice_set: slices.SliceSet):
-        data = slices.read_slice(slice_set)
-        data = dataclasses.replace(data, telemetry_gti=telemetry_gti(
-            data.telemetry_gti[:, 0], data.telemetry_gti[:, 1]))
-        good = good_time(data)["ALL"]
-        calibrated, _ = calibrate_events(data.events, self._pixcal, good)
+        try:
+            data = slices.read_slice(slice_set)
+            data = dataclasses.replace(data, telemetry_gti=telemetry_gti(
+                data.telemetry_gti[:, 0], data.telemetry_gti[:, 1]))
+            good = good_time(data)["ALL"]
+            calibrated, _ = calibrate_events(data.events, self._pixcal, good)
+            tiles = list(self._tiles(slice_set, data, good, calibrated))  # all or none
+        except Exception as error:  # noqa: BLE001 - a bad slice is skipped, the stream goes on
+            self._skip(slice_set, error)
+            return
         self._slices.inc()
         self._events.inc(len(calibrated))
+        yield from tiles
+
+    def _skip(self, slice_set: slices.SliceSet, error: Exception) -> None:
+        """A slice that cannot be read or calibrated: one record naming it (failures.py)."""
+        message = " ".join(str(error).split())
+        if not isinstance(error, EcpiError):
+            message = f"{type(error).__name__}: {message}"
+        named = next((url for url in (slice_set.evt_url, slice_set.att_url, slice_set.orb_url)
+                      if message.startswith(url + ": ")), None)
+        url = named or slice_set.evt_url
+        reason = message[len(url) + 2:] if named else message
+        LOG.info("STREAM skipped %s: %s", url, reason)  # ecpi_run prints the record
+        self._skipped.inc()
+        if self.failure_log is not None:
+            self.failure_log.record_slice(slice_set.obs_id, slice_set.seq, url, reason)
+
+    def _tiles(self, slice_set, data, good, calibrated):
         if not len(good):
             self._no_good_time.inc()
             return
@@ -121,7 +163,7 @@ class SliceTiles(beam.DoFn):
                               min(tile_start + self._tile, slice_set.tstop)]])
             times = calibrated["TIME"]
             in_tile = calibrated[(times >= span[0, 0]) & (times < span[0, 1])]
-            timestamp = Timestamp(float(span[0, 0]))
+            timestamp = Timestamp(float(span[0, 0]) + slice_set.clock_offset)
             hidden_by_occ = {}  # the bands of one occultation class share its Earth
             for key, image in self._binner.process((slice_set.obs_id, in_tile),
                                                    {slice_set.obs_id: timeline}):
@@ -136,7 +178,7 @@ class SliceTiles(beam.DoFn):
                 hidden_seconds, earth_seconds = hidden_by_occ[key[2]]
                 yield window.TimestampedValue(
                     (key, TileSums(image, exposure, quaternion * exposure, hidden_seconds,
-                                   earth_seconds)), timestamp)
+                                   earth_seconds, slice_set.clock_offset)), timestamp)
 
 
 # ==============================================================================================
@@ -154,25 +196,98 @@ class WindowDetection(NamedTuple):
     dec: float
     err_rad_arcmin: float
     snr: float
+    clock_offset: float = 0.0  # its observation's (io.slices.SliceSet): window times + it =
+    #                           the stream's clock, on which DecideAlerts sets its timers
 
     @property
     def window_end(self) -> float:
         return self.window_start + self.window_length
 
+    @property
+    def stream_end(self) -> float:
+        """The window's end on the stream's clock."""
+        return self.window_end + self.clock_offset
 
-def sum_values(values):
-    return sum(values)
+
+class WindowSum(beam.CombineFn):
+    """TileSums -> their sum (add_sums); None for a pane without tiles (some runners fire
+    one when a window closes)."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, accumulator, tile):
+        return tile if accumulator is None else add_sums(accumulator, tile)
+
+    def merge_accumulators(self, accumulators):
+        total = None
+        for accumulator in accumulators:
+            if accumulator is not None:
+                total = self.add_input(total, accumulator)
+        return total
+
+    def extract_output(self, accumulator):
+        return accumulator
 
 
-def window_sum() -> beam.CombineFn:
-    """TileSums summed field by field (a tuple): the image by DetectorImageSum, the rest by +."""
-    plain_sum = beam.CombineFn.from_callable(sum_values)
-    return beam.combiners.TupleCombineFn(DetectorImageSum(), plain_sum, plain_sum, plain_sum,
-                                         plain_sum)
+PANE_KEY = typing.Tuple[str, str, str, int, int]  # obs_id, band, occ, window start, end (us)
+
+
+class KeyByWindow(beam.DoFn):
+    """((obs_id, band, occ), pane) -> ((obs_id, band, occ, start, end), pane): the window
+    (stream clock, microseconds) in the key, for AccumulatePanes in the global window."""
+
+    def process(self, element, window_param=beam.DoFn.WindowParam):
+        (obs_id, band, occ), pane = element
+        if pane is not None:  # None: nothing new in this window
+            yield (obs_id, band, occ, int(window_param.start.micros),
+                   int(window_param.end.micros)), pane
+
+
+class AccumulatePanes(beam.DoFn):
+    """((obs_id, band, occ, start, end), pane of new tiles) -> the window's sum so far: its
+    earlier panes plus this one, as ((obs_id, band, occ), (start, end) in s, TileSums).
+
+    Beam's ACCUMULATING mode would do it in the GroupByKey, but runners then hold the
+    watermark downstream until each window closes (Prism keeps every element pending; Flink
+    keeps the pane's hold), and DecideAlerts' timers would wait the allowed lateness. Here the
+    state lives in the global window, keyed by window, and is dropped by an event-time timer
+    when the window closes (end + allowed lateness), which holds nothing before then."""
+
+    TOTAL = userstate.ReadModifyWriteStateSpec("total", PickleCoder())
+    CLOSE = userstate.TimerSpec("close", userstate.TimeDomain.WATERMARK)
+
+    def __init__(self, allowed_lateness: float):
+        self._lateness = float(allowed_lateness)
+
+    def process(self, element, total=beam.DoFn.StateParam(TOTAL),
+                close=beam.DoFn.TimerParam(CLOSE)):
+        (obs_id, band, occ, start, end), pane = element
+        so_far = total.read()
+        if so_far is None:
+            close.set(Timestamp(micros=end) + Duration(seconds=self._lateness))
+        window_sum = pane if so_far is None else add_sums(so_far, pane)
+        total.write(window_sum)
+        yield (obs_id, band, occ), (start / 1e6, end / 1e6), window_sum
+
+    @userstate.on_timer(CLOSE)
+    def closed(self, total=beam.DoFn.StateParam(TOTAL)):
+        total.clear()
+
+
+def unknown_sources(rows, known) -> list:
+    """The rows (kernels.sky_analysis.SourceRow) that no known source of ECL-SRC-CAT
+    accounts for, by the batch chain's association (kernels.catalogue.match_known_sources)."""
+    if not rows:
+        return []
+    matched = catalogue.match_known_sources([row.ra for row in rows], [row.dec for row in rows],
+                                            [row.err_rad_arcmin for row in rows], known)
+    return [row for row, match in zip(rows, matched) if match < 0]
 
 
 class SearchWindow(beam.DoFn):
-    """((obs_id, band, occ), summed window) -> WindowDetections of unknown sources."""
+    """((obs_id, band, occ), (start, end), summed window) -> WindowDetections of unknown
+    sources (start and end on the stream's clock)."""
 
     def __init__(self, caldb_dir: str, bube_params, imag_params, stream_params):
         self._caldb_dir = caldb_dir
@@ -189,9 +304,10 @@ class SearchWindow(beam.DoFn):
         self._imaging.setup()
         self._catalogue = Caldb.open(self._caldb_dir).known_sources()
 
-    @isolating("stream")
-    def process(self, element, window_param=beam.DoFn.WindowParam):
-        key, (counts, exposure, weighted_quaternion, hidden_seconds, earth_seconds) = element
+    @isolating("search")
+    def process(self, element):
+        key, (start, end), (counts, exposure, weighted_quaternion, hidden_seconds,
+                            earth_seconds, clock_offset) = element
         obs_id, band, occ = key
         quaternion = np.asarray(weighted_quaternion, dtype=float)
         quaternion = quaternion / np.linalg.norm(quaternion)
@@ -202,22 +318,37 @@ class SearchWindow(beam.DoFn):
         self._windows.inc()
         for corrected in self._background.process((key, counts), timelines):
             for _, sky in self._imaging.process(corrected, timelines):
-                rows = sky.sources
-                if not rows:
-                    continue
-                ra = np.array([row.ra for row in rows])
-                dec = np.array([row.dec for row in rows])
-                radius = np.array([row.err_rad_arcmin for row in rows]) / 60.0
-                known = catalogue.match_known(ra, dec, radius, self._catalogue)
-                for row, match in zip(rows, known):
-                    if match >= 0:
-                        self._known.inc()
-                        continue
-                    self._found.inc()
-                    start = float(window_param.start)
-                    yield WindowDetection(obs_id, band, occ, start,
-                                          float(window_param.end) - start, row.ra, row.dec,
-                                          row.err_rad_arcmin, row.snr)
+                unknown = unknown_sources(sky.sources, self._catalogue)
+                self._known.inc(len(sky.sources) - len(unknown))
+                self._found.inc(len(unknown))
+                for row in unknown:
+                    yield WindowDetection(obs_id, band, occ, start - clock_offset, end - start,
+                                          row.ra, row.dec, row.err_rad_arcmin, row.snr,
+                                          clock_offset)
+
+
+class _ClosingIfNonEmpty(beam.transforms.core.Windowing):
+    """Beam's windowing with the closing behavior EMIT_IF_NONEMPTY (the Java SDK's default):
+    no final pane when a window closes with nothing new. Python's SDK always asks for one
+    (EMIT_ALWAYS), and for it the runners hold the watermark after the window's end until it
+    closes (Flink's ReduceFnRunner: a hold at end + allowed lateness), so everything
+    downstream (DecideAlerts' timers) would wait the allowed lateness (docs/streaming.md)."""
+
+    def to_runner_api(self, context):
+        proto = super().to_runner_api(context)
+        proto.closing_behavior = beam_runner_api_pb2.ClosingBehavior.EMIT_IF_NONEMPTY
+        return proto
+
+
+class WindowIntoClosingIfNonEmpty(beam.WindowInto):
+    """beam.WindowInto whose windows close without an empty final pane (_ClosingIfNonEmpty)."""
+
+    def __init__(self, windowfn, **kwargs):
+        super().__init__(windowfn, **kwargs)
+        windowing = self.windowing
+        self.windowing = _ClosingIfNonEmpty(
+            windowing.windowfn, windowing.triggerfn, windowing.accumulation_mode,
+            windowing.timestamp_combiner, windowing.allowed_lateness, windowing.environment_id)
 
 
 @dataclasses.dataclass(eq=False)
@@ -234,19 +365,24 @@ class WindowedSearch(DataclassTransform):
     def expand(self, tiles):
         params = self.params
         return (tiles
-                | "Window" >> beam.WindowInto(
+                # Beam's default trigger: one pane when the watermark passes the window's
+                # end, then one more per late slice; each pane holds the new tiles only, and
+                # AccumulatePanes adds it to the window's earlier ones (a late pane is the
+                # whole window again)
+                | "Window" >> WindowIntoClosingIfNonEmpty(
                     window.SlidingWindows(self.length, self.period),
-                    # one pane when the watermark passes the window's end, then one more per
-                    # late slice (accumulating: a late pane is the whole window again)
-                    trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                    accumulation_mode=trigger.AccumulationMode.DISCARDING,
                     allowed_lateness=Duration(seconds=self.allowed_lateness))
-                | "Sum" >> beam.CombinePerKey(window_sum())
+                | "Sum" >> beam.CombinePerKey(WindowSum())
+                | "KeyByWindow" >> beam.ParDo(KeyByWindow()).with_output_types(
+                    typing.Tuple[PANE_KEY, typing.Any])
+                # from here on the global window: detections of every length meet in it
+                # (DecideAlerts), and nothing holds the watermark until windows close
+                | "Unwindow" >> beam.WindowInto(window.GlobalWindows())
+                | "Accumulate" >> beam.ParDo(AccumulatePanes(self.allowed_lateness))
                 | "Search" >> beam.ParDo(with_failure_log(
                     SearchWindow(self.caldb_dir, params.bube, params.imag, params.stream),
-                    self.failure_log))
-                # detections of every length meet in one global window (DecideAlerts)
-                | "Unwindow" >> beam.WindowInto(window.GlobalWindows()))
+                    self.failure_log)))
 
 
 # ==============================================================================================
@@ -308,9 +444,9 @@ class DecideAlerts(beam.DoFn):
         if detection.window_length >= self._longest:
             steady.add(detection)
         current = timer_at.read()
-        if current is None or detection.window_end < current:
-            timer.set(Timestamp(detection.window_end))
-            timer_at.write(detection.window_end)
+        if current is None or detection.stream_end < current:
+            timer.set(Timestamp(detection.stream_end))
+            timer_at.write(detection.stream_end)
 
     @userstate.on_timer(WINDOW_END)
     def window_end(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
@@ -320,10 +456,10 @@ class DecideAlerts(beam.DoFn):
                    timer=beam.DoFn.TimerParam(WINDOW_END)):
         now = float(fired.micros) / 1e6
         waiting = list(pending.read())
-        ready = sorted((d for d in waiting if d.window_end <= now + 1e-6),
+        ready = sorted((d for d in waiting if d.stream_end <= now + 1e-6),
                        key=lambda d: (d.window_end, d.window_length, -d.snr))
-        rest = [d for d in waiting if d.window_end > now + 1e-6]
-        background = [d for d in steady.read() if d.window_end >= now - 3 * self._longest]
+        rest = [d for d in waiting if d.stream_end > now + 1e-6]
+        background = [d for d in steady.read() if d.stream_end >= now - 3 * self._longest]
         transients = list(alerted.read() or [])
         for detection in ready:
             if self._is_steady(detection, background):
@@ -338,7 +474,7 @@ class DecideAlerts(beam.DoFn):
         for detection in background:  # bounded: only the last few longest windows
             steady.add(detection)
         if rest:
-            next_end = min(d.window_end for d in rest)
+            next_end = min(d.stream_end for d in rest)
             timer.set(Timestamp(next_end))
             timer_at.write(next_end)
         else:
@@ -376,10 +512,12 @@ class DecideAlerts(beam.DoFn):
         url = fs.inside(self._alerts_dir, alert_file_name(alert, transient["sequence"]))
         fs.makedirs(self._alerts_dir)
         write_voevent(alert, url, transient["sequence"])
-        LOG.warning("STREAM %s: %s %s at RA %.3f Dec %.3f (SNR %.1f, window %.0f s from %.1f)",
-                    detection.obs_id, "alert" if transient["sequence"] == 0 else "update",
-                    alert.name, alert.ra_deg, alert.dec_deg, alert.snr, alert.window_length,
-                    alert.window_start)
+        # a first alert is what an operator must see (WARNING); its updates are routine
+        LOG.log(logging.WARNING if transient["sequence"] == 0 else logging.INFO,
+                "STREAM %s: %s %s at RA %.3f Dec %.3f (SNR %.1f, window %.0f s from %.1f)",
+                detection.obs_id, "alert" if transient["sequence"] == 0 else "update",
+                alert.name, alert.ra_deg, alert.dec_deg, alert.snr, alert.window_length,
+                alert.window_start)
         return url
 
 
