@@ -30,6 +30,7 @@ from types import SimpleNamespace
 T0 = time.perf_counter()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import ecpi_beam  # noqa: E402,F401  (first: one BLAS thread, as ecpi_run; ecpi_beam/__init__.py)
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
 
@@ -195,7 +196,8 @@ def run_observation(obs_dir, params, caldb, out_dir, write, watch):
         mode = bube.correction_for(occ)
         exposure = timeline.exposure(occ)
         correction = corrector.correct(mode, counts, observation.obs_id, instrument.band_name(band),
-                                       occ, timeline).correction
+                                       occ, timeline,
+                                       earth_map="ECL-EAR-OFM" in params.bube.out_files).correction
         name = instrument.band_name(band)
         detector.append((name, occ, SimpleNamespace(
             counts=counts, exposure=exposure, good_pixels=good_pixels, efficiency=efficiency,

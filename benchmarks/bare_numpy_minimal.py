@@ -1,7 +1,7 @@
 """The minimal bare-numpy chain: the speed floor of `ecpi_run`, written without the project.
 
-    python benchmarks/bare_numpy_minimal.py OBS_DIR CALDB_DIR [--chunk-size 1000000]
-        [--bands 13-60,61-140,...] [--snr 7]
+    python benchmarks/bare_numpy_minimal.py OBS_DIR [OBS_DIR ...] CALDB_DIR
+        [--chunk-size 1000000] [--bands 13-60,61-140,...] [--snr 7]
 
 Nothing of ecpi_beam is imported: numpy, scipy.fft and astropy.io.fits only, so that slow
 project kernels cannot hide in the floor. What it does, one process:
@@ -13,6 +13,9 @@ project kernels cannot hide in the floor. What it does, one process:
   - per band: one balanced cross-correlation (Goldwurm et al. 2003) by real FFTs of size 200
     with the kernel FFTs and the balance terms computed once, intensity and variance, SNR;
     then a peak search (local maxima of the SNR above --snr).
+Given several observation directories (a campaign), it loops over them in the same process:
+the CALDB tables and the FFT plan are made once, each observation's events are opened, binned,
+imaged and searched in turn (the floor of a campaign's `ecpi_run`).
 It prints the peaks per band and the seconds of each stage; the last line is a summary with
 `events read N` and the event-path rate, which benchmarks/bench_chain.py parses.
 """
@@ -169,7 +172,8 @@ def bin_events(rows, gti, gain, offset, usable, band_of_pi, chunk):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("obs_dir", help="folder holding the ECL-EVT-SEC file")
+    parser.add_argument("obs_dirs", nargs="+", metavar="obs_dir",
+                        help="folder(s) holding the ECL-EVT-SEC file, looped over in turn")
     parser.add_argument("caldb_dir", help="CALDB folder (ECL-PIX-CAL, ECL-MSK-PAT)")
     parser.add_argument("--chunk-size", type=float, default=1e6)
     parser.add_argument("--bands", default=DEFAULT_BANDS, help="PI bands lo-hi, comma separated")
@@ -186,31 +190,37 @@ def main(argv=None) -> int:
     bands = [tuple(int(x) for x in band.split("-")) for band in args.bands.split(",")]
     band_of_pi = band_lookup(bands)
     gain, offset, usable, effic, pattern = pixel_tables(args.caldb_dir)
-    rows, gti = open_events(args.obs_dir)
     correlator = Correlator(resampled_mask(pattern),
                             np.where(usable.reshape(N_PIX, N_PIX), effic, 0.0))
-    stage("setup (CALDB, headers, FFT plan)")
+    stage("setup (CALDB, FFT plan)")
 
-    event_path = time.perf_counter()
-    counts, n_kept = bin_events(rows, gti, gain, offset, usable, band_of_pi,
-                                int(args.chunk_size))
-    event_seconds = time.perf_counter() - event_path
-    stage("event path (read, PI, bin)")
-
-    images = counts.reshape(len(bands) + 1, N_PIX, N_PIX)[:len(bands)].astype(float)
-    found = []
-    for (lo, hi), image in zip(bands, images):
-        found.append(((lo, hi), peaks(correlator.snr(image), args.snr)))
-    stage("imaging and peaks")
-    for (lo, hi), band_peaks in found:
-        described = ", ".join(f"({r},{c}) {s:.1f}" for r, c, s in band_peaks[:5])
-        print(f"  {lo}-{hi}: {len(band_peaks)} peaks above {args.snr}: {described}")
+    n_read = n_binned = n_peaks = 0
+    event_seconds = 0.0
+    for obs_dir in args.obs_dirs:
+        rows, gti = open_events(obs_dir)
+        stage("headers (astropy)")
+        event_path = time.perf_counter()
+        counts, n_kept = bin_events(rows, gti, gain, offset, usable, band_of_pi,
+                                    int(args.chunk_size))
+        event_seconds += time.perf_counter() - event_path
+        stage("event path (read, PI, bin)")
+        images = counts.reshape(len(bands) + 1, N_PIX, N_PIX)[:len(bands)].astype(float)
+        found = [((lo, hi), peaks(correlator.snr(image), args.snr))
+                 for (lo, hi), image in zip(bands, images)]
+        stage("imaging and peaks")
+        print(obs_dir)
+        for (lo, hi), band_peaks in found:
+            described = ", ".join(f"({r},{c}) {s:.1f}" for r, c, s in band_peaks[:5])
+            print(f"  {lo}-{hi}: {len(band_peaks)} peaks above {args.snr}: {described}")
+        n_read, n_binned = n_read + len(rows), n_binned + n_kept
+        n_peaks += sum(len(p) for _, p in found)
+        del rows  # the memmap closed before the next observation's
     elapsed = time.perf_counter() - T0
     for name, value in seconds.items():
         print(f"  {name:<36}{value:8.3f} s")
-    print(f"bare_numpy_minimal: events read {len(rows)}, binned {n_kept}; "
-          f"peaks {sum(len(p) for _, p in found)}; in {elapsed:.2f} s; "
-          f"event path {len(rows) / max(event_seconds, 1e-9):.3g} events/s")
+    print(f"bare_numpy_minimal: events read {n_read}, binned {n_binned}; "
+          f"observations {len(args.obs_dirs)}; peaks {n_peaks}; in {elapsed:.2f} s; "
+          f"event path {n_read / max(event_seconds, 1e-9):.3g} events/s")
     return 0
 
 

@@ -6,6 +6,8 @@
     python benchmarks/bench_chain.py --events 1e7 --profile beam   # cProfile of one ecpi_run
     python benchmarks/bench_chain.py --events 1e7 --phases         # imports / graph / run split
     python benchmarks/bench_chain.py --report runs.json            # the table from --json files
+    python benchmarks/bench_chain.py --campaign 16 --duration 600 --products det-sky \
+        --bands five --modes minimal,beam --repeat 5               # a campaign, one ecpi_run
 
 The default scenario (ecpi_beam.simu.default_scenario, about 4000 counts/s) is simulated once
 per size into the cache folder (default benchmarks/output/cache, git-ignored) and reused. For
@@ -17,6 +19,13 @@ each product set a parameter file is written:
 Bands: the demo's six (--bands demo) or the five default ones (--bands five); PEO, background
 'shape'. Modes alternate within each repetition, so that a change of load hits all of them;
 the ratio column is against the first mode given.
+
+--campaign N: the input is instead a campaign of N observations of --duration seconds
+(campaign_scenario: the demo's pointing and orbit, one source of 0.15 to 0.45 Crab at a
+different place in each, the background scaled to about 880 counts/s, so that 16 x 600 s
+hold about 8.4e6 events), simulated once into cache/campaign-<N>x<duration>/obs_*; one
+`ecpi_run` processes them all (working_in a glob), and the minimal chain loops over the
+same triplets in one process.
 
 Each measurement is one fresh process, timed from outside (whole-process wall time, imports
 included):
@@ -95,12 +104,72 @@ def simulate_input(n_events: int, cache: str) -> str:
     return directory
 
 
-def write_params(cache: str, n_events: int, products: str, chunk_size: int,
+# a campaign of small observations (--campaign): the background scaled to about 880 counts/s
+CAMPAIGN_BACKGROUND = {"cxb_scale": 0.1, "internal_rate": 0.05}
+CAMPAIGN_FIRST_OBS_ID = 3000
+
+
+def campaign_scenario(index: int, duration: float):
+    """Observation `index` of a benchmark campaign: the demo's pointing and orbit, one source
+    of 0.15 to 0.45 Crab within 8 deg of the axis, a lower background (CAMPAIGN_BACKGROUND)."""
+    import numpy as np
+
+    from ecpi_beam import instrument
+    from ecpi_beam.simu import PointSource, default_scenario, scenario_with
+
+    base = default_scenario()
+    rng = np.random.default_rng(CAMPAIGN_FIRST_OBS_ID + index)
+    pointing = base.pointings[0]
+    quaternion = instrument.quaternion_from_pointing(pointing.ra, pointing.dec, pointing.roll)
+    off_y, off_z = rng.uniform(-8.0, 8.0, 2)
+    los = np.array([1.0, np.tan(np.radians(off_y)), np.tan(np.radians(off_z))])
+    ra, dec = instrument.los_to_radec(los / np.linalg.norm(los), quaternion)
+    source = PointSource(name=f"S{index:02d}", ra=round(float(ra), 4), dec=round(float(dec), 4),
+                         norm=round(10.0 * rng.uniform(0.15, 0.45), 4), index=2.1)
+    obs_id = f"{CAMPAIGN_FIRST_OBS_ID + index:010d}"
+    return scenario_with(base, name=f"campaign{index:02d}", obs_id=obs_id,
+                         seed=CAMPAIGN_FIRST_OBS_ID + index, duration=duration,
+                         sources=(source,), background=dict(CAMPAIGN_BACKGROUND))
+
+
+def campaign_name(n_observations: int, duration: float) -> str:
+    return f"campaign-{n_observations}x{duration:g}"
+
+
+def simulate_campaign(n_observations: int, duration: float, cache: str) -> str:
+    """The folder (under cache/campaign-<n>x<duration>/) of n simulated observations."""
+    from ecpi_beam.caldb import Caldb, default_caldb_dir
+    from ecpi_beam.simu import simulate
+
+    top = os.path.join(cache, campaign_name(n_observations, duration))
+    if os.path.exists(os.path.join(top, "done")):
+        return top
+    caldb = Caldb.open(default_caldb_dir())
+    started = time.perf_counter()
+    total = 0
+    for index in range(n_observations):
+        scenario = campaign_scenario(index, duration)
+        print(f"simulating {scenario.obs_id} ({duration:.0f} s) into {top} ...",
+              file=sys.stderr, flush=True)
+        total += simulate(scenario, os.path.join(top, f"obs_{scenario.obs_id}"), caldb).n_events
+    print(f"simulated {total} events in {time.perf_counter() - started:.0f} s", file=sys.stderr,
+          flush=True)
+    with open(os.path.join(top, "done"), "w", encoding="utf-8") as stream:
+        stream.write(f"{n_observations} {duration} {total}\n")
+    return top
+
+
+def write_params(cache: str, n_events, products: str, chunk_size: int,
                  bands: str = "demo") -> str:
-    """cache/runs/<n>-<products>-<chunk>[-<bands>]/params.ini, its working_out next to it."""
+    """cache/runs/<n>-<products>-<chunk>[-<bands>]/params.ini, its working_out next to it.
+    `n_events` is a number of events (one observation, input-<n>/obs) or a campaign's name
+    (campaign_name: working_in is the glob of its observations)."""
     from ecpi_beam.caldb import default_caldb_dir
 
-    obs_dir = os.path.join(cache, f"input-{n_events}", "obs")
+    if isinstance(n_events, str):  # a campaign
+        obs_dir = os.path.join(cache, n_events, "obs_*")
+    else:
+        obs_dir = os.path.join(cache, f"input-{n_events}", "obs")
     suffix = "" if bands == "demo" else f"-{bands}"
     run_dir = os.path.join(cache, "runs", f"{n_events}-{products}-{chunk_size}{suffix}")
     working_out = os.path.join(run_dir, "output")
@@ -148,15 +217,16 @@ def warm_up(cache: str, modes, env) -> None:
 
 
 def minimal_command(params: str) -> list[str]:
-    """bare_numpy_minimal.py on the first observation, CALDB, chunk size and bands of `params`."""
+    """bare_numpy_minimal.py on the observations (all of a campaign's, in turn), CALDB, chunk
+    size and bands of `params`."""
     from ecpi_beam.io import fs
     from ecpi_beam.params import load_params
     from ecpi_beam.workspace import resolve_caldb_dir
 
     loaded = load_params(params)
-    obs_dir = fs.find_observation_dirs(loaded.general.working_in)[0]
+    obs_dirs = fs.find_observation_dirs(loaded.general.working_in)
     bands = ",".join(f"{lo}-{hi}" for lo, hi in loaded.bube.energy_channels)
-    return [sys.executable, os.path.join(HERE, "bare_numpy_minimal.py"), obs_dir,
+    return [sys.executable, os.path.join(HERE, "bare_numpy_minimal.py"), *obs_dirs,
             resolve_caldb_dir(loaded.general.caldb_dir), "--chunk-size",
             str(loaded.cali.chunk_size), "--bands", bands]
 
@@ -428,6 +498,15 @@ def _cpu(runs):
     return statistics.median(run["user_s"] + run["sys_s"] for run in runs)
 
 
+def _rate(events, seconds) -> str:
+    return "-" if isinstance(events, str) else f"{events / seconds:.3g}"
+
+
+def _size(events) -> str:
+    """An events count, or a campaign's name."""
+    return events if isinstance(events, str) else f"{events:.3g}"
+
+
 def table_row(runs, reference_runs=None) -> str:
     """One markdown row for the runs of one (events, products, chunk, mode); ratios against
     the medians of reference_runs (wall and CPU)."""
@@ -439,8 +518,8 @@ def table_row(runs, reference_runs=None) -> str:
     sources = _reported(runs, "sources", "?")
     cpu = _cpu(runs)
     cpu_ratio = f"{cpu / _cpu(reference_runs):.2f}" if reference_runs else "-"
-    return (f"| {events:.3g} | {first['products']} | {first['chunk_size']:.0e} | {first['mode']} | "
-            f"{seconds:.1f} | {_joined(runs, 'seconds')} | {events / seconds:.3g} | {ratio} | "
+    return (f"| {_size(events)} | {first['products']} | {first['chunk_size']:.0e} | {first['mode']} | "
+            f"{seconds:.1f} | {_joined(runs, 'seconds')} | {_rate(events, seconds)} | {ratio} | "
             f"{cpu:.1f} | {cpu_ratio} | {_median(runs, 'peak_rss_mb'):.0f} | "
             f"{_median(runs, 'peak_tree_mb'):.0f} | "
             f"{sources} | {_joined(runs, 'load')} |")
@@ -455,7 +534,7 @@ def report(json_files) -> None:
                 key = (run["events"], run["products"], run["chunk_size"])
                 groups.setdefault(key, {}).setdefault(run["mode"], []).append(run)
     print(TABLE_HEADER)
-    for key in sorted(groups):
+    for key in sorted(groups, key=str):
         by_mode = groups[key]
         first = next(mode for mode in MODES if mode in by_mode)
         for mode in MODES:
@@ -467,6 +546,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", action="append", type=float,
                         help="events to simulate, repeatable (default 1e7)")
+    parser.add_argument("--campaign", type=int, default=0, metavar="N",
+                        help="also a campaign of N observations (see campaign_scenario)")
+    parser.add_argument("--duration", type=float, default=600.0,
+                        help="seconds per observation of --campaign (600)")
     parser.add_argument("--products", default="all,images", help="product sets: all,images")
     parser.add_argument("--modes", default="numpy,beam,beam-mp",
                         help=f"some of {','.join(MODES)} (the first is the reference)")
@@ -499,12 +582,15 @@ def main(argv=None) -> int:
         phases_child(args.phases_child, beam_args)
         return 0
 
-    sizes = [int(n) for n in (args.events or [1e7])]
+    sizes = [int(n) for n in (args.events or ([] if args.campaign else [1e7]))]
     products = args.products.split(",")
     modes = args.modes.split(",")
     chunk_sizes = [int(float(c)) for c in args.chunk_size.split(",")]
     for n_events in sizes:
         simulate_input(n_events, args.cache)
+    if args.campaign:  # a campaign's name stands for its size (write_params)
+        simulate_campaign(args.campaign, args.duration, args.cache)
+        sizes.append(campaign_name(args.campaign, args.duration))
     if args.simulate_only:
         return 0
     if args.phases:
@@ -528,7 +614,7 @@ def main(argv=None) -> int:
                                      os.getloadavg()[0]))
                     for phase in runs[0][0]:
                         values = [r[phase] for r, _ in runs]
-                        print(f"| {n_events:.3g} | {product_set} | {chunk_size:.0e} | {phase} | "
+                        print(f"| {_size(n_events)} | {product_set} | {chunk_size:.0e} | {phase} | "
                               f"{statistics.median(values):.2f} | "
                               f"{', '.join(f'{v:.2f}' for v in values)} | "
                               f"{', '.join(f'{load:.1f}' for _, load in runs)} |", flush=True)

@@ -7,8 +7,9 @@
   `ecpi_run --force` redoes all. Products are written under a temporary name and
   moved into place (io/products.py), so a killed campaign leaves none that looks complete.
 - **Waves.** The observations to do are run as successive Beam pipelines of `--campaign_batch`
-  observations (default: all at once, 4 on the DirectRunner), so that each wave's products,
-  failures and metrics are final when it ends: a killed campaign loses only its current wave.
+  observations (default: all at once; on the DirectRunner, waves of about a minute, see
+  `WaveSizes`), so that each wave's products, failures and metrics are final when it ends: a
+  killed campaign loses only its current wave.
 - **Progress.** After each wave of a campaign (two or more observations), one line on stderr
   from the Beam metrics:
   `campaign: 8/20 done, 1 failed, 11 to do; 52100 events/s; ETA 00:03:12`.
@@ -35,7 +36,12 @@ from ecpi_beam.options import option_value
 from ecpi_beam.transforms.dpco import discover_triplet
 
 CAMPAIGN_FILE = "campaign.json"
+# DirectRunner waves (WaveSizes): the first of 4 observations, the next sized to last about
+# WAVE_SECONDS at the pace measured so far, at most MAX_WAVE observations (the memory of the
+# observations a wave holds at once: about 7 MB each, BENCHMARKS.md)
 DIRECT_RUNNER_BATCH = 4
+WAVE_SECONDS = 60.0
+MAX_WAVE = 32
 
 
 # ============================================================================================
@@ -159,10 +165,40 @@ def plan(params, observation_dirs, stamp: str, force: bool, ids=None,
 # Running, wave by wave
 # ============================================================================================
 def default_batch(beam_args) -> int:
-    """All observations in one pipeline, but waves of 4 on the DirectRunner (local: the cost
-    of a pipeline is small there, and the progress line comes after each wave)."""
+    """All observations in one pipeline (0), but waves on the DirectRunner (local: the cost
+    of a pipeline is small there, and the progress line comes after each wave): the size of
+    its first wave."""
     runner = option_value(beam_args, "--runner", "")
     return DIRECT_RUNNER_BATCH if runner in ("", "DirectRunner") else 0
+
+
+class WaveSizes:
+    """How many observations each wave runs: `--campaign_batch N` (0: all at once), or on
+    the DirectRunner by default a first wave of DIRECT_RUNNER_BATCH, then waves that last
+    about WAVE_SECONDS at the pace of the waves so far, within [DIRECT_RUNNER_BATCH, MAX_WAVE].
+
+    A pipeline costs about half a CPU second to build and start whatever it holds: waves of 4
+    small observations spent a fifth of a campaign on it. Sized by time, a wave's cost stays a
+    small share, a progress line still comes about once a minute, a killed campaign loses at
+    most about a minute of work, and the observations a wave holds at once stay few."""
+
+    def __init__(self, batch, beam_args):
+        self.adaptive = batch is None and default_batch(beam_args) > 0
+        self.fixed = batch if batch is not None else default_batch(beam_args)
+        self.observations, self.seconds = 0, 0.0
+
+    def done(self, observations: int, seconds: float) -> None:
+        self.observations += observations
+        self.seconds += seconds
+
+    def next(self, remaining: int) -> int:
+        if not self.adaptive:
+            return remaining if not self.fixed or self.fixed < 1 else min(self.fixed, remaining)
+        if not self.observations:
+            return min(DIRECT_RUNNER_BATCH, remaining)
+        pace = self.seconds / self.observations
+        size = int(WAVE_SECONDS / max(pace, 1e-9))
+        return min(max(size, DIRECT_RUNNER_BATCH), MAX_WAVE, remaining)
 
 
 def made_products(working_out: str, obs_ids, products) -> dict[str, list[str]]:
@@ -249,14 +285,15 @@ def run_campaign(params, beam_args, caldb_dir, observation_dirs, run_pipeline, *
     if skipped and progress:
         print(f"campaign: {skipped} observation(s) already done with the same parameters and "
               "CALDB, skipped (--force redoes them)", file=progress)
-    size = batch if batch is not None else default_batch(beam_args)
-    size = size if size and size > 0 else max(len(todo), 1)
-    totals, failures, run_time = {}, [], 0.0
-    for first in range(0, len(todo), size):
-        wave = todo[first:first + size]
+    sizes = WaveSizes(batch, beam_args)
+    totals, failures, run_time, first = {}, [], 0.0, 0
+    while first < len(todo):
+        wave = todo[first:first + sizes.next(len(todo) - first)]
+        first += len(wave)
         wave_started = time.time()
         wave_totals, wave_failures = run_pipeline([entry.obs_dir for entry in wave])
         elapsed = time.time() - wave_started
+        sizes.done(len(wave), elapsed)
         run_time += elapsed
         for name, value in wave_totals.items():
             totals[name] = totals.get(name, 0) + value

@@ -42,8 +42,9 @@ class EcpiRunOptions(PipelineOptions):
                             help="redo every observation, even those whose products are "
                                  "complete with the same parameters and CALDB (campaign resume)")
         parser.add_argument("--campaign_batch", type=int, default=None, metavar="N",
-                            help="observations per pipeline run (default: 4 on the "
-                                 "DirectRunner, all at once on other runners); 0 = all at once")
+                            help="observations per pipeline run (default: on the "
+                                 "DirectRunner waves of about a minute, 4 to 32 observations; "
+                                 "all at once on other runners); 0 = all at once")
 
 
 FLINK_BATCH_EXECUTION_MODE = "--execution_mode_for_batch"

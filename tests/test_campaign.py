@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
-from ecpi_beam.campaign import (CAMPAIGN_FILE, Entry, caldb_fingerprint, plan, products_stamp,
-                                progress_line)
+from ecpi_beam import campaign
+from ecpi_beam.campaign import (CAMPAIGN_FILE, Entry, WaveSizes, caldb_fingerprint, plan,
+                                products_stamp, progress_line)
 from ecpi_beam.params import load_params
 from pipeline_fixtures import (
-    describe, ecpi_run_command, leftover_temporaries, pipeline_env, run_ecpi,
-    simulate_broken_campaign, write_params)
+    assert_same_hdu_data, describe, ecpi_run_command, leftover_temporaries, pipeline_env,
+    run_ecpi, simulate_broken_campaign, write_params)
 
 PRODUCTS = dict(cali_out=[], bube_out=["ECL-DET-IMA"], imag_out=["ECL-SOP-IMA"])
 
@@ -192,3 +193,56 @@ def test_progress_line_counts_and_eta():
                Entry("d", status="skipped"), Entry("e")]
     assert progress_line(entries, 1234.4, elapsed=60.0) == \
         "campaign: 2/5 done, 1 failed, 2 to do; 1234 events/s; ETA 00:01:00"
+
+
+def test_direct_runner_waves_follow_the_pace():
+    """A first wave of 4, then waves of about WAVE_SECONDS at the pace so far, 4 to 32."""
+    sizes = WaveSizes(None, [])
+    assert sizes.next(100) == campaign.DIRECT_RUNNER_BATCH
+    sizes.done(4, 4 * 0.5)  # half a second per observation: 120 would make a minute
+    assert sizes.next(100) == campaign.MAX_WAVE and sizes.next(7) == 7
+    sizes.done(32, 32 * 30.0)  # slow observations: never below the first wave's size
+    assert sizes.next(100) == campaign.DIRECT_RUNNER_BATCH
+    slow = WaveSizes(None, ["--runner", "DirectRunner"])
+    slow.done(4, 4 * 6.0)  # 6 s per observation: 10 make a minute
+    assert slow.next(100) == 10
+    fixed = WaveSizes(3, [])
+    fixed.done(3, 0.1)
+    assert fixed.next(100) == 3 and WaveSizes(0, []).next(100) == 100
+    assert WaveSizes(None, ["--runner", "PortableRunner"]).next(100) == 100
+
+
+def test_the_waves_change_nothing_in_the_products(first_run, tmp_path, pipeline_workspace):
+    """One pipeline for the whole campaign gives the products of one pipeline per
+    observation (first_run), to the bit, and the same failures and campaign.json."""
+    result, params = first_run
+    out = tmp_path / "out"
+    out.mkdir()
+    text = params.read_text().replace(str(result.working_out), str(out))
+    (tmp_path / "params.ini").write_text(text)
+    one = run_ecpi(tmp_path / "params.ini", "--campaign_batch", "0",
+                   workspace=pipeline_workspace, working_out=out)
+    assert one.returncode == 2, describe(one)
+    names = sorted(p.name for p in result.working_out.iterdir() if not p.name.startswith("."))
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == names
+    for name in names:
+        if name.endswith(".fits"):
+            assert_same_hdu_data(out / name, result.working_out / name)
+            with fits.open(out / name) as ours, fits.open(result.working_out / name) as theirs:
+                for mine, reference in zip(ours, theirs):
+                    cards = [[(card.keyword, card.value) for card in hdu.header.cards
+                              if card.keyword not in ("DATE", "CHECKSUM", "DATASUM")]
+                             for hdu in (mine, reference)]
+                    assert cards[0] == cards[1], (name, mine.name)
+    assert _summary_without_times(out) == _summary_without_times(result.working_out)
+    assert (out / "failures.jsonl").read_text() == \
+        (result.working_out / "failures.jsonl").read_text().replace(
+            str(result.working_out), str(out))
+
+
+def _summary_without_times(out: Path) -> dict:
+    summary = _summary(out)
+    summary.pop("elapsed_s")
+    for entry in summary["observations"]:
+        entry.pop("time_s")
+    return summary

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gzip
+import os
 import re
 from dataclasses import dataclass
 
@@ -127,8 +128,39 @@ def _open_source(url: str):
 # ============================================================================================
 # Headers
 # ============================================================================================
+# Parsed headers of local files, by (url, start, the file's size, mtime, ctime, inode): an
+# observation's seven headers are asked for some twenty-four times in a run (DPCO, the chunk
+# reads, resume, progress) and astropy parses a header in milliseconds. A file rewritten
+# since is another key; remote files are not kept (their identity would cost a request).
+_PARSED_HEADERS: dict = {}
+_PARSED_HEADERS_KEPT = 512
+
+
+def _header_key(source, url: str, start: int):
+    if not isinstance(source, _RangeSource) or not fs.is_local(url):
+        return None
+    try:
+        stat = os.stat(fs.filesystem(url)[1])
+    except OSError:
+        return None
+    return url, start, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+
+
 def _read_header(source, url: str, start: int) -> tuple[fits.Header, int]:
-    """The header starting at byte `start` and the number of bytes it occupies."""
+    """The header starting at byte `start` and the number of bytes it occupies (the same
+    Header object again for a local file unchanged since: callers do not modify it)."""
+    key = _header_key(source, url, start)
+    parsed = _PARSED_HEADERS.get(key) if key is not None else None
+    if parsed is None:
+        parsed = _parse_header_at(source, url, start)
+        if key is not None:
+            if len(_PARSED_HEADERS) >= _PARSED_HEADERS_KEPT:
+                _PARSED_HEADERS.clear()
+            _PARSED_HEADERS[key] = parsed
+    return parsed
+
+
+def _parse_header_at(source, url: str, start: int) -> tuple[fits.Header, int]:
     text = b""
     while True:
         block = source.read(start + len(text), BLOCK * _HEADER_READ_BLOCKS)

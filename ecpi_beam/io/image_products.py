@@ -7,9 +7,9 @@ E_MIN, E_MAX and OCC_TYPE, so ds9 (`file.fits[SNR_13-60_PEO]`) and astropy can p
 from __future__ import annotations
 
 import numpy as np
-from astropy.io import fits
 
 from ecpi_beam import instrument
+from ecpi_beam.io.fitsfile import ImageUnit, TableUnit
 from ecpi_beam.io.gti import gti_hdu
 from ecpi_beam.io.products import band_keywords
 from ecpi_beam.kernels import error_model
@@ -21,7 +21,7 @@ def parse_band(band: str):
 
 
 def _image_hdu(data, extname, keywords, comment=None, bunit=None):
-    hdu = fits.ImageHDU(np.ascontiguousarray(data), name=extname)
+    hdu = ImageUnit(data, name=extname)
     for key, value in keywords.items():
         hdu.header[key] = value
     if bunit:
@@ -155,15 +155,10 @@ BAND_COLUMNS = (("FLUX", "E", "count/(s cm2)"), ("FLUX_ERR", "E", "count/(s cm2)
                 ("SNR", "E", None))
 
 
-def _table_hdu(name, columns, rows) -> fits.BinTableHDU:
+def _table_hdu(name, columns, rows) -> TableUnit:
     """A binary table from (name, format, unit) columns and row tuples (possibly none)."""
-    arrays = []
-    for index, (column, fmt, unit) in enumerate(columns):
-        values = [row[index] for row in rows]
-        dtype = str if fmt.endswith("A") else bool if fmt == "L" else float
-        arrays.append(fits.Column(name=column, format=fmt, unit=unit,
-                                  array=np.array(values, dtype=dtype) if values else None))
-    return fits.BinTableHDU.from_columns(arrays, name=name, nrows=len(rows))
+    return TableUnit(name, [(column, fmt, unit, [row[index] for row in rows])
+                            for index, (column, fmt, unit) in enumerate(columns)], len(rows))
 
 
 def _catalogue_of(entries):
@@ -212,7 +207,7 @@ def _band_column_suffix(band: str) -> str:
     return band.replace("-", "_")
 
 
-def catalog_hdu(catalogue, bands=(), keywords=None) -> fits.BinTableHDU:
+def catalog_hdu(catalogue, bands=(), keywords=None) -> TableUnit:
     """CATALOG: the observation's sources with per-band FLUX_<lo>_<hi>, FLUX_ERR_..., SNR_...
     (NaN where the source was not detected in that band)."""
     bands = tuple(catalogue.bands) if catalogue is not None else tuple(dict.fromkeys(bands))

@@ -17,7 +17,8 @@ from astropy.io import fits
 import ecpi_beam
 from ecpi_beam import instrument
 from ecpi_beam.errors import EcpiError
-from ecpi_beam.io import fs
+from ecpi_beam.io import fitsfile, fs
+from ecpi_beam.io.fitsfile import FitsChecksum, encode_checksum  # noqa: F401  (their users')
 from ecpi_beam.kernels import isotime
 
 ORIGIN = "ecpi_beam"
@@ -233,19 +234,22 @@ def _comment_room(value) -> int:
 def write_product(url: str, hdus: list, keywords: dict) -> str:
     """Write HDUs as one FITS file at `url`, atomically; returns `url`.
 
-    A PrimaryHDU is added in front if the list does not start with one. `keywords` go into
+    A primary HDU is added in front if the list does not start with one. `keywords` go into
     every header that does not already set them (an HDU's own TSTART, BAND... win), with
-    FILENAME and DATE added. Overwrites an existing product.
+    FILENAME and DATE added. Overwrites an existing product. The HDUs are io/fitsfile units
+    (written directly) or astropy HDUs (written by astropy, the units among them converted).
     """
     hdus = list(hdus)
-    if not hdus or not isinstance(hdus[0], fits.PrimaryHDU):
-        hdus.insert(0, fits.PrimaryHDU())
+    direct = all(isinstance(hdu, fitsfile.Unit) for hdu in hdus)
+    if not direct:
+        hdus = [hdu.to_astropy() if isinstance(hdu, fitsfile.Unit) else hdu for hdu in hdus]
+    if not hdus or not isinstance(hdus[0], (fits.PrimaryHDU, fitsfile.PrimaryUnit)):
+        hdus.insert(0, fitsfile.PrimaryUnit() if direct else fits.PrimaryHDU())
     keywords = dict(keywords)
     keywords.setdefault("DATE", utc_now_iso())
     keywords["FILENAME"] = fs.basename(url)
     for hdu in hdus:
-        finish_header(hdu.header, keywords,
-                      is_image=isinstance(hdu, fits.ImageHDU) and hdu.data is not None)
+        finish_header(hdu.header, keywords, is_image=_is_image(hdu))
         if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and hdu.data is not None \
                 and not hdu.data.flags.c_contiguous:
             # astropy writes a view (a flipped sky image) element by element to a file object
@@ -253,11 +257,19 @@ def write_product(url: str, hdus: list, keywords: dict) -> str:
     # fs.atomic_write keeps the cause of a failed write (a full disk) that astropy hides
     try:
         with fs.atomic_write(url) as stream:
-            fits.HDUList(hdus).writeto(stream, checksum=True, output_verify="exception")
+            if direct:
+                fitsfile.write_units(stream, hdus, _keyword_value(keywords["DATE"]))
+            else:
+                fits.HDUList(hdus).writeto(stream, checksum=True, output_verify="exception")
     except fs.WriteError as error:  # the failure is the observation's (a campaign's: MOSAIC)
         error.obs_id = _keyword_value(keywords.get("OBS_ID"))
         raise
     return url
+
+
+def _is_image(hdu) -> bool:
+    return isinstance(hdu, fitsfile.ImageUnit) or (
+        isinstance(hdu, fits.ImageHDU) and hdu.data is not None)
 
 
 def _keyword_value(value):
@@ -267,66 +279,6 @@ def _keyword_value(value):
 # ============================================================================================
 # Checksums of files written without astropy (FITS 4.0 appendix J; Seaman et al. 2012)
 # ============================================================================================
-_CHECKSUM_EXCLUDED = frozenset(b":;<=>?@[\\]^_`")
-
-
-class FitsChecksum:
-    """The 32-bit ones' complement sum of a byte stream fed in pieces of any length."""
-
-    def __init__(self):
-        self._sum = 0
-        self._pending = b""  # the bytes of an incomplete 32-bit word
-
-    def update(self, data) -> None:
-        view = memoryview(data).cast("B")
-        if self._pending:  # complete the word left over by the previous piece
-            need = 4 - len(self._pending)
-            self._pending += bytes(view[:need])
-            view = view[need:]
-            if len(self._pending) < 4:
-                return
-            self._sum += int.from_bytes(self._pending, "big")
-            self._pending = b""
-        whole = len(view) - len(view) % 4
-        if whole:  # no copy of the piece: summed where it is
-            self._sum += int(np.frombuffer(view[:whole], dtype=">u4").sum(dtype="u8"))
-            self._fold()
-        self._pending = bytes(view[whole:])
-
-    def _fold(self):
-        while self._sum >> 32:
-            self._sum = (self._sum & 0xFFFFFFFF) + (self._sum >> 32)
-
-    @property
-    def value(self) -> int:
-        """The sum so far, the last word padded with zeros (as FITS padding does)."""
-        total = self._sum + (int.from_bytes(self._pending.ljust(4, b"\0"), "big")
-                             if self._pending else 0)
-        while total >> 32:
-            total = (total & 0xFFFFFFFF) + (total >> 32)
-        return total
-
-
-def encode_checksum(value: int) -> str:
-    """The 16-character ASCII encoding of the complement of a checksum (FITS 4.0 J.2)."""
-    value = ~value & 0xFFFFFFFF
-    encoded = [0] * 16
-    for byte_index in range(4):
-        byte = (value >> (24 - 8 * byte_index)) & 0xFF
-        chars = [byte // 4 + ord("0") + byte % 4] + [byte // 4 + ord("0")] * 3
-        changed = True
-        while changed:  # move pairs off the punctuation characters, keeping their sum
-            changed = False
-            for j in (0, 2):
-                if chars[j] in _CHECKSUM_EXCLUDED or chars[j + 1] in _CHECKSUM_EXCLUDED:
-                    chars[j] += 1
-                    chars[j + 1] -= 1
-                    changed = True
-        for j in range(4):
-            encoded[4 * j + byte_index] = chars[j]
-    return bytes(encoded[15:] + encoded[:15]).decode("ascii")
-
-
 def header_with_checksum(header: fits.Header, datasum: int) -> bytes:
     """The header's bytes with DATASUM = `datasum` and the CHECKSUM that makes the HDU sum 0."""
     header["DATASUM"] = (str(datasum), KEYWORD_COMMENTS["DATASUM"])

@@ -23,7 +23,7 @@ KEPT_GEOMETRIES = 16  # (obs_id, occ) Earth geometries kept: a campaign's recent
 class KeyBackground:
     exposure: float
     correction: background.BackgroundResult
-    earth: earth.EarthTemplates
+    earth: earth.EarthTemplates | None  # None when not made (see BackgroundCorrector.correct)
 
 
 class BackgroundCorrector:
@@ -77,11 +77,16 @@ class BackgroundCorrector:
         return self._geometry[key]
 
     def correct(self, mode: str, counts, obs_id: str, band: str, occ: str,
-                timeline) -> KeyBackground:
-        templates = self.earth_templates(obs_id, occ, timeline)
+                timeline, earth_map: bool = True) -> KeyBackground:
+        """The key's background in `mode`. The Earth geometry (a sky map per 3 s of good
+        time) is made when the mode predicts the CXB or the Earth, or `earth_map` asks for it
+        (ECL-EAR-OFM); otherwise KeyBackground.earth is None."""
         exposure = timeline.exposure(occ)
-        context = {**self.context, **earth.predicted_background_images(
-            self.template, templates, *self.band_rates(band), exposure)}
+        context, templates = self.context, None
+        if earth_map or mode in background.PHYSICS_MODES:
+            templates = self.earth_templates(obs_id, occ, timeline)
+            context = {**context, **earth.predicted_background_images(
+                self.template, templates, *self.band_rates(band), exposure)}
         correction = background.correct_background(mode, counts, self.good, self.template,
                                                    context)
         return KeyBackground(exposure, correction, templates)

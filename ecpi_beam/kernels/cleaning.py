@@ -36,6 +36,7 @@ class CleanedField:
     residual: np.ndarray  # (80, 80) the detector data with every source's shadowgram removed
     residual_sky: imaging.SkyImages | None = None  # the balanced image of `residual`
     limit_reached: bool = False  # MAX_CLEANED_SOURCES (or the caller's max_sources) was hit
+    sky: imaging.SkyImages | None = None  # the balanced image of the data, before cleaning
 
 
 def source_shadowgram(pattern, row: float, col: float) -> np.ndarray:
@@ -156,7 +157,7 @@ def detect_and_clean(plan, pattern, data, variance, weights, *, snr_threshold, p
         for coefficient, image in zip(step[1:], component_images):
             residual_intensity -= coefficient * image
     if not positions:
-        return CleanedField((), data, sky, False)
+        return CleanedField((), data, sky, False, sky)
 
     def measure_alone(positions, amplitudes, residual_sky):
         """Each source on the residual image plus its own response: {index: Detection}."""
@@ -180,4 +181,4 @@ def detect_and_clean(plan, pattern, data, variance, weights, *, snr_threshold, p
     amplitudes, residual, residual_sky = joint_fit()
     measured = measure_alone(positions, amplitudes, residual_sky)
     detections = sorted(measured.values(), key=lambda det: -det.snr)
-    return CleanedField(tuple(detections), residual, residual_sky, limit_reached)
+    return CleanedField(tuple(detections), residual, residual_sky, limit_reached, sky)

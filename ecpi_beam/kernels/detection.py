@@ -142,8 +142,12 @@ def maximum_filter(image, size: int, cval: float = -np.inf):
         padding[axis] = (before, after)
         padded = np.pad(result, padding, constant_values=cval)
         length = result.shape[axis]
-        result = np.max([np.take(padded, np.arange(k, k + length), axis=axis)
-                         for k in range(size)], axis=0)
+
+        def shifted(k, axis=axis, padded=padded, length=length):
+            return padded[(slice(None),) * axis + (slice(k, k + length),)]
+        result = shifted(0).copy()
+        for k in range(1, size):  # in place, no stack of shifted copies
+            np.maximum(result, shifted(k), out=result)
     return result
 
 

@@ -139,8 +139,7 @@ class SkyAnalyser:
             self.plan, self.pattern, data, data_variance, weights,
             background_components=self.cleaning_terms(mode, efficiency, model_terms),
             **self.find)
-        sky = imaging.balanced_sky_image(self.plan, data, data_variance, weights)
-        return SkyAnalysis(correction(sky), cleaned.residual_sky.snr,
+        return SkyAnalysis(correction(cleaned.sky), cleaned.residual_sky.snr,
                            irf_corrected(cleaned.detections, correction),
                            cleaned.limit_reached, correction)
 

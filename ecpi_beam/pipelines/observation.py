@@ -9,6 +9,7 @@ import apache_beam as beam
 
 from ecpi_beam.campaign import products_stamp
 from ecpi_beam.io.failures import FailureLog
+from ecpi_beam.transforms.base import GroupByObservation
 from ecpi_beam.transforms.bube import Bube, ImagingTimelines
 from ecpi_beam.transforms.cali import Cali, WriteCaliProducts
 from ecpi_beam.transforms.failures import RecordFailures, with_failure_log
@@ -74,12 +75,16 @@ def build_observation_pipeline(pipeline, params, caldb_dir: str, observation_dir
                      observations=observations, failed=failed, failure_log=failure_log)
         if "ECL-GTI-UBC" in params.bube.out_files:
             written.append(timelines | "WriteGtiUbc" >> WriteTimelineProducts("ECL-GTI-UBC", **write))
-        for product in ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-EAR-OFM"):
-            if product in params.bube.out_files:
-                written.append(detector | f"Write{product}" >> WriteImageProducts(product, **write))
+        detector_products = [product for product in ("ECL-DET-IMA", "ECL-DET-UBC", "ECL-EAR-OFM")
+                             if product in params.bube.out_files]
+        if detector_products or wants_imag:  # grouped once, for their writers and IMAG
+            detector_by_observation = detector | "DetectorByObservation" >> GroupByObservation()
+        for product in detector_products:
+            written.append(detector_by_observation | f"Write{product}" >> WriteImageProducts(
+                product, **write, grouped=True))
         if wants_imag:
-            imag = Imag(params.imag, caldb_dir, timelines, failure_log)
-            sky = detector | "Imag" >> imag
+            imag = Imag(params.imag, caldb_dir, timelines, failure_log, grouped=True)
+            sky = detector_by_observation | "Imag" >> imag
             outputs["sky"] = sky
             for product in params.imag.out_files:
                 written.append(imag.by_observation | f"Write{product}" >> WriteImageProducts(

@@ -1,4 +1,7 @@
-"""The base of this package's PTransforms, written as small dataclasses (as in xarray-beam)."""
+"""The base of this package's PTransforms, written as small dataclasses (as in xarray-beam),
+and the worker state their DoFns share."""
+import threading
+
 import apache_beam as beam
 
 
@@ -34,9 +37,35 @@ class SumCombineFn(beam.CombineFn):
         return accumulator
 
 
+class GroupByObservation(beam.PTransform):
+    """((obs_id, band, occ), value) -> (obs_id, [(band, occ, value), ...])."""
+
+    def expand(self, keyed):
+        return grouped_by_observation(keyed)
+
+
 def grouped_by_observation(keyed):
     """((obs_id, band, occ), value) -> (obs_id, [(band, occ, value), ...]): the images of one
     observation together (one product file, one catalogue)."""
     return (keyed
             | "ByObservation" >> beam.MapTuple(lambda key, value: (key[0], (key[1], key[2], value)))
             | "Group" >> beam.GroupByKey())
+
+
+_WORKER_STATE: dict = {}
+_WORKER_STATE_KEPT = 64
+
+
+def worker_state(make, *key):
+    """`make(*key)`, made once per worker thread and kept across pipelines: the correlation
+    plan, templates and rates the DoFns set up from the CALDB are the same for every wave of
+    a campaign (each wave is a pipeline, whose DoFns are set up anew). The key's arguments
+    must be hashable (a Caldb, frozen parameters); one copy per thread, as Beam gives each
+    thread its own DoFn instances."""
+    full_key = (threading.get_ident(), make, key)
+    state = _WORKER_STATE.get(full_key)
+    if state is None:
+        if len(_WORKER_STATE) >= _WORKER_STATE_KEPT:
+            _WORKER_STATE.clear()
+        state = _WORKER_STATE[full_key] = make(*key)
+    return state

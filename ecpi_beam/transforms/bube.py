@@ -19,7 +19,7 @@ from ecpi_beam.errors import EcpiError
 from ecpi_beam.kernels import background, binning, bube, earth, intervals
 from ecpi_beam.kernels.gti import good_time
 from ecpi_beam.kernels.timeline import ImagingTimeline, imaging_timeline
-from ecpi_beam.transforms.base import DataclassTransform
+from ecpi_beam.transforms.base import DataclassTransform, worker_state
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 from ecpi_beam.transforms.read import chunk_events
 
@@ -37,7 +37,7 @@ class DetectorProducts:
     efficiency: np.ndarray  # (80, 80) relative efficiency (CALDB EFFIC)
     mode: str
     correction: background.BackgroundResult
-    earth: earth.EarthTemplates = None  # the key's Earth geometry (ECL-EAR-OFM)
+    earth: earth.EarthTemplates = None  # the key's Earth geometry (ECL-EAR-OFM), when made
 
 
 def observation_timeline(observation, bube_params) -> ImagingTimeline:
@@ -100,27 +100,35 @@ class DetectorImageSum(beam.CombineFn):
         return accumulator
 
 
+def _background_corrector(caldb, detection, smart) -> bube.BackgroundCorrector:
+    return bube.BackgroundCorrector.from_caldb(
+        caldb, None if detection is None else dict(detection), smart=smart)
+
+
 class CorrectBackground(beam.DoFn):
     """Fits and removes the background of each keyed detector image (mode per occ type)."""
 
-    def __init__(self, caldb_dir: str, mode_by_occ: dict, imag_params=None):
+    def __init__(self, caldb_dir: str, mode_by_occ: dict, imag_params=None,
+                 earth_map: bool = True):
         self._caldb_dir = caldb_dir
         self._mode_by_occ = dict(mode_by_occ)
         self._imag_params = imag_params
+        self._earth_map = earth_map  # ECL-EAR-OFM wanted: the Earth geometry of every key
 
     def setup(self):
-        detection = None if self._imag_params is None else {
-            "snr_threshold": self._imag_params.effective_snr_threshold,
-            "pcode_min": self._imag_params.pcode_min, "win_dim": self._imag_params.win_dim}
-        self._corrector = bube.BackgroundCorrector.from_caldb(
-            Caldb.open(self._caldb_dir), detection,
-            smart="shape_moretti_smart" in self._mode_by_occ.values())
+        detection = None if self._imag_params is None else (
+            ("snr_threshold", self._imag_params.effective_snr_threshold),
+            ("pcode_min", self._imag_params.pcode_min), ("win_dim", self._imag_params.win_dim))
+        self._corrector = worker_state(
+            _background_corrector, Caldb.open(self._caldb_dir), detection,
+            "shape_moretti_smart" in self._mode_by_occ.values())
 
     @isolating("bube")
     def process(self, element, timelines):
         (obs_id, band, occ), counts = element
         mode = self._mode_by_occ[occ]
-        key = self._corrector.correct(mode, counts, obs_id, band, occ, timelines[obs_id])
+        key = self._corrector.correct(mode, counts, obs_id, band, occ, timelines[obs_id],
+                                      earth_map=self._earth_map)
         LOG.info("BUBE %s %s %s: %d counts, %.1f s, background %s", obs_id, band, occ,
                  int(np.sum(counts)), key.exposure, mode)
         yield (obs_id, band, occ), DetectorProducts(
@@ -186,5 +194,6 @@ class Bube(DataclassTransform):
                   | "Sum" >> beam.CombinePerKey(DetectorImageSum()))
         mode_by_occ = {occ: params.correction_for(occ) for occ in params.ear_occ_bub}
         return images | "Background" >> beam.ParDo(
-            with_failure_log(CorrectBackground(self.caldb_dir, mode_by_occ, self.imag_params),
+            with_failure_log(CorrectBackground(self.caldb_dir, mode_by_occ, self.imag_params,
+                                               "ECL-EAR-OFM" in params.out_files),
                              self.failure_log), side)

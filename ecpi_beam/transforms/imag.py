@@ -19,7 +19,7 @@ from ecpi_beam.caldb import Caldb
 from ecpi_beam.io.image_products import parse_band
 from ecpi_beam.kernels import catalogue, cleaning, imaging
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
-from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation
+from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation, worker_state
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.imag"
@@ -41,29 +41,28 @@ class SkyProducts:
     catalogue: object = None  # kernels.catalogue.ObservationCatalogue of the whole observation
 
 
-class MakeSkyImages(beam.DoFn):
-    """Deconvolves each background-corrected detector image and detects sources in it."""
+def _sky_analyser(caldb, imag_params) -> SkyAnalyser:
+    return SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), imag_params,
+                       irf=caldb.irf(), arf=caldb.arf())
 
-    def __init__(self, caldb_dir: str, imag_params):
-        self._caldb_dir = caldb_dir
-        self._params = imag_params
+
+class _Imaging:
+    """The per-key imaging both DoFns do: IMAG's kernels on one DetectorProducts, counted."""
+
+    def _count_imaging(self):
         self._images = Metrics.counter(NAMESPACE, "sky_images")
         self._detections = Metrics.counter(NAMESPACE, "detections")
         self._limit = Metrics.counter(NAMESPACE, "cleaning_limit_reached")
 
-    def setup(self):
-        caldb = Caldb.open(self._caldb_dir)
-        self._analyser = SkyAnalyser(caldb.mask_pattern(), caldb.pixel_calibration(), self._params,
-                                     irf=caldb.irf(), arf=caldb.arf())
+    def _set_up_analyser(self):
+        self._analyser = worker_state(_sky_analyser, Caldb.open(self._caldb_dir), self._params)
 
-    @isolating("imag")
-    def process(self, element, timelines):
-        (obs_id, band, occ), products = element
+    def _sky_products(self, obs_id, band, occ, products, timeline) -> SkyProducts:
         analysis = self._analyser.analyse(
             products.correction.corrected, products.correction.variance, products.good_pixels,
             products.efficiency, products.mode, band=band,
             model_terms=products.correction.terms)
-        quaternion = timelines[obs_id].reference_quaternion
+        quaternion = timeline.reference_quaternion
         self._images.inc()
         self._detections.inc(len(analysis.detections))
         LOG.info("IMAG %s %s %s: %d detection(s), peak SNR %.1f", obs_id, band, occ,
@@ -73,7 +72,7 @@ class MakeSkyImages(beam.DoFn):
             LOG.warning(
                 "%s %s %s: cleaning stopped at its safety limit of %d sources; fainter sources "
                 "may be missing", obs_id, band, occ, cleaning.MAX_CLEANED_SOURCES)
-        yield (obs_id, band, occ), SkyProducts(
+        return SkyProducts(
             images=analysis.images, residual_snr=analysis.residual_snr,
             exposure=products.exposure, wcs_keywords=instrument.sky_wcs_keywords(quaternion),
             sources=source_rows(analysis.detections, quaternion, products.exposure),
@@ -81,22 +80,58 @@ class MakeSkyImages(beam.DoFn):
             cleaning_limit_reached=analysis.cleaning_limit_reached)
 
 
-class CatalogueObservation(beam.DoFn):
-    """(obs_id, [(band, occ, SkyProducts)]) -> the same, each SkyProducts carrying the
-    observation's catalogue; its per-band sources gain their catalogue name."""
+class MakeSkyImages(_Imaging, beam.DoFn):
+    """Deconvolves each background-corrected detector image and detects sources in it
+    (one key at a time: the streaming windows' imaging)."""
 
-    def __init__(self, caldb_dir: str):
+    def __init__(self, caldb_dir: str, imag_params):
         self._caldb_dir = caldb_dir
+        self._params = imag_params
+        self._count_imaging()
+
+    def setup(self):
+        self._set_up_analyser()
+
+    @isolating("imag")
+    def process(self, element, timelines):
+        (obs_id, band, occ), products = element
+        yield (obs_id, band, occ), self._sky_products(obs_id, band, occ, products,
+                                                      timelines[obs_id])
+
+
+SKY_IMAGE_STEP = "MakeSkyImages"  # the progress marks of the sky images (progress.py)
+
+
+class ImageObservation(_Imaging, beam.DoFn):
+    """(obs_id, [(band, occ, DetectorProducts)]) -> (obs_id, [(band, occ, SkyProducts)]): the
+    sky images of an observation, and its catalogue (the detections of every band and
+    occultation type associated, matched to the known sources), which each SkyProducts
+    carries; its per-band sources gain their catalogue name.
+
+    An observation at a time, on one worker: its sky images never cross a stage boundary
+    before the catalogue, and nothing groups them again."""
+
+    def __init__(self, caldb_dir: str, imag_params):
+        self._caldb_dir = caldb_dir
+        self._params = imag_params
+        self._count_imaging()
         self._sources = Metrics.counter(NAMESPACE, "sources_found")
         self._new = Metrics.counter(NAMESPACE, "new_sources")
 
     def setup(self):
+        self._set_up_analyser()
         self._known = Caldb.open(self._caldb_dir).known_sources()
 
     @isolating("imag")
-    def process(self, element):
-        obs_id, entries = element
-        entries = sorted(entries, key=lambda entry: (parse_band(entry[0]), entry[1]))
+    def process(self, element, timelines):
+        obs_id, detector = element
+        marks = getattr(getattr(self, "failure_log", None), "progress", None)
+        entries = []
+        for band, occ, products in sorted(detector, key=lambda e: (parse_band(e[0]), e[1])):
+            entries.append((band, occ, self._sky_products(obs_id, band, occ, products,
+                                                          timelines[obs_id])))
+            if marks is not None:  # a sky image done, for the progress line
+                marks.mark(SKY_IMAGE_STEP)
         result = catalogue.build_catalogue(
             [(band, occ, sky.sources) for band, occ, sky in entries], self._known,
             bands=sorted({band for band, _, _ in entries}, key=parse_band))
@@ -111,21 +146,23 @@ class Imag(DataclassTransform):
     """((obs_id, band, occ), DetectorProducts) -> ((obs_id, band, occ), SkyProducts).
 
     Once applied, `by_observation` holds the same results as (obs_id, [(band, occ,
-    SkyProducts)]), grouped once for the catalogue: the per-observation writers take it as it
-    is rather than group the keyed results again (a shuffle and a stage each).
+    SkyProducts)]), with the catalogue: the per-observation writers take it as it is.
+    `grouped`: the input is already (obs_id, [(band, occ, DetectorProducts)]) (grouped once
+    for the detector products' writers too).
     """
 
     imag_params: object
     caldb_dir: str
     timelines: beam.PCollection
     failure_log: object = None  # failures.FailureLog
+    grouped: bool = False
     by_observation: beam.PCollection = dataclasses.field(default=None, init=False)
 
-    def expand(self, detector_products):
-        sky = detector_products | "SkyImages" >> beam.ParDo(
-            with_failure_log(MakeSkyImages(self.caldb_dir, self.imag_params), self.failure_log),
+    def expand(self, detector):
+        detector_by_observation = detector if self.grouped else grouped_by_observation(detector)
+        self.by_observation = detector_by_observation | "SkyImages" >> beam.ParDo(
+            with_failure_log(ImageObservation(self.caldb_dir, self.imag_params),
+                             self.failure_log),
             beam.pvalue.AsDict(self.timelines))
-        self.by_observation = grouped_by_observation(sky) | "Catalogue" >> beam.ParDo(
-            with_failure_log(CatalogueObservation(self.caldb_dir), self.failure_log))
         return self.by_observation | "PerKey" >> beam.FlatMapTuple(
             lambda obs_id, entries: [((obs_id, band, occ), sky) for band, occ, sky in entries])
