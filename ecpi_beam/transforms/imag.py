@@ -17,9 +17,11 @@ from apache_beam.metrics import Metrics
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
 from ecpi_beam.io.image_products import parse_band
+from ecpi_beam.io.products import pointing_index
 from ecpi_beam.kernels import catalogue, cleaning, imaging
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
-from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation
+from ecpi_beam.transforms.base import (DataclassTransform, grouped_by_observation, image_key,
+                                      image_key_parts, pointing_name)
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.imag"
@@ -28,7 +30,7 @@ LOG = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class SkyProducts:
-    """IMAG result for one (obs_id, band, occ) key."""
+    """IMAG result for one image key (obs_id, band, occ[, pointing])."""
 
     images: imaging.SkyImages
     residual_snr: np.ndarray  # SNR once every found source's shadowgram is removed
@@ -39,6 +41,7 @@ class SkyProducts:
     irf_spectrum: str = ""  # its spectral assumption ('irf' only)
     cleaning_limit_reached: bool = False  # cleaning.MAX_CLEANED_SOURCES stopped the cleaning
     catalogue: object = None  # kernels.catalogue.ObservationCatalogue of the whole observation
+    pointing: object = None  # kernels.timeline.Pointing of the image, when there are several
 
 
 class MakeSkyImages(beam.DoFn):
@@ -58,32 +61,36 @@ class MakeSkyImages(beam.DoFn):
 
     @isolating("imag")
     def process(self, element, timelines):
-        (obs_id, band, occ), products = element
+        key, products = element
+        obs_id, band, occ, pointing = image_key_parts(key)
         analysis = self._analyser.analyse(
             products.correction.corrected, products.correction.variance, products.good_pixels,
             products.efficiency, products.mode, band=band,
             model_terms=products.correction.terms)
-        quaternion = timelines[obs_id].reference_quaternion
+        quaternion = timelines[obs_id].for_pointing(pointing).reference_quaternion
         self._images.inc()
         self._detections.inc(len(analysis.detections))
-        LOG.info("IMAG %s %s %s: %d detection(s), peak SNR %.1f", obs_id, band, occ,
-                 len(analysis.detections), float(np.max(analysis.images.snr)))
+        image = f"{obs_id} {band} {occ}{pointing_name(pointing)}"
+        LOG.info("IMAG %s: %d detection(s), peak SNR %.1f", image, len(analysis.detections),
+                 float(np.max(analysis.images.snr)))
         if analysis.cleaning_limit_reached:
             self._limit.inc()
             LOG.warning(
-                "%s %s %s: cleaning stopped at its safety limit of %d sources; fainter sources "
-                "may be missing", obs_id, band, occ, cleaning.MAX_CLEANED_SOURCES)
-        yield (obs_id, band, occ), SkyProducts(
+                "%s: cleaning stopped at its safety limit of %d sources; fainter sources "
+                "may be missing", image, cleaning.MAX_CLEANED_SOURCES)
+        yield key, SkyProducts(
             images=analysis.images, residual_snr=analysis.residual_snr,
             exposure=products.exposure, wcs_keywords=instrument.sky_wcs_keywords(quaternion),
             sources=source_rows(analysis.detections, quaternion, products.exposure),
             irf_corr=analysis.irf_correction.name, irf_spectrum=analysis.irf_correction.spectrum,
-            cleaning_limit_reached=analysis.cleaning_limit_reached)
+            cleaning_limit_reached=analysis.cleaning_limit_reached,
+            pointing=getattr(products, "pointing", None))
 
 
 class CatalogueObservation(beam.DoFn):
     """(obs_id, [(band, occ, SkyProducts)]) -> the same, each SkyProducts carrying the
-    observation's catalogue; its per-band sources gain their catalogue name."""
+    observation's catalogue (the detections of all its bands, types and pointings associated);
+    its per-band sources gain their catalogue name."""
 
     def __init__(self, caldb_dir: str):
         self._caldb_dir = caldb_dir
@@ -96,10 +103,11 @@ class CatalogueObservation(beam.DoFn):
     @isolating("imag")
     def process(self, element):
         obs_id, entries = element
-        entries = sorted(entries, key=lambda entry: (parse_band(entry[0]), entry[1]))
+        entries = sorted(entries, key=lambda entry: (pointing_index(entry[2]),
+                                                     parse_band(entry[0]), entry[1]))
         result = catalogue.build_catalogue(
-            [(band, occ, sky.sources) for band, occ, sky in entries], self._known,
-            bands=sorted({band for band, _, _ in entries}, key=parse_band))
+            [(band, occ, sky.sources, pointing_index(sky)) for band, occ, sky in entries],
+            self._known, bands=sorted({band for band, _, _ in entries}, key=parse_band))
         self._sources.inc(len(result.sources))
         self._new.inc(result.n_new)
         yield obs_id, [(band, occ, dataclasses.replace(sky, catalogue=result))
@@ -108,7 +116,7 @@ class CatalogueObservation(beam.DoFn):
 
 @dataclasses.dataclass(eq=False)
 class Imag(DataclassTransform):
-    """((obs_id, band, occ), DetectorProducts) -> ((obs_id, band, occ), SkyProducts).
+    """((obs_id, band, occ[, pointing]), DetectorProducts) -> the same keys, SkyProducts.
 
     Once applied, `by_observation` holds the same results as (obs_id, [(band, occ,
     SkyProducts)]), grouped once for the catalogue: the per-observation writers take it as it
@@ -128,4 +136,5 @@ class Imag(DataclassTransform):
         self.by_observation = grouped_by_observation(sky) | "Catalogue" >> beam.ParDo(
             with_failure_log(CatalogueObservation(self.caldb_dir), self.failure_log))
         return self.by_observation | "PerKey" >> beam.FlatMapTuple(
-            lambda obs_id, entries: [((obs_id, band, occ), sky) for band, occ, sky in entries])
+            lambda obs_id, entries: [(image_key(obs_id, band, occ, pointing_index(sky)), sky)
+                                     for band, occ, sky in entries])
