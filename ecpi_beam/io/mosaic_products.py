@@ -11,8 +11,9 @@ ECL-MOS-IMA holds, per (band, occ):
 An `OBSERVATIONS` table lists the observations that went into the mosaic.
 
 ECL-MOS-ACC (one per observation) stores what the observation adds to any mosaic: per (band,
-occ) and stable pointing (`_P<k>` after the names of the first), `RESIDUAL_<band>_<occ>` (its sky image cleaned of the sources IMAG found, in count s-1
-cm-2), `VARIANCE_...`, `PCODE_...` with the TAN WCS and EXPOSURE, and `RESTORED_...`, the
+occ) and stable pointing (`_P<k>` after the names of the first), `RESIDUAL_<band>_<occ>` (its
+sky image cleaned of the sources IMAG found, in count s-1 cm-2), `VARIANCE_...`, `PCODE_...`
+with the TAN WCS and EXPOSURE, and `RESTORED_...`, the
 sources to put back (RA, DEC, FLUX). ECL-MOS-LCS holds one OGIP light curve per mosaic source
 (`RATE_S<k>_<band>_<occ>`: one row per observation that saw it), then `GTI` and
 `OBSERVATIONS`.

@@ -182,7 +182,7 @@ class ImagingTimelines(DataclassTransform):
 
 @dataclasses.dataclass(eq=False)
 class Bube(DataclassTransform):
-    """Calibrated chunks -> ((obs_id, band, occ), DetectorProducts)."""
+    """Calibrated chunks -> ((obs_id, band, occ[, pointing]), DetectorProducts)."""
 
     bube_params: object
     caldb_dir: str

@@ -7,7 +7,7 @@ the sources IMAG found, in rates, with variance, partial coding, WCS and the sou
 waves, runs or workers), `CampaignMosaic` combines the stored accumulators of the observations
 that succeeded:
 
-    accumulator URLs -> read -> ((obs_id, band, occ), SkyRates)
+    accumulator URLs -> read -> ((obs_id, band, occ[, pointing]), SkyRates)
       -> ((band, occ, tile), MosaicSums) -> CombinePerKey -> MosaicMap per (band, occ)
            -> ECL-MOS-IMA, and the peaks: candidates                      [side input]
     URLs -> read -> ((band, occ, candidate), MosaicSums on its local grid) -> CombinePerKey
@@ -108,7 +108,7 @@ class SampleOnGrid(beam.DoFn):
 
 @dataclasses.dataclass(eq=False)
 class MosaicOnGrid(DataclassTransform):
-    """((obs_id, band, occ), SkyRates) -> ((band, occ), MosaicMap) on one grid."""
+    """((obs_id, band, occ[, pointing]), SkyRates) -> ((band, occ), MosaicMap) on one grid."""
 
     grid: object
     pcode_min: float
@@ -127,8 +127,8 @@ class MosaicOnGrid(DataclassTransform):
 
 
 class LocalLikelihoods(beam.DoFn):
-    """((obs_id, band, occ), SkyRates) -> ((band, occ, k), PositionLikelihood): the image's
-    part of the joint fit of each candidate k of that (band, occ) it sees."""
+    """((obs_id, band, occ[, pointing]), SkyRates) -> ((band, occ, k), PositionLikelihood):
+    the image's part of the joint fit of each candidate k of that (band, occ) it sees."""
 
     def __init__(self, pcode_min: float):
         self._pcode_min = pcode_min
@@ -144,8 +144,8 @@ class LocalLikelihoods(beam.DoFn):
 
 
 class ForcedFluxes(beam.DoFn):
-    """((obs_id, band, occ), SkyRates) -> ((band, occ, k), LightCurvePoint) for each source k
-    of that (band, occ) the image sees."""
+    """((obs_id, band, occ[, pointing]), SkyRates) -> ((band, occ, k), LightCurvePoint) for
+    each source k of that (band, occ) the image sees."""
 
     def __init__(self, pcode_min: float, spans: dict):
         self._pcode_min, self._spans = pcode_min, dict(spans)

@@ -92,7 +92,8 @@ class _ObservationProductWriter(DataclassTransform):
 
 
 class WriteImageProducts(_ObservationProductWriter):
-    """((obs_id, band, occ), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or ECL-SOP-IMA."""
+    """((obs_id, band, occ[, pointing]), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or
+    ECL-SOP-IMA."""
 
     def expand(self, values):
         return self._write_each(self._by_observation(values), keyed_image_hdus(self.product))
@@ -145,7 +146,7 @@ class WriteRegionFile(beam.DoFn):
 
 
 class WriteAlerts(_ObservationProductWriter):
-    """((obs_id, band, occ), SkyProducts) -> a VOEvent 2.0 alert per NEW source."""
+    """((obs_id, band, occ[, pointing]), SkyProducts) -> a VOEvent 2.0 alert per NEW source."""
 
     def expand(self, values):
         return self._by_observation(values) | "Write" >> beam.ParDo(
