@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ecpi_beam import instrument
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs  # pure fsspec, no Beam: lets the file and working_out be URLs
+from ecpi_beam.kernels.timeline import POINTING_MIN_TIME_DEFAULT
 
 LOGGER_LEVELS = ("debug", "info", "warning", "error", "critical")
 CALI_PRODUCTS = ("ECL-GTI-CAL", "ECL-EVT-CAL")
@@ -65,6 +66,8 @@ class BubeParams:
     bkg_cor_mod: tuple[str, ...] = ("shape_moretti_earth",)  # one per ear_occ_bub entry
     peof_min: float = instrument.PEOF_MIN_DEFAULT
     peof_max: float = instrument.PEOF_MAX_DEFAULT
+    # s of good time a pointing other than the longest-held needs to be imaged (docs/imaging.md)
+    pointing_min_time: float = POINTING_MIN_TIME_DEFAULT
 
     def correction_for(self, occ: str) -> str:
         """The background-correction mode chosen for occultation type `occ`."""
@@ -196,7 +199,7 @@ SECTIONS = {
     "dpco": ("out_files",),
     "cali": ("out_files", "chunk_size"),
     "bube": ("energy_channels", "ear_occ_bub", "bkg_cor_mod", "out_files", "peof_min",
-             "peof_max"),
+             "peof_max", "pointing_min_time"),
     "imag": ("snr_ths", "win_dim", "irf_corr", "out_files", "pcode_min"),
     "mosa": ("out_files", "grid", "nside", "car_pixel_deg", "pcode_min", "snr_ths"),
     "spex": ("out_files", "sources", "time_bin", "pi_per_channel"),
@@ -244,6 +247,8 @@ def parse_params(text: str, source: str = "<parameters>", check_paths: bool = Tr
         bkg_cor_mod=reader.corrections(len(ear_occ_bub)),
         peof_min=reader.number("bube", "peof_min", instrument.PEOF_MIN_DEFAULT, 0.0, 1.0),
         peof_max=reader.number("bube", "peof_max", instrument.PEOF_MAX_DEFAULT, 0.0, 1.0),
+        pointing_min_time=reader.number("bube", "pointing_min_time", POINTING_MIN_TIME_DEFAULT,
+                                        1.0),
     )
     if not bube.peof_min < bube.peof_max:
         reader.fail("bube", "peof_max", bube.peof_max,

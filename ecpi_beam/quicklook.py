@@ -72,25 +72,39 @@ def _open(url):
         yield hdul
 
 
-def _hdu_name(hdul, prefix, band=None, occ=None):
-    """`<prefix>_<band>_<occ>`: the first HDU of that prefix whose band and occultation type
-    are those given (either, both or none)."""
-    names = [hdu.name for hdu in hdul if re.fullmatch(rf"{prefix}_[0-9]+-[0-9]+_[A-Z]+", hdu.name)]
-    chosen = [name for name in names
-              if (not band or name.split("_")[-2] == band) and (not occ or name.endswith("_" + occ))]
+def _image_parts(prefix, name):
+    """(band, occ, pointing) of an HDU named `<prefix>_<band>_<occ>[_P<k>]`, or None."""
+    match = re.fullmatch(rf"{prefix}_([0-9]+-[0-9]+)_([A-Z]+)(?:_P([0-9]+))?", name)
+    return match and (match.group(1), match.group(2), int(match.group(3) or 0))
+
+
+def _hdu_name(hdul, prefix, band=None, occ=None, pointing=0):
+    """`<prefix>_<band>_<occ>` (`..._P<k>` for stable pointing k > 0): the first HDU of that
+    prefix and pointing whose band and occultation type are those given (either, both or
+    none)."""
+    names = [hdu.name for hdu in hdul if _image_parts(prefix, hdu.name)]
+    chosen = [name for name, (b, o, k) in ((n, _image_parts(prefix, n)) for n in names)
+              if k == pointing and (not band or b == band) and (not occ or o == occ)]
     if not chosen:
-        wanted = f"{prefix}_{band or '*'}_{occ or '*'}"
+        wanted = f"{prefix}_{band or '*'}_{occ or '*'}" + (f"_P{pointing}" if pointing else "")
         raise EcpiError(f"no HDU {wanted} (has {', '.join(names) or 'none'})")
     return chosen[0]
 
 
-def detector_png(det_url, ubc_url, band, occ, png):
+def pointings_of(url, prefix) -> list[int]:
+    """The stable pointings (0, 1, ...) whose `<prefix>_...` images a product holds."""
+    with _open(url) as hdul:
+        return sorted({parts[2] for parts in (_image_parts(prefix, hdu.name) for hdu in hdul)
+                       if parts}) or [0]
+
+
+def detector_png(det_url, ubc_url, band, occ, png, pointing=0):
     plt = _pyplot()
     panels = []
     for url, prefix, title in ((det_url, "COUNTS", "counts"), (ubc_url, "UBC", "corrected")):
         if url:
             with _open(url) as hdul:
-                name = _hdu_name(hdul, prefix, band, occ)
+                name = _hdu_name(hdul, prefix, band, occ, pointing)
                 panels.append((np.array(hdul[name].data, dtype=float), f"{title} {name}"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
     for ax, (data, title) in zip(axes[0], panels):
@@ -121,13 +135,13 @@ def source_label(row, names) -> str:
                  if column in names and cell_text(row[column])), "")
 
 
-def sky_view(sky_url, sop_url, band=None, occ=None) -> SkyView:
+def sky_view(sky_url, sop_url, band=None, occ=None, pointing=0) -> SkyView:
     from astropy.wcs import WCS
 
     from ecpi_beam.kernels.sky_analysis import restored_snr
 
     with _open(sky_url) as hdul:
-        name = _hdu_name(hdul, "SNR", band, occ)
+        name = _hdu_name(hdul, "SNR", band, occ, pointing)
         raw = np.array(hdul[name].data, dtype=float)
         header = hdul[name].header
         cleaned_name = name.replace("SNR_", "RESIDUAL_SNR_", 1)
@@ -146,6 +160,8 @@ def sky_view(sky_url, sop_url, band=None, occ=None) -> SkyView:
         if "OCC_TYPE" in names and header.get("OCC_TYPE"):
             rows = rows[np.array([cell_text(o) == header["OCC_TYPE"] for o in rows["OCC_TYPE"]],
                                  dtype=bool)]
+        if "PNT_ID" in names:  # SKY_X, SKY_Y are pixels of their own pointing's image
+            rows = rows[np.asarray(rows["PNT_ID"]) == pointing]
         sources = [(float(row["RA"]), float(row["DEC"]), source_label(row, names),
                     source_kind(row, names), float(row["SNR"]), float(row["SKY_X"]) - 1.0,
                     float(row["SKY_Y"]) - 1.0) for row in rows]
@@ -265,10 +281,10 @@ def draw_noise(fig, position, view: SkyView):
     return ax
 
 
-def sky_png(sky_url, sop_url, band, occ, png, injected=()):
+def sky_png(sky_url, sop_url, band, occ, png, injected=(), pointing=0):
     """The sky quick-look: the cleaned SNR map with the sources named, and the noise panel."""
     plt = _pyplot()
-    view = sky_view(sky_url, sop_url, band, occ)
+    view = sky_view(sky_url, sop_url, band, occ, pointing)
     fig = plt.figure(figsize=(15, 6.5))
     grid = fig.add_gridspec(1, 2, width_ratios=(1.35, 1.0))
     draw_sky(fig, grid[0], view, injected)
@@ -321,18 +337,27 @@ def light_curve_png(evt_url, png, bin_s=LIGHT_CURVE_BIN_S):
     plt.close(fig)
 
 
+def _pointing_part(pointing: int) -> str:
+    return f"_P{pointing}" if pointing else ""
+
+
 def quicklook(directory: str, out: Path, band=None, occ=None) -> list:
     """Make the PNGs (and missing region files) of every observation in `directory`."""
     out.mkdir(parents=True, exist_ok=True)
     made = []
     for obs_id, products in sorted(find_products(directory).items()):
         get = products.get
-        if get("ECL-DET-IMA") or get("ECL-DET-UBC"):
-            made.append(out / f"{obs_id}_detector.png")
-            detector_png(get("ECL-DET-IMA"), get("ECL-DET-UBC"), band, occ, made[-1])
+        detector = get("ECL-DET-IMA") or get("ECL-DET-UBC")
+        if detector:  # one PNG per stable pointing: `_P<k>` after the first's name
+            for pointing in pointings_of(detector, "COUNTS" if get("ECL-DET-IMA") else "UBC"):
+                made.append(out / f"{obs_id}_detector{_pointing_part(pointing)}.png")
+                detector_png(get("ECL-DET-IMA"), get("ECL-DET-UBC"), band, occ, made[-1],
+                             pointing)
         if get("ECL-SKY-IMA"):
-            made.append(out / f"{obs_id}_sky_snr.png")
-            sky_png(get("ECL-SKY-IMA"), get("ECL-SOP-IMA"), band, occ, made[-1])
+            for pointing in pointings_of(get("ECL-SKY-IMA"), "SNR"):
+                made.append(out / f"{obs_id}_sky_snr{_pointing_part(pointing)}.png")
+                sky_png(get("ECL-SKY-IMA"), get("ECL-SOP-IMA"), band, occ, made[-1],
+                        pointing=pointing)
         gtis = [url for url in (get("ECL-GTI-CAL"), get("ECL-GTI-UBC")) if url]
         if gtis:
             made.append(out / f"{obs_id}_gti.png")

@@ -97,8 +97,12 @@ def summary_line(params, entries, totals: dict, started: float, not_made=()) -> 
         sources = NOT_COUNTED
     limited = int(totals.get("ecpi.imag.cleaning_limit_reached", 0))
     off_pointing = int(totals.get("ecpi.bube.good_seconds_off_pointing", 0))
+    pointings = int(totals.get("ecpi.bube.pointings_imaged", 0))
+    slews = int(totals.get("ecpi.bube.slew_seconds", 0))
     notes = ((f"cleaning stopped at its safety limit in {limited} image(s); " if limited else "")
-             + (f"good time not imaged (other pointings) {off_pointing} s; "
+             + (f"stable pointings imaged {pointings}, slews {slews} s not imaged; "
+                if pointings else "")
+             + (f"good time not imaged (on no stable pointing) {off_pointing} s; "
                 if off_pointing else "")
              + (f"requested products not made {len(not_made)}; " if not_made else ""))
     return (f"ecpi_run: {len(entries) - len(failed)}/{len(entries)} observation(s) processed"

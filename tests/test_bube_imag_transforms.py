@@ -29,9 +29,10 @@ def random_chunk(rng, n, t0=0.0, t1=100.0):
 
 
 def with_classes(events, class_gti):
-    """A calibrated chunk as the graph carries it: with its occultation classes' good time
-    (None: its observation has no imaging timeline)."""
-    return EventChunk(events, ChunkContext(np.array([[0.0, 100.0]]), class_gti))
+    """A calibrated chunk as the graph carries it: with its occultation classes' good time,
+    of its one stable pointing (None: its observation has no imaging timeline)."""
+    return EventChunk(events, ChunkContext(np.array([[0.0, 100.0]]),
+                                           None if class_gti is None else (class_gti,)))
 
 
 def test_detector_image_sum_is_associative_and_commutative():
@@ -136,7 +137,7 @@ def test_imaging_timeline_classes_are_cumulative_and_slews_are_excluded():
     on_target = instrument.quaternion_from_pointing(120.0, -30.0, 10.0)
     slewing = instrument.quaternion_from_pointing(115.0, -30.0, 10.0)
     qparam = np.tile(on_target, (len(times), 1))
-    qparam[:50] = slewing  # first 50 s elsewhere: not imaged
+    qparam[:50] = slewing  # first 50 s elsewhere: not imaged (held < min_pointing_s)
     qparam[580:] = instrument.quaternion_from_pointing(120.0, -30.0, 12.0)  # rolled: not imaged
     # the spacecraft moves so that the Earth sweeps through the field
     toward_target = instrument.radec_to_unit(120.0, -30.0)
@@ -145,7 +146,9 @@ def test_imaging_timeline_classes_are_cumulative_and_slews_are_excluded():
     angle = np.radians(np.linspace(0.0, 180.0, len(times)))
     position = 7.0e6 * (np.cos(angle)[:, None] * toward_target + np.sin(angle)[:, None] * side)
     good = np.array([[0.0, 600.0]])
-    timeline = imaging_timeline(times, qparam, times, position, good, ("NEO", "PEO", "TEO"))
+    timeline = imaging_timeline(times, qparam, times, position, good, ("NEO", "PEO", "TEO"),
+                                min_pointing_s=60.0)
+    assert timeline.n_pointings == 1  # (with the default 20 s, three: tests/test_pointings.py)
     assert abs(np.dot(timeline.reference_quaternion, on_target)) == pytest.approx(1.0, abs=1e-9)
     assert timeline.good_time[0, 0] >= 49.5 and timeline.good_time[-1, 1] <= 580.0
     neo, peo, teo = (timeline.exposure(occ) for occ in ("NEO", "PEO", "TEO"))

@@ -302,7 +302,7 @@ def float_keys():
 def test_the_float_keys_are_all_found():
     assert {("imag", "snr_ths"), ("bube", "peof_min"), ("spex", "time_bin"),
             ("stream", "poll_interval"), ("mosa", "snr_ths")} <= set(float_keys())
-    assert len(float_keys()) == 15
+    assert len(float_keys()) == 16
 
 
 @pytest.mark.parametrize("section, key", float_keys(), ids="[{0[0]}] {0[1]}".format)

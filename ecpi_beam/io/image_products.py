@@ -2,7 +2,10 @@
 
 Each product file holds, for every (band, occ) it was made for, a group of HDUs whose EXTNAME
 ends in `_<band>_<occ>` (e.g. `SNR_13-60_PEO`) and whose header carries BAND, PI_MIN, PI_MAX,
-E_MIN, E_MAX and OCC_TYPE, so ds9 (`file.fits[SNR_13-60_PEO]`) and astropy can pick one.
+E_MIN, E_MAX and OCC_TYPE, so ds9 (`file.fits[SNR_13-60_PEO]`) and astropy can pick one. In an
+observation of several stable pointings, each pointing has its own groups: the first's named as
+above, the others' ending in `_P<k>` (`SNR_13-60_PEO_P1`), each header with PNT_ID and the
+pointing's RA_PNT, DEC_PNT, PA_PNT, TSTART, TSTOP (io.products.pointing_hdu_keywords).
 """
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ import numpy as np
 from ecpi_beam import instrument
 from ecpi_beam.io.fitsfile import ImageUnit, TableUnit
 from ecpi_beam.io.gti import gti_hdu
-from ecpi_beam.io.products import band_keywords
+from ecpi_beam.io.products import (band_keywords, pointing_hdu_keywords, pointing_index,
+                                    pointing_suffix)
 from ecpi_beam.kernels import error_model
+from ecpi_beam.kernels.catalogue import detection_label
 
 
 def parse_band(band: str):
@@ -31,19 +36,26 @@ def _image_hdu(data, extname, keywords, comment=None, bunit=None):
     return hdu
 
 
-def _group_keywords(band, occ, exposure):
+def _group_keywords(band, occ, value):
+    """The keywords of the HDUs of one image: its band, type, exposure and pointing."""
     keywords = dict(band_keywords(parse_band(band), occ))
-    keywords["EXPOSURE"] = (float(exposure), "[s] good time in the occultation class")
+    keywords["EXPOSURE"] = (float(value.exposure), "[s] good time in the occultation class")
+    keywords.update(pointing_hdu_keywords(value))
     return keywords
+
+
+def _suffix(band, occ, value) -> str:
+    """`<band>_<occ>`, then `_P<k>` for the pointings after the first: the end of an EXTNAME."""
+    return f"{band}_{occ}{pointing_suffix(value)}"
 
 
 def detector_image_hdus(entries, timeline=None):
     """ECL-DET-IMA: counts per (band, occ) and the pixel mask (1 good, 0 dead or noisy)."""
     hdus = []
     for band, occ, products in entries:
-        keywords = _group_keywords(band, occ, products.exposure)
-        hdus.append(_image_hdu(products.counts.astype(np.int32), f"COUNTS_{band}_{occ}", keywords,
-                               bunit="count"))
+        keywords = _group_keywords(band, occ, products)
+        hdus.append(_image_hdu(products.counts.astype(np.int32),
+                               f"COUNTS_{_suffix(band, occ, products)}", keywords, bunit="count"))
     good = entries[0][2].good_pixels.astype(np.uint8)
     hdus.append(_image_hdu(good, "PIXEL_MASK", {}, "1 = good pixel, 0 = dead or noisy"))
     return hdus
@@ -80,15 +92,16 @@ def corrected_image_hdus(entries, timeline=None):
     hdus = []
     for band, occ, products in entries:
         correction = products.correction
-        keywords = _group_keywords(band, occ, products.exposure)
+        keywords = _group_keywords(band, occ, products)
         keywords["BKGMODE"] = (products.mode, "[bube] bkg_cor_mod")
         keywords.update(background_fit_keywords(correction))
+        suffix = _suffix(band, occ, products)
         hdus += [
-            _image_hdu(correction.corrected.astype(np.float32), f"UBC_{band}_{occ}", keywords,
+            _image_hdu(correction.corrected.astype(np.float32), f"UBC_{suffix}", keywords,
                        bunit="count"),
-            _image_hdu(correction.variance.astype(np.float32), f"VARIANCE_{band}_{occ}", keywords,
+            _image_hdu(correction.variance.astype(np.float32), f"VARIANCE_{suffix}", keywords,
                        "Poisson variance of the counts", bunit="count2"),
-            _image_hdu(correction.model.astype(np.float32), f"BACKGROUND_{band}_{occ}", keywords,
+            _image_hdu(correction.model.astype(np.float32), f"BACKGROUND_{suffix}", keywords,
                        bunit="count"),
         ]
     return hdus
@@ -99,11 +112,11 @@ def occultation_map_hdus(entries, timeline=None):
     the sky it sees through the open mask (projected solid angle) that the Earth hides."""
     hdus = []
     for band, occ, products in entries:
-        keywords = _group_keywords(band, occ, products.exposure)
+        keywords = _group_keywords(band, occ, products)
         keywords["AVGTIME"] = (float(products.earth.averaging_time),
                                "[s] good time the map is averaged over")
         hdus.append(_image_hdu(products.earth.occultation_map.astype(np.float32),
-                               f"OFM_{band}_{occ}", keywords,
+                               f"OFM_{_suffix(band, occ, products)}", keywords,
                                "fraction of the sky seen through the mask hidden by the Earth"))
     return hdus
 
@@ -120,10 +133,10 @@ def _irf_keywords(sky) -> dict:
 
 def sky_image_hdus(entries, timeline=None):
     """ECL-SKY-IMA: intensity, variance, SNR, partial coding, cleaned SNR and exposure maps,
-    each with the TAN WCS of the observation's reference attitude."""
+    each with the TAN WCS of its pointing's attitude."""
     hdus = []
     for band, occ, sky in entries:
-        keywords = {**_group_keywords(band, occ, sky.exposure), **sky.wcs_keywords,
+        keywords = {**_group_keywords(band, occ, sky), **sky.wcs_keywords,
                     **_irf_keywords(sky)}
         images = sky.images
         maps = (("INTENSITY", images.intensity, "count", "counts per fully open detector pixel"),
@@ -135,7 +148,8 @@ def sky_image_hdus(entries, timeline=None):
         for name, data, unit, comment in maps:
             finite = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
             finite = instrument.sky_image_to_fits(finite)  # east to the left
-            hdus.append(_image_hdu(finite, f"{name}_{band}_{occ}", keywords, comment, unit or None))
+            hdus.append(_image_hdu(finite, f"{name}_{_suffix(band, occ, sky)}", keywords, comment,
+                                   unit or None))
     return hdus
 
 
@@ -153,6 +167,7 @@ CATALOG_COLUMNS = (
 )
 BAND_COLUMNS = (("FLUX", "E", "count/(s cm2)"), ("FLUX_ERR", "E", "count/(s cm2)"),
                 ("SNR", "E", None))
+POINTING_COLUMN = (("PNT_ID", "J", None),)  # SOURCES of an observation of several pointings
 
 
 def _table_hdu(name, columns, rows) -> TableUnit:
@@ -166,32 +181,41 @@ def _catalogue_of(entries):
                  if getattr(sky, "catalogue", None) is not None), None)
 
 
-def _source_identity(catalogue, band, occ, index, src):
+def _source_identity(catalogue, band, occ, index, pointing=0):
     """(NAME, KNOWN_NAME, NEW) of a per-image detection: its catalogue source's ('' without
     a catalogue, as for images analysed alone)."""
-    label = None if catalogue is None else catalogue.labels.get((band, occ, index))
+    label = None if catalogue is None else catalogue.labels.get(
+        detection_label(band, occ, index, pointing))
     if label is None:
         return "", "", False
     source = catalogue.sources[label]
     return source.name, source.known_name, source.new
 
 
+def _several_pointings(entries) -> bool:
+    return any(getattr(value, "pointing", None) is not None for _, _, value in entries)
+
+
 def source_table_hdus(entries, timeline=None):
     """ECL-SOP-IMA: SOURCES, one row per detected source per (band, occ) (SKY_X/Y are 1-based
     FITS pixels of the ECL-SKY-IMA images, instrument.sky_pixel_to_fits), and CATALOG, one row
-    per source of the observation (docs/products.md)."""
+    per source of the observation (docs/products.md). An observation of several stable
+    pointings has one more column, PNT_ID: the pointing whose images SKY_X/Y refer to."""
     catalogue = _catalogue_of(entries)
+    several = _several_pointings(entries)
     rows = []
     for band, occ, sky in entries:
         lo, hi = parse_band(band)
         band_kw = band_keywords((lo, hi), occ)
+        pointing = pointing_index(sky)
         for index, src in enumerate(sky.sources):
             sky_x, sky_y = instrument.sky_pixel_to_fits(src.row, src.col)
             rows.append((src.ra, src.dec, src.err_rad_arcmin, src.snr, src.flux, src.flux_err,
                          band, lo, hi, _value(band_kw["E_MIN"]), _value(band_kw["E_MAX"]), occ,
                          float(sky_x), float(sky_y), src.pcode,
-                         *_source_identity(catalogue, band, occ, index, src)))
-    table = _table_hdu("SOURCES", SOURCE_COLUMNS, rows)
+                         *_source_identity(catalogue, band, occ, index, pointing),
+                         *((pointing,) if several else ())))
+    table = _table_hdu("SOURCES", SOURCE_COLUMNS + (POINTING_COLUMN if several else ()), rows)
     # ERR_RAD and FLUX_ERR in both tables carry the error model's systematic terms
     keywords = {**(_irf_keywords(entries[0][2]) if entries else {}),
                 **error_model.ERROR_MODEL.keywords()}
@@ -200,19 +224,24 @@ def source_table_hdus(entries, timeline=None):
     table.header["CLNLIMIT"] = (any(getattr(sky, "cleaning_limit_reached", False)
                                     for _, _, sky in entries),
                                 "cleaning hit its safety limit in an image")
-    return [table, catalog_hdu(catalogue, [band for band, _, _ in entries], keywords)]
+    return [table, catalog_hdu(catalogue, [band for band, _, _ in entries], keywords,
+                               several_pointings=several)]
 
 
 def _band_column_suffix(band: str) -> str:
     return band.replace("-", "_")
 
 
-def catalog_hdu(catalogue, bands=(), keywords=None) -> TableUnit:
+def catalog_hdu(catalogue, bands=(), keywords=None,
+                several_pointings: bool = False) -> TableUnit:
     """CATALOG: the observation's sources with per-band FLUX_<lo>_<hi>, FLUX_ERR_..., SNR_...
-    (NaN where the source was not detected in that band)."""
+    (NaN where the source was not detected in that band); for an observation of several
+    stable pointings, BEST_PNT: the pointing of the highest-SNR detection."""
     bands = tuple(catalogue.bands) if catalogue is not None else tuple(dict.fromkeys(bands))
     columns = list(CATALOG_COLUMNS) + [(f"{name}_{_band_column_suffix(band)}", fmt, unit)
                                        for band in bands for name, fmt, unit in BAND_COLUMNS]
+    if several_pointings:
+        columns.append(("BEST_PNT", "J", None))
     rows = []
     for source in (catalogue.sources if catalogue is not None else ()):
         per_band = []
@@ -222,7 +251,8 @@ def catalog_hdu(catalogue, bands=(), keywords=None) -> TableUnit:
                          else [np.nan] * 3)
         rows.append((source.name, source.ra, source.dec, source.err_rad_arcmin, source.snr,
                      source.best_band, source.known_name, source.known_sep_arcmin, source.new,
-                     source.n_detections, *per_band))
+                     source.n_detections, *per_band,
+                     *((source.best_pointing,) if several_pointings else ())))
     table = _table_hdu("CATALOG", columns, rows)
     header = table.header
     if catalogue is not None:
@@ -243,8 +273,12 @@ def _value(keyword):
 
 
 def occultation_gti_hdus(timeline, occ_types):
-    """ECL-GTI-UBC: the good time of each occultation type, one OGIP GTI extension each."""
-    return [gti_hdu(timeline.class_gti[occ], f"GTI_{occ}", {"OCC_TYPE": occ}) for occ in occ_types]
+    """ECL-GTI-UBC: the good time of each occultation type, one OGIP GTI extension each, per
+    stable pointing (`GTI_<occ>`, then `GTI_<occ>_P<k>` for the pointings after the first)."""
+    views = [timeline.for_pointing(k) for k in range(getattr(timeline, "n_pointings", 1))]
+    return [gti_hdu(view.class_gti[occ], f"GTI_{occ}{pointing_suffix(view)}",
+                    {"OCC_TYPE": occ, **pointing_hdu_keywords(view)})
+            for view in views for occ in occ_types]
 
 
 PRODUCT_BUILDERS = {

@@ -11,8 +11,9 @@ ECL-MOS-IMA holds, per (band, occ):
 An `OBSERVATIONS` table lists the observations that went into the mosaic.
 
 ECL-MOS-ACC (one per observation) stores what the observation adds to any mosaic: per (band,
-occ), `RESIDUAL_<band>_<occ>` (its sky image cleaned of the sources IMAG found, in count s-1
-cm-2), `VARIANCE_...`, `PCODE_...` with the TAN WCS and EXPOSURE, and `RESTORED_...`, the
+occ) and stable pointing (`_P<k>` after the names of the first), `RESIDUAL_<band>_<occ>` (its
+sky image cleaned of the sources IMAG found, in count s-1 cm-2), `VARIANCE_...`, `PCODE_...`
+with the TAN WCS and EXPOSURE, and `RESTORED_...`, the
 sources to put back (RA, DEC, FLUX). ECL-MOS-LCS holds one OGIP light curve per mosaic source
 (`RATE_S<k>_<band>_<occ>`: one row per observation that saw it), then `GTI` and
 `OBSERVATIONS`.
@@ -25,12 +26,15 @@ import warnings
 import numpy as np
 from astropy.io import fits
 
+from ecpi_beam import instrument
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.io import fs
 from ecpi_beam.io.gti import ICD_TIME_KEYWORDS, gti_hdu
 from ecpi_beam.io.image_products import parse_band, source_table_hdus
-from ecpi_beam.io.products import band_keywords
+from ecpi_beam.io.products import (band_keywords, pointing_hdu_keywords, pointing_index,
+                                    pointing_suffix)
 from ecpi_beam.kernels.mosaic import RestoredSource, SkyRates
+from ecpi_beam.kernels.timeline import Pointing
 
 MAP_COLUMNS = (("INTENSITY", "E", "count/(s cm2)", "inverse-variance weighted rate"),
                ("VARIANCE", "E", "count2/(s2 cm4)", "variance of INTENSITY"),
@@ -160,15 +164,19 @@ _WCS_KEYS = ("WCSAXES", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRPIX1", "CRPIX
 
 
 def mosaic_input_hdus(entries) -> list:
-    """ECL-MOS-ACC of one observation: `entries` [(band, occ, SkyRates), ...]."""
+    """ECL-MOS-ACC of one observation: `entries` [(band, occ, SkyRates), ...], one per image
+    of each stable pointing (`_P<k>` after the first's names, io.products.pointing_suffix)."""
     hdus = []
-    for band, occ, rates in sorted(entries, key=lambda e: (e[1], parse_band(e[0]))):
+    for band, occ, rates in sorted(entries, key=lambda e: (pointing_index(e[2]), e[1],
+                                                           parse_band(e[0]))):
         keywords = {**band_keywords(parse_band(band), occ), **rates.wcs_keywords,
-                    "EXPOSURE": (float(rates.exposure), "[s] good time of the occultation type")}
+                    "EXPOSURE": (float(rates.exposure), "[s] good time of the occultation type"),
+                    **pointing_hdu_keywords(rates)}
+        suffix = f"{band}_{occ}{pointing_suffix(rates)}"
         for name, attribute, unit, comment in _ACC_IMAGES:
             data = np.asarray(getattr(rates, attribute), dtype=float)
             data = np.where(np.isfinite(data), data, np.nan).astype(np.float32)
-            hdu = fits.ImageHDU(data, name=f"{name}_{band}_{occ}")
+            hdu = fits.ImageHDU(data, name=f"{name}_{suffix}")
             for key, value in keywords.items():
                 hdu.header[key] = value
             hdu.header["HDUCLAS2"] = ("NET" if name == "RESIDUAL" else
@@ -183,12 +191,24 @@ def mosaic_input_hdus(entries) -> list:
                          array=[s.dec for s in rates.sources]),
              fits.Column(name="FLUX", format="D", unit="count/(s cm2)",
                          array=[s.flux for s in rates.sources])],
-            name=f"RESTORED_{band}_{occ}", nrows=len(rates.sources))
-        for key, value in band_keywords(parse_band(band), occ).items():
+            name=f"RESTORED_{suffix}", nrows=len(rates.sources))
+        for key, value in {**band_keywords(parse_band(band), occ),
+                           **pointing_hdu_keywords(rates)}.items():
             table.header[key] = value
         table.header["COMMENT"] = "sources IMAG found, restored with the beam (docs/mosa.md)"
         hdus.append(table)
     return hdus
+
+
+def _stored_pointing(header):
+    """The Pointing of an ECL-MOS-ACC image of an observation of several stable pointings
+    (its PNT_ID, RA_PNT, DEC_PNT, PA_PNT, TSTART, TSTOP), None for one of a single pointing."""
+    if "PNT_ID" not in header:
+        return None
+    quaternion = instrument.quaternion_from_pointing(
+        float(header["RA_PNT"]), float(header["DEC_PNT"]), -float(header["PA_PNT"]))
+    return Pointing(int(header["PNT_ID"]), quaternion, float(header["TSTART"]),
+                    float(header["TSTOP"]))
 
 
 def read_mosaic_inputs(url: str):
@@ -206,8 +226,8 @@ def read_mosaic_inputs(url: str):
                     if not hdu.name.startswith("RESIDUAL_"):
                         continue
                     suffix = hdu.name[len("RESIDUAL_"):]
-                    band, occ = suffix.rsplit("_", 1)
                     header = hdu.header
+                    band, occ = str(header["BAND"]), str(header["OCC_TYPE"])
                     sources = hdul[f"RESTORED_{suffix}"].data
                     entries.append((band, occ, SkyRates(
                         residual=np.asarray(hdu.data, dtype=float),
@@ -216,7 +236,8 @@ def read_mosaic_inputs(url: str):
                         exposure=float(header["EXPOSURE"]),
                         wcs_keywords={key: header[key] for key in _WCS_KEYS if key in header},
                         sources=tuple(RestoredSource(float(r["RA"]), float(r["DEC"]),
-                                                     float(r["FLUX"])) for r in sources))))
+                                                     float(r["FLUX"])) for r in sources),
+                        pointing=_stored_pointing(header))))
     except (OSError, KeyError, ValueError, TypeError, Warning) as err:
         raise EcpiError(f"{url}: not a readable ECL-MOS-ACC product "
                         f"({' '.join(str(err).split()) or type(err).__name__})") from None

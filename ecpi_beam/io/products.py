@@ -152,6 +152,36 @@ def pointing_keywords(qparam) -> dict:
             "PA_PNT": round(angle, 6)}
 
 
+def pointing_index(value) -> int:
+    """The stable pointing (0, 1, ...) a keyed result was made on: its `pointing`
+    (kernels.timeline.Pointing), None when its observation holds one pointing."""
+    pointing = getattr(value, "pointing", None)
+    return 0 if pointing is None else int(pointing.index)
+
+
+def pointing_suffix(value) -> str:
+    """What the EXTNAME of a result's HDUs ends with after `_<band>_<occ>`: `_P<k>` for the
+    observation's stable pointings after the first, nothing otherwise (docs/products.md)."""
+    index = pointing_index(value)
+    return f"_P{index}" if index else ""
+
+
+def pointing_hdu_keywords(value) -> dict:
+    """The keywords naming the pointing of a result's HDUs in an observation of several
+    pointings: PNT_ID, its RA_PNT, DEC_PNT, PA_PNT and the TSTART, TSTOP of its imaged good
+    time (they win over the observation's); none for an observation of one pointing."""
+    pointing = getattr(value, "pointing", None)
+    if pointing is None:
+        return {}
+    where = pointing_keywords(pointing.quaternion)
+    return {"PNT_ID": (int(pointing.index), "stable pointing: 0, 1... in time order"),
+            "RA_PNT": (where["RA_PNT"], "[deg] boresight RA (ICRS) of this pointing"),
+            "DEC_PNT": (where["DEC_PNT"], "[deg] boresight Dec (ICRS) of this pointing"),
+            "PA_PNT": (where["PA_PNT"], KEYWORD_COMMENTS["PA_PNT"]),
+            "TSTART": (float(pointing.tstart), "[s] start of this pointing's good time"),
+            "TSTOP": (float(pointing.tstop), "[s] end of this pointing's good time")}
+
+
 def band_keywords(band: tuple[int, int], occ: str) -> dict:
     """Keywords naming the (band, occultation type) an HDU was made for."""
     lo, hi = int(band[0]), int(band[1])

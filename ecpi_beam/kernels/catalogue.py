@@ -17,7 +17,8 @@ from ecpi_beam.io.voevent import TransientAlert
 
 __all__ = ["KnownSources", "iau_name", "match_known", "match_known_sources",
            "known_match_radius_arcmin", "angular_separation_deg", "associate", "build_catalogue",
-           "ObservationCatalogue", "CatalogueSource", "BandMeasurement", "new_source_alerts"]
+           "ObservationCatalogue", "CatalogueSource", "BandMeasurement", "new_source_alerts",
+           "detection_label"]
 
 
 def iau_name(ra_deg: float, dec_deg: float, prefix: str = "ECL") -> str:
@@ -101,11 +102,13 @@ def match_known_sources(ra_deg, dec_deg, err_rad_arcmin, known: KnownSources) ->
 
 @dataclass(frozen=True)
 class BandMeasurement:
-    """One source's best detection in one band (the occultation type where its SNR is highest)."""
+    """One source's best detection in one band (the occultation type, and the pointing, where
+    its SNR is highest)."""
     occ: str
     snr: float
     flux: float
     flux_err: float
+    pointing: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,13 +124,14 @@ class CatalogueSource:
     new: bool
     bands: dict            # band -> BandMeasurement, for the bands it was detected in
     n_detections: int
+    best_pointing: int = 0  # the stable pointing of the highest-SNR detection
 
 
 @dataclass(frozen=True)
 class ObservationCatalogue:
     sources: tuple         # of CatalogueSource, highest SNR first
     bands: tuple           # every band of the observation's images, in band order
-    labels: dict           # (band, occ, row index) -> index in `sources`
+    labels: dict           # detection_label(band, occ, row index, pointing) -> index in `sources`
     new_snr_min: float = NEW_SNR_MIN
     match_radius_factor: float = MATCH_RADIUS_PER_ERR_RAD
     match_radius_min_arcmin: float = MATCH_RADIUS_MIN_ARCMIN
@@ -135,6 +139,14 @@ class ObservationCatalogue:
     @property
     def n_new(self) -> int:
         return sum(source.new for source in self.sources)
+
+
+def detection_label(band: str, occ: str, index: int, pointing: int = 0) -> tuple:
+    """The key of a detection in ObservationCatalogue.labels: row `index` of image (band, occ)
+    of the observation's stable pointing `pointing`, (band, occ, index), with the pointing
+    appended when it is not the first (as image keys, transforms.base.image_key)."""
+    label = (band, occ, int(index))
+    return label + (int(pointing),) if pointing else label
 
 
 def associate(positions_deg, err_rad_arcmin, snr, groups) -> np.ndarray:
@@ -169,31 +181,35 @@ def build_catalogue(entries, known: KnownSources | None, new_snr_min: float = NE
                     bands=None) -> ObservationCatalogue:
     """The sources of one observation from its per-image detections.
 
-    entries: [(band, occ, rows)], rows having ra, dec, err_rad_arcmin, snr, flux, flux_err
-    (kernels.sky_analysis.SourceRow). Best position: that of the detection with the highest
-    SNR (each band is an independent measurement, but the bands' systematic errors are common,
-    so averaging would shrink the error radius below what holds). Known: match_known_sources
-    (the one association rule). NEW: unmatched and SNR >= new_snr_min.
+    entries: [(band, occ, rows)] or [(band, occ, rows, pointing)] (the observation's stable
+    pointing, 0 when absent), rows having ra, dec, err_rad_arcmin, snr, flux, flux_err
+    (kernels.sky_analysis.SourceRow). A source gets at most one detection per image (band,
+    occultation type, pointing), so a source seen in two pointings is one source. Best
+    position: that of the detection with the highest SNR (each band or pointing is an
+    independent measurement, but the systematic errors are common, so averaging would shrink
+    the error radius below what holds); per band, the highest-SNR detection of any type and
+    pointing. Known: match_known_sources (the one association rule). NEW: unmatched and SNR >=
+    new_snr_min.
     """
-    flat = [(band, occ, index, row) for band, occ, rows in entries
-            for index, row in enumerate(rows)]
-    bands = tuple(bands) if bands is not None else tuple(dict.fromkeys(b for b, _, _ in entries))
+    flat = [(band, occ, index, row, int(pointing[0]) if pointing else 0)
+            for band, occ, rows, *pointing in entries for index, row in enumerate(rows)]
+    bands = tuple(bands) if bands is not None else tuple(dict.fromkeys(e[0] for e in entries))
     if not flat:
         return ObservationCatalogue((), bands, {}, new_snr_min)
-    labels = associate(([row.ra for *_, row in flat], [row.dec for *_, row in flat]),
-                       [row.err_rad_arcmin for *_, row in flat], [row.snr for *_, row in flat],
-                       [(band, occ) for band, occ, _, _ in flat])
+    labels = associate(([f[3].ra for f in flat], [f[3].dec for f in flat]),
+                       [f[3].err_rad_arcmin for f in flat], [f[3].snr for f in flat],
+                       [(band, occ, pointing) for band, occ, _, _, pointing in flat])
     members = {}
-    for (band, occ, index, row), label in zip(flat, labels):
-        members.setdefault(int(label), []).append((band, occ, index, row))
+    for detection, label in zip(flat, labels):
+        members.setdefault(int(label), []).append(detection)
     drafts = []
     for group in members.values():
-        band, occ, _, best = max(group, key=lambda member: member[3].snr)
+        band, _, _, best, best_pointing = max(group, key=lambda member: member[3].snr)
         per_band = {}
-        for b, o, _, row in sorted(group, key=lambda member: -member[3].snr):
+        for b, o, _, row, pointing in sorted(group, key=lambda member: -member[3].snr):
             per_band.setdefault(b, BandMeasurement(o, float(row.snr), float(row.flux),
-                                                   float(row.flux_err)))
-        drafts.append((best, band, per_band, group))
+                                                   float(row.flux_err), pointing))
+        drafts.append((best, band, per_band, group, best_pointing))
     drafts.sort(key=lambda draft: -draft[0].snr)
     ra = np.array([draft[0].ra for draft in drafts])
     dec = np.array([draft[0].dec for draft in drafts])
@@ -201,7 +217,8 @@ def build_catalogue(entries, known: KnownSources | None, new_snr_min: float = NE
     matched = (match_known_sources(ra, dec, err_rad, known)
                if known is not None else np.full(len(drafts), -1))
     sources, label_of = [], {}
-    for number, ((best, band, per_band, group), match) in enumerate(zip(drafts, matched)):
+    for number, ((best, band, per_band, group, best_pointing), match) in enumerate(
+            zip(drafts, matched)):
         known_name = str(known.name[match]) if match >= 0 else ""
         separation = (float(angular_separation_deg(best.ra, best.dec, known.ra_deg[match],
                                                    known.dec_deg[match])) * 60.0
@@ -211,20 +228,22 @@ def build_catalogue(entries, known: KnownSources | None, new_snr_min: float = NE
             err_rad_arcmin=float(best.err_rad_arcmin), snr=float(best.snr), best_band=band,
             known_name=known_name, known_sep_arcmin=separation,
             new=bool(match < 0 and best.snr >= new_snr_min), bands=per_band,
-            n_detections=len(group)))
-        for b, o, index, _ in group:
-            label_of[(b, o, index)] = number
+            n_detections=len(group), best_pointing=best_pointing))
+        for b, o, index, _, pointing in group:
+            label_of[detection_label(b, o, index, pointing)] = number
     return ObservationCatalogue(tuple(sources), bands, label_of, new_snr_min)
 
 
 def new_source_alerts(catalogue: ObservationCatalogue, obs_id: str, tstart: float, tstop: float,
-                      mjdref: float | None = None) -> list:
-    """A TransientAlert for each NEW source: its best band, the observation as the time window,
+                      mjdref: float | None = None, spans: dict | None = None) -> list:
+    """A TransientAlert for each NEW source: its best band, the observation as the time window
+    (or, with `spans` {pointing: (tstart, tstop)}, the stable pointing of its best detection),
     the window start (converted to UTC) as the detection time; mjdref defaults to the ICD's."""
     alerts = []
     for source in catalogue.sources:
         if not source.new:
             continue
+        start, stop = (spans or {}).get(source.best_pointing, (tstart, tstop))
         measurement = source.bands[source.best_band]
         e_min, e_max = instrument.band_energy_range(
             tuple(int(part) for part in source.best_band.split("-")))
@@ -233,7 +252,7 @@ def new_source_alerts(catalogue: ObservationCatalogue, obs_id: str, tstart: floa
         alerts.append(TransientAlert(
             event_id=f"{obs_id}_{coordinates}", name=source.name, ra_deg=source.ra % 360.0,
             dec_deg=source.dec, error_radius_deg=source.err_rad_arcmin / 60.0,
-            time_utc=isotime.mission_time_utc_isot(tstart, mjdref), window_start=float(tstart),
-            window_length=float(tstop - tstart), snr=measurement.snr, band=source.best_band,
+            time_utc=isotime.mission_time_utc_isot(start, mjdref), window_start=float(start),
+            window_length=float(stop - start), snr=measurement.snr, band=source.best_band,
             e_min_kev=round(e_min, 6), e_max_kev=round(e_max, 6), obs_id=str(obs_id)))
     return alerts

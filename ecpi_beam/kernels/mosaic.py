@@ -255,10 +255,12 @@ class SkyRates:
     exposure: float  # s, the good time of the occultation type
     wcs_keywords: dict
     sources: tuple = ()  # of RestoredSource
+    # the observation's stable pointing (kernels.timeline.Pointing) when it holds several
+    pointing: object = None
 
     @classmethod
     def from_counts(cls, intensity, variance, pcode, exposure_s: float, wcs_keywords: dict,
-                    sources=()) -> "SkyRates":
+                    sources=(), pointing=None) -> "SkyRates":
         """From an image in counts per fully open detector pixel (ECL-SKY-IMA units, product
         orientation): f = S / (T a_pix), v = V / (T a_pix)^2."""
         scale = 1.0 / (max(float(exposure_s), 1e-9) * instrument.PIXEL_AREA_CM2)
@@ -267,15 +269,15 @@ class SkyRates:
         return cls(residual=np.where(measured, np.asarray(intensity, float), 0.0) * scale,
                    variance=np.where(measured, variance * scale**2, np.inf),
                    pcode=np.asarray(pcode, dtype=float), exposure=float(exposure_s),
-                   wcs_keywords=dict(wcs_keywords), sources=tuple(sources))
+                   wcs_keywords=dict(wcs_keywords), sources=tuple(sources), pointing=pointing)
 
     @property
-    def pointing(self) -> tuple[float, float]:
+    def boresight(self) -> tuple[float, float]:
         return float(self.wcs_keywords["CRVAL1"]), float(self.wcs_keywords["CRVAL2"])
 
 
 def cleaned_rates(residual_snr, variance, pcode, exposure_s: float, wcs_keywords: dict,
-                  sources) -> SkyRates:
+                  sources, pointing=None) -> SkyRates:
     """SkyRates of an IMAG result (arrays on the sky grid, IMAG's orientation): the residual
     S = residual SNR x sqrt(V), flipped to the product orientation its WCS describes; the
     sources (rows with ra, dec, flux) to restore. A bright source's coding noise and side
@@ -289,7 +291,7 @@ def cleaned_rates(residual_snr, variance, pcode, exposure_s: float, wcs_keywords
     return SkyRates.from_counts(as_product(residual), as_product(variance), as_product(pcode),
                                 exposure_s, wcs_keywords,
                                 [RestoredSource(float(s.ra), float(s.dec), float(s.flux))
-                                 for s in sources])
+                                 for s in sources], pointing)
 
 
 def gnomonic(ra_deg, dec_deg, ra0_deg, dec0_deg):
@@ -395,7 +397,7 @@ def restored_sources(sources, ra, dec) -> np.ndarray:
 def image_to_grid(grid, rates: SkyRates, pcode_min: float = 0.1) -> dict:
     """{tile: MosaicSums} of one image sampled at the centre of every grid pixel it covers
     (nearest sky-image pixel, the restored sources at their exact offsets)."""
-    pixels = grid.pixels_near(*rates.pointing, FIELD_RADIUS_DEG)
+    pixels = grid.pixels_near(*rates.boresight, FIELD_RADIUS_DEG)
     ra, dec = grid.centres(pixels)
     f, v, w = sample(rates, ra, dec)
     with np.errstate(invalid="ignore"):

@@ -42,11 +42,34 @@ class GroupByObservation(beam.PTransform):
 
     def expand(self, keyed):
         return grouped_by_observation(keyed)
+def with_pointing(key: tuple, pointing: int = 0) -> tuple:
+    """A key with the observation's stable pointing appended when it is not the first
+    (docs/ARCHITECTURE.md, "Keys"): an observation of one pointing keeps the keys it always
+    had, and each key has one form."""
+    return tuple(key) + (int(pointing),) if pointing else tuple(key)
+
+
+def image_key(obs_id, band, occ, pointing: int = 0) -> tuple:
+    """The key of one image: (obs_id, band, occ), or (obs_id, band, occ, pointing) for the
+    observation's stable pointings after the first."""
+    return with_pointing((str(obs_id), str(band), str(occ)), pointing)
+
+
+def image_key_parts(key) -> tuple:
+    """(obs_id, band, occ, pointing) of an image key (pointing 0 when it has no such part);
+    also (obs_id, source, occ, pointing) of a SPEX key."""
+    return key[0], key[1], key[2], int(key[3]) if len(key) > 3 else 0
+
+
+def pointing_name(pointing: int) -> str:
+    """' P<k>' after an image's band and type in log lines, for pointings after the first."""
+    return f" P{pointing}" if pointing else ""
 
 
 def grouped_by_observation(keyed):
-    """((obs_id, band, occ), value) -> (obs_id, [(band, occ, value), ...]): the images of one
-    observation together (one product file, one catalogue)."""
+    """((obs_id, band, occ[, pointing]), value) -> (obs_id, [(band, occ, value), ...]): the
+    images of one observation together (one product file, one catalogue); each value knows
+    its pointing."""
     return (keyed
             | "ByObservation" >> beam.MapTuple(lambda key, value: (key[0], (key[1], key[2], value)))
             | "Group" >> beam.GroupByKey())

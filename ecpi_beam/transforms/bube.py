@@ -1,8 +1,9 @@
 """BUBE as Beam transforms: Earth-occultation timelines, keyed detector images, background.
 
-Calibrated chunks (obs_id, EventChunk) become partial 80 x 80 images keyed (obs_id, band, occ);
-a CombineFn with an image-sized accumulator sums them, so memory does not grow with the
-observation; the background is then fitted per key (docs/science.md, "Backgrounds").
+Calibrated chunks (obs_id, EventChunk) become partial 80 x 80 images keyed (obs_id, band, occ),
+with the stable pointing appended after the first (transforms.base.image_key); a CombineFn with
+an image-sized accumulator sums them, so memory does not grow with the observation; the
+background is then fitted per key (docs/science.md, "Backgrounds").
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from ecpi_beam.caldb import Caldb
 from ecpi_beam.errors import EcpiError
 from ecpi_beam.kernels import background, binning, bube, earth, intervals
 from ecpi_beam.kernels.gti import good_time
-from ecpi_beam.kernels.timeline import ImagingTimeline, imaging_timeline
-from ecpi_beam.transforms.base import DataclassTransform, worker_state
+from ecpi_beam.kernels.timeline import POINTING_TOLERANCE_DEG, ImagingTimeline, imaging_timeline
+from ecpi_beam.transforms.base import (DataclassTransform, image_key, image_key_parts,
+                                      pointing_name, worker_state)
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 from ecpi_beam.transforms.read import chunk_events
 
@@ -29,7 +31,7 @@ LOG = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class DetectorProducts:
-    """BUBE result for one (obs_id, band, occ) key."""
+    """BUBE result for one image key (obs_id, band, occ[, pointing])."""
 
     counts: np.ndarray  # (80, 80) int64
     exposure: float  # s: good time in the occultation class
@@ -38,15 +40,22 @@ class DetectorProducts:
     mode: str
     correction: background.BackgroundResult
     earth: earth.EarthTemplates = None  # the key's Earth geometry (ECL-EAR-OFM), when made
+    # kernels.timeline.Pointing of the image, when its observation holds several
+    pointing: object = None
 
 
 def observation_timeline(observation, bube_params) -> ImagingTimeline:
-    """The ImagingTimeline of an Observation (see transforms.read) for the [bube] parameters."""
-    return imaging_timeline(
+    """The ImagingTimeline of an Observation (see transforms.read) for the [bube] parameters,
+    with the time it spent slewing (FLAG_ATT 0x55: not in the attitude's good time)."""
+    good = good_time(observation)
+    timeline = imaging_timeline(
         observation.attitude.time, observation.attitude.qparam,
         observation.orbit.time, observation.orbit.position,
-        good_time(observation)["ALL"], bube_params.ear_occ_bub,
-        bube_params.peof_min, bube_params.peof_max)
+        good["ALL"], bube_params.ear_occ_bub, bube_params.peof_min, bube_params.peof_max,
+        min_pointing_s=bube_params.pointing_min_time)
+    span = float(observation.keywords["TSTOP"]) - float(observation.keywords["TSTART"])
+    return dataclasses.replace(
+        timeline, slew_seconds=max(span - float(intervals.duration(good["ATT"])), 0.0))
 
 
 class BinDetectorImages(beam.DoFn):
@@ -62,26 +71,27 @@ class BinDetectorImages(beam.DoFn):
 
     @isolating("bube")
     def process(self, element, timelines=None):
-        """(obs_id, EventChunk) with its occultation classes, or (obs_id, events) and
-        {obs_id: ImagingTimeline} (the streaming windows)."""
+        """(obs_id, EventChunk) with its occultation classes per pointing, or (obs_id, events)
+        and {obs_id: ImagingTimeline} (the streaming windows)."""
         obs_id, chunk = element
         events = chunk_events(chunk)
-        class_gti = (timelines[obs_id].class_gti if timelines is not None
-                     else chunk.context.class_gti)
-        if class_gti is None:
+        by_pointing = (timelines[obs_id].class_gti_by_pointing() if timelines is not None
+                       else chunk.context.class_gti)
+        if by_pointing is None:
             raise EcpiError(f"{obs_id}: no imaging timeline (its failure is recorded), "
                             "nothing to bin")
         # forced triggers are electronic test events, not photons: kept in ECL-EVT-CAL, not imaged
         photon = (events["FLAG"] & instrument.FLAG_FORCED_TRIGGER) == 0
         self._forced.inc(int(len(events) - photon.sum()))
-        classes = [photon & intervals.mask_times(events["TIME"], class_gti[occ])
-                   for occ in self._occ_types]
-        images = binning.keyed_histograms(self._keyed, events["IDET"], events["JDET"],
-                                          events["PI"], classes)
-        self._binned.inc(int(images.sum()))
-        for occ, by_band in zip(self._occ_types, images):
-            for band, image in zip(self._bands, by_band):
-                yield (str(obs_id), instrument.band_name(band), occ), image
+        for pointing, class_gti in enumerate(by_pointing):  # each pointing its own images
+            classes = [photon & intervals.mask_times(events["TIME"], class_gti[occ])
+                       for occ in self._occ_types]
+            images = binning.keyed_histograms(self._keyed, events["IDET"], events["JDET"],
+                                              events["PI"], classes)
+            self._binned.inc(int(images.sum()))
+            for occ, by_band in zip(self._occ_types, images):
+                for band, image in zip(self._bands, by_band):
+                    yield image_key(obs_id, instrument.band_name(band), occ, pointing), image
 
 
 class DetectorImageSum(beam.CombineFn):
@@ -125,39 +135,52 @@ class CorrectBackground(beam.DoFn):
 
     @isolating("bube")
     def process(self, element, timelines):
-        (obs_id, band, occ), counts = element
+        key, counts = element
+        obs_id, band, occ, pointing = image_key_parts(key)
+        timeline = timelines[obs_id].for_pointing(pointing)
         mode = self._mode_by_occ[occ]
-        key = self._corrector.correct(mode, counts, obs_id, band, occ, timelines[obs_id],
-                                      earth_map=self._earth_map)
-        LOG.info("BUBE %s %s %s: %d counts, %.1f s, background %s", obs_id, band, occ,
-                 int(np.sum(counts)), key.exposure, mode)
-        yield (obs_id, band, occ), DetectorProducts(
-            counts=counts, exposure=key.exposure, good_pixels=self._corrector.good,
-            efficiency=self._corrector.efficiency, mode=mode, correction=key.correction,
-            earth=key.earth)
+        fitted = self._corrector.correct(mode, counts, obs_id, band, occ, timeline,
+                                         earth_map=self._earth_map)
+        LOG.info("BUBE %s %s %s%s: %d counts, %.1f s, background %s", obs_id, band, occ,
+                 pointing_name(pointing), int(np.sum(counts)), fitted.exposure, mode)
+        yield key, DetectorProducts(
+            counts=counts, exposure=fitted.exposure, good_pixels=self._corrector.good,
+            efficiency=self._corrector.efficiency, mode=mode, correction=fitted.correction,
+            earth=fitted.earth, pointing=timeline.pointing)
 
 
-OFF_POINTING_REPORTED_S = 1.0  # good time off the reference pointing worth a warning
+OFF_POINTING_REPORTED_S = 1.0  # good time on no imaged pointing worth a warning
 
 
 class MakeTimeline(beam.DoFn):
-    """(obs_id, Observation) -> (obs_id, ImagingTimeline); good time on pointings other than
-    the longest-held one, which is not imaged, is a warning and a counter, not a silent loss."""
+    """(obs_id, Observation) -> (obs_id, ImagingTimeline): its stable pointings, each imaged.
+    Counted: the pointings imaged, the time spent slewing, and the good time on no pointing
+    held long enough to be imaged (a warning too: never a silent loss)."""
 
     def __init__(self, bube_params):
         self._params = bube_params
         self._off_pointing = Metrics.counter(NAMESPACE, "good_seconds_off_pointing")
+        self._slews = Metrics.counter(NAMESPACE, "slew_seconds")
+        self._pointings = Metrics.counter(NAMESPACE, "pointings_imaged")
 
     @isolating("timeline")
     def process(self, element):
         obs_id, observation = element
         timeline = observation_timeline(observation, self._params)
+        self._pointings.inc(timeline.n_pointings)
+        self._slews.inc(int(round(timeline.slew_seconds)))
+        if timeline.n_pointings > 1:
+            LOG.info("%s: %d stable pointings imaged (%s), %.0f s of slews", obs_id,
+                     timeline.n_pointings, ", ".join(
+                         f"P{k} {intervals.duration(timeline.for_pointing(k).good_time):.0f} s"
+                         for k in range(timeline.n_pointings)), timeline.slew_seconds)
         if timeline.off_pointing_seconds >= OFF_POINTING_REPORTED_S:
             self._off_pointing.inc(int(round(timeline.off_pointing_seconds)))
             LOG.warning(
-                "%s: %.0f s of good time away from its longest-held pointing are not imaged "
-                "(%.0f s are); only one pointing per observation is imaged", obs_id,
-                timeline.off_pointing_seconds, float(intervals.duration(timeline.good_time)))
+                "%s: %.0f s of good time on no stable pointing are not imaged (the attitude "
+                "not held within %.2f deg for [bube] pointing_min_time = %g s); %d pointing(s) "
+                "imaged", obs_id, timeline.off_pointing_seconds, POINTING_TOLERANCE_DEG,
+                self._params.pointing_min_time, timeline.n_pointings)
         yield obs_id, timeline
 
 
@@ -175,7 +198,7 @@ class ImagingTimelines(DataclassTransform):
 
 @dataclasses.dataclass(eq=False)
 class Bube(DataclassTransform):
-    """Calibrated chunks -> ((obs_id, band, occ), DetectorProducts)."""
+    """Calibrated chunks -> ((obs_id, band, occ[, pointing]), DetectorProducts)."""
 
     bube_params: object
     caldb_dir: str

@@ -17,9 +17,11 @@ from apache_beam.metrics import Metrics
 from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
 from ecpi_beam.io.image_products import parse_band
+from ecpi_beam.io.products import pointing_index
 from ecpi_beam.kernels import catalogue, cleaning, imaging
 from ecpi_beam.kernels.sky_analysis import SkyAnalyser, source_rows
-from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation, worker_state
+from ecpi_beam.transforms.base import (DataclassTransform, grouped_by_observation, image_key,
+                                      image_key_parts, pointing_name, worker_state)
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 
 NAMESPACE = "ecpi.imag"
@@ -28,7 +30,7 @@ LOG = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class SkyProducts:
-    """IMAG result for one (obs_id, band, occ) key."""
+    """IMAG result for one image key (obs_id, band, occ[, pointing])."""
 
     images: imaging.SkyImages
     residual_snr: np.ndarray  # SNR once every found source's shadowgram is removed
@@ -39,6 +41,7 @@ class SkyProducts:
     irf_spectrum: str = ""  # its spectral assumption ('irf' only)
     cleaning_limit_reached: bool = False  # cleaning.MAX_CLEANED_SOURCES stopped the cleaning
     catalogue: object = None  # kernels.catalogue.ObservationCatalogue of the whole observation
+    pointing: object = None  # kernels.timeline.Pointing of the image, when there are several
 
 
 def _sky_analyser(caldb, imag_params) -> SkyAnalyser:
@@ -58,26 +61,31 @@ class _Imaging:
         self._analyser = worker_state(_sky_analyser, Caldb.open(self._caldb_dir), self._params)
 
     def _sky_products(self, obs_id, band, occ, products, timeline) -> SkyProducts:
+        """`timeline`: the observation's ImagingTimeline; the image's pointing is the one
+        its DetectorProducts were made on."""
+        pointing = pointing_index(products)
         analysis = self._analyser.analyse(
             products.correction.corrected, products.correction.variance, products.good_pixels,
             products.efficiency, products.mode, band=band,
             model_terms=products.correction.terms)
-        quaternion = timeline.reference_quaternion
+        quaternion = timeline.for_pointing(pointing).reference_quaternion
         self._images.inc()
         self._detections.inc(len(analysis.detections))
-        LOG.info("IMAG %s %s %s: %d detection(s), peak SNR %.1f", obs_id, band, occ,
-                 len(analysis.detections), float(np.max(analysis.images.snr)))
+        image = f"{obs_id} {band} {occ}{pointing_name(pointing)}"
+        LOG.info("IMAG %s: %d detection(s), peak SNR %.1f", image, len(analysis.detections),
+                 float(np.max(analysis.images.snr)))
         if analysis.cleaning_limit_reached:
             self._limit.inc()
             LOG.warning(
-                "%s %s %s: cleaning stopped at its safety limit of %d sources; fainter sources "
-                "may be missing", obs_id, band, occ, cleaning.MAX_CLEANED_SOURCES)
+                "%s: cleaning stopped at its safety limit of %d sources; fainter sources "
+                "may be missing", image, cleaning.MAX_CLEANED_SOURCES)
         return SkyProducts(
             images=analysis.images, residual_snr=analysis.residual_snr,
             exposure=products.exposure, wcs_keywords=instrument.sky_wcs_keywords(quaternion),
             sources=source_rows(analysis.detections, quaternion, products.exposure),
             irf_corr=analysis.irf_correction.name, irf_spectrum=analysis.irf_correction.spectrum,
-            cleaning_limit_reached=analysis.cleaning_limit_reached)
+            cleaning_limit_reached=analysis.cleaning_limit_reached,
+            pointing=getattr(products, "pointing", None))
 
 
 class MakeSkyImages(_Imaging, beam.DoFn):
@@ -94,9 +102,9 @@ class MakeSkyImages(_Imaging, beam.DoFn):
 
     @isolating("imag")
     def process(self, element, timelines):
-        (obs_id, band, occ), products = element
-        yield (obs_id, band, occ), self._sky_products(obs_id, band, occ, products,
-                                                      timelines[obs_id])
+        key, products = element
+        obs_id, band, occ, _ = image_key_parts(key)
+        yield key, self._sky_products(obs_id, band, occ, products, timelines[obs_id])
 
 
 SKY_IMAGE_STEP = "MakeSkyImages"  # the progress marks of the sky images (progress.py)
@@ -104,8 +112,8 @@ SKY_IMAGE_STEP = "MakeSkyImages"  # the progress marks of the sky images (progre
 
 class ImageObservation(_Imaging, beam.DoFn):
     """(obs_id, [(band, occ, DetectorProducts)]) -> (obs_id, [(band, occ, SkyProducts)]): the
-    sky images of an observation, and its catalogue (the detections of every band and
-    occultation type associated, matched to the known sources), which each SkyProducts
+    sky images of an observation, and its catalogue (the detections of every band,
+    occultation type and pointing associated, matched to the known sources), which each SkyProducts
     carries; its per-band sources gain their catalogue name.
 
     An observation at a time, on one worker: its sky images never cross a stage boundary
@@ -127,14 +135,15 @@ class ImageObservation(_Imaging, beam.DoFn):
         obs_id, detector = element
         marks = getattr(getattr(self, "failure_log", None), "progress", None)
         entries = []
-        for band, occ, products in sorted(detector, key=lambda e: (parse_band(e[0]), e[1])):
+        for band, occ, products in sorted(detector, key=lambda e: (
+                pointing_index(e[2]), parse_band(e[0]), e[1])):
             entries.append((band, occ, self._sky_products(obs_id, band, occ, products,
                                                           timelines[obs_id])))
             if marks is not None:  # a sky image done, for the progress line
                 marks.mark(SKY_IMAGE_STEP)
         result = catalogue.build_catalogue(
-            [(band, occ, sky.sources) for band, occ, sky in entries], self._known,
-            bands=sorted({band for band, _, _ in entries}, key=parse_band))
+            [(band, occ, sky.sources, pointing_index(sky)) for band, occ, sky in entries],
+            self._known, bands=sorted({band for band, _, _ in entries}, key=parse_band))
         self._sources.inc(len(result.sources))
         self._new.inc(result.n_new)
         yield obs_id, [(band, occ, dataclasses.replace(sky, catalogue=result))
@@ -143,7 +152,7 @@ class ImageObservation(_Imaging, beam.DoFn):
 
 @dataclasses.dataclass(eq=False)
 class Imag(DataclassTransform):
-    """((obs_id, band, occ), DetectorProducts) -> ((obs_id, band, occ), SkyProducts).
+    """((obs_id, band, occ[, pointing]), DetectorProducts) -> the same keys, SkyProducts.
 
     Once applied, `by_observation` holds the same results as (obs_id, [(band, occ,
     SkyProducts)]), with the catalogue: the per-observation writers take it as it is.
@@ -165,4 +174,5 @@ class Imag(DataclassTransform):
                              self.failure_log),
             beam.pvalue.AsDict(self.timelines))
         return self.by_observation | "PerKey" >> beam.FlatMapTuple(
-            lambda obs_id, entries: [((obs_id, band, occ), sky) for band, occ, sky in entries])
+            lambda obs_id, entries: [(image_key(obs_id, band, occ, pointing_index(sky)), sky)
+                                     for band, occ, sky in entries])

@@ -7,7 +7,7 @@ the sources IMAG found, in rates, with variance, partial coding, WCS and the sou
 waves, runs or workers), `CampaignMosaic` combines the stored accumulators of the observations
 that succeeded:
 
-    accumulator URLs -> read -> ((obs_id, band, occ), SkyRates)
+    accumulator URLs -> read -> ((obs_id, band, occ[, pointing]), SkyRates)
       -> ((band, occ, tile), MosaicSums) -> CombinePerKey -> MosaicMap per (band, occ)
            -> ECL-MOS-IMA, and the peaks: candidates                      [side input]
     URLs -> read -> ((band, occ, candidate), MosaicSums on its local grid) -> CombinePerKey
@@ -31,9 +31,11 @@ from ecpi_beam.io.mosaic_products import (mosaic_image_hdus, mosaic_input_hdus,
                                           mosaic_light_curve_hdus, mosaic_source_hdus,
                                           read_mosaic_inputs)
 from ecpi_beam.io.image_products import parse_band
-from ecpi_beam.io.products import MOSAIC_OBS_ID, product_url, standard_keywords, write_product
+from ecpi_beam.io.products import (MOSAIC_OBS_ID, pointing_index, product_url,
+                                    standard_keywords, write_product)
 from ecpi_beam.kernels import catalogue, mosaic, mosaic_sources
-from ecpi_beam.transforms.base import DataclassTransform, SumCombineFn
+from ecpi_beam.transforms.base import (DataclassTransform, SumCombineFn, image_key,
+                                      image_key_parts)
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 from ecpi_beam.transforms.write import _ObservationProductWriter
 
@@ -48,7 +50,8 @@ STAGE = "mosa"
 def observation_rates(sky) -> mosaic.SkyRates:
     """An IMAG result (transforms.imag.SkyProducts) as MOSA combines it."""
     return mosaic.cleaned_rates(sky.residual_snr, sky.images.variance, sky.images.pcode,
-                                sky.exposure, sky.wcs_keywords, sky.sources)
+                                sky.exposure, sky.wcs_keywords, sky.sources,
+                                getattr(sky, "pointing", None))
 
 
 def accumulator_hdus(entries):
@@ -66,7 +69,8 @@ class WriteMosaicInputs(_ObservationProductWriter):
 # After the waves: the campaign's mosaic
 # ============================================================================================
 class ReadMosaicInputs(beam.DoFn):
-    """(obs_id, URL of its ECL-MOS-ACC) -> ((obs_id, band, occ), SkyRates)."""
+    """(obs_id, URL of its ECL-MOS-ACC) -> ((obs_id, band, occ[, pointing]), SkyRates): one
+    per image of each stable pointing."""
 
     def __init__(self):
         self._read = Metrics.counter(NAMESPACE, "accumulators_read")
@@ -77,7 +81,7 @@ class ReadMosaicInputs(beam.DoFn):
         _, entries = read_mosaic_inputs(url)
         self._read.inc()
         for band, occ, rates in entries:
-            yield (str(obs_id), str(band), str(occ)), rates
+            yield image_key(obs_id, band, occ, pointing_index(rates)), rates
 
 
 def _read(pipeline_or_pbegin, label, accumulators, failure_log):
@@ -87,7 +91,8 @@ def _read(pipeline_or_pbegin, label, accumulators, failure_log):
 
 
 class SampleOnGrid(beam.DoFn):
-    """((obs_id, band, occ), SkyRates) -> ((band, occ, tile), MosaicSums) for each tile."""
+    """((obs_id, band, occ[, pointing]), SkyRates) -> ((band, occ, tile), MosaicSums) for each
+    tile."""
 
     def __init__(self, grid, pcode_min: float):
         self._grid, self._pcode_min = grid, pcode_min
@@ -95,7 +100,7 @@ class SampleOnGrid(beam.DoFn):
 
     @isolating(STAGE)
     def process(self, element):
-        (_, band, occ), rates = element
+        (_, band, occ, _), rates = image_key_parts(element[0]), element[1]
         self._images.inc()
         for tile, sums in mosaic.image_to_grid(self._grid, rates, self._pcode_min).items():
             yield (band, occ, int(tile)), sums
@@ -103,7 +108,7 @@ class SampleOnGrid(beam.DoFn):
 
 @dataclasses.dataclass(eq=False)
 class MosaicOnGrid(DataclassTransform):
-    """((obs_id, band, occ), SkyRates) -> ((band, occ), MosaicMap) on one grid."""
+    """((obs_id, band, occ[, pointing]), SkyRates) -> ((band, occ), MosaicMap) on one grid."""
 
     grid: object
     pcode_min: float
@@ -122,15 +127,15 @@ class MosaicOnGrid(DataclassTransform):
 
 
 class LocalLikelihoods(beam.DoFn):
-    """((obs_id, band, occ), SkyRates) -> ((band, occ, k), PositionLikelihood): the image's
-    part of the joint fit of each candidate k of that (band, occ) it sees."""
+    """((obs_id, band, occ[, pointing]), SkyRates) -> ((band, occ, k), PositionLikelihood):
+    the image's part of the joint fit of each candidate k of that (band, occ) it sees."""
 
     def __init__(self, pcode_min: float):
         self._pcode_min = pcode_min
 
     @isolating(STAGE)
     def process(self, element, candidates):
-        (_, band, occ), rates = element
+        (_, band, occ, _), rates = image_key_parts(element[0]), element[1]
         for k, candidate in candidates.get((band, occ), ()):
             part = mosaic_sources.position_likelihood(rates, candidate.ra, candidate.dec,
                                                       self._pcode_min)
@@ -139,8 +144,8 @@ class LocalLikelihoods(beam.DoFn):
 
 
 class ForcedFluxes(beam.DoFn):
-    """((obs_id, band, occ), SkyRates) -> ((band, occ, k), LightCurvePoint) for each source k
-    of that (band, occ) the image sees."""
+    """((obs_id, band, occ[, pointing]), SkyRates) -> ((band, occ, k), LightCurvePoint) for
+    each source k of that (band, occ) the image sees."""
 
     def __init__(self, pcode_min: float, spans: dict):
         self._pcode_min, self._spans = pcode_min, dict(spans)
@@ -148,8 +153,10 @@ class ForcedFluxes(beam.DoFn):
 
     @isolating(STAGE)
     def process(self, element, sources):
-        (obs_id, band, occ), rates = element
-        tstart, tstop = self._spans[obs_id]
+        (obs_id, band, occ, _), rates = image_key_parts(element[0]), element[1]
+        # a row per image: an observation of several pointings gives one per pointing
+        tstart, tstop = ((rates.pointing.tstart, rates.pointing.tstop)
+                         if rates.pointing is not None else self._spans[obs_id])
         for k, row in sources.get((band, occ), ()):
             measured = mosaic_sources.forced_flux(rates, row.ra, row.dec, self._pcode_min)
             if measured is not None:

@@ -74,7 +74,8 @@ class ChunkContext(NamedTuple):
     """What the steps after reading need of a chunk's observation."""
 
     good: np.ndarray  # (n, 2) the observation's good time (kernels.gti 'ALL'): calibration
-    class_gti: dict | None = None  # occ -> (n, 2) good time of each occultation class: binning
+    # per stable pointing, occ -> (n, 2) good time of each occultation class: binning
+    class_gti: tuple | None = None
 
 
 class EventChunk(NamedTuple):
@@ -149,9 +150,9 @@ def with_pointing_keywords(observation: Observation) -> Observation:
 
 def chunk_descriptors(observation: Observation, chunk_size: int, timeline=None):
     """The ChunkDescriptors covering an observation's EVENTS rows, with its ChunkContext
-    (the occultation classes' good time when its imaging `timeline` is given)."""
+    (each stable pointing's occultation classes when its imaging `timeline` is given)."""
     context = ChunkContext(good_time(observation)["ALL"],
-                           None if timeline is None else timeline.class_gti)
+                           None if timeline is None else timeline.class_gti_by_pointing())
     keywords = observation.keywords
     return [ChunkDescriptor(observation.obs_id, observation.evt_url, first, n,
                             float(keywords["TSTART"]), float(keywords["TSTOP"]), context)

@@ -1,11 +1,12 @@
 """SPEX as Beam transforms: mask-weighted spectra and light curves of sources (docs/spex.md).
 
 The sources of each observation are the [spex] sources list, or every source IMAG found
-(merged across bands). Each calibrated chunk adds, per (obs_id, source, occ), its weighted
-events to a spectrum and to one light curve per band; a CombineFn keyed by (obs_id, source
-index, occ) sums them, so an observation streams through source-sized accumulators and the
-sources of all observations are extracted in parallel; the sums become ECL-SPS-S1 (with its
-RMF and ARF) and ECL-LCS-S1 files.
+(merged across bands). Each calibrated chunk adds, per (obs_id, source, occ) and stable
+pointing that sees the source, its weighted events to a spectrum and to one light curve per
+band; a CombineFn keyed by (obs_id, source index, occ[, pointing]) sums them, so an observation
+streams through source-sized accumulators and the sources of all observations are extracted in
+parallel; the sums become ECL-SPS-S1 (with its RMF and ARF) and ECL-LCS-S1 files, one set per
+pointing (the response depends on the source's place in the field).
 """
 from __future__ import annotations
 
@@ -19,24 +20,32 @@ from ecpi_beam import instrument
 from ecpi_beam.caldb import Caldb
 from ecpi_beam.io import fs
 from ecpi_beam.io.gti import gti_hdu
-from ecpi_beam.io.products import band_keywords, standard_keywords, write_product
+from ecpi_beam.io.products import (band_keywords, pointing_hdu_keywords, standard_keywords,
+                                    write_product)
 from ecpi_beam.io.spectral_products import (arf_hdus, light_curve_hdus, rmf_hdus,
                                             source_keywords, spectrum_hdus)
 from ecpi_beam.kernels import background, lightcurves, spectra
+from ecpi_beam.kernels.catalogue import detection_label
 from ecpi_beam.kernels.mosaic import PEAK_MERGE_DEG
-from ecpi_beam.transforms.base import DataclassTransform, SumCombineFn
+from ecpi_beam.transforms.base import (DataclassTransform, SumCombineFn, image_key_parts,
+                                      with_pointing)
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 from ecpi_beam.transforms.read import chunk_events
 
 NAMESPACE = "ecpi.spex"
 
 
-def spectrum_stem(obs_id, source_index, occ):
-    return f"ECL-SPS-S1_{obs_id}_S{int(source_index):02d}_{occ}"
+def _pointing_part(pointing: int) -> str:
+    return f"_P{int(pointing)}" if pointing else ""
 
 
-def light_curve_name(obs_id, source_index, band, occ):
-    return f"ECL-LCS-S1_{obs_id}_S{int(source_index):02d}_{band}_{occ}.fits"
+def spectrum_stem(obs_id, source_index, occ, pointing: int = 0):
+    return f"ECL-SPS-S1_{obs_id}_S{int(source_index):02d}_{occ}{_pointing_part(pointing)}"
+
+
+def light_curve_name(obs_id, source_index, band, occ, pointing: int = 0):
+    return (f"ECL-LCS-S1_{obs_id}_S{int(source_index):02d}_{band}_{occ}"
+            f"{_pointing_part(pointing)}.fits")
 
 
 def _weighter(caldb_dir):
@@ -48,14 +57,14 @@ def _weighter(caldb_dir):
 
 
 class _WeightsCache:
-    """MaskWeights per (obs_id, source index), computed once per worker."""
+    """MaskWeights per (obs_id, source index, pointing), computed once per worker."""
 
     def __init__(self, weighter):
         self._weighter, self._cache = weighter, {}
 
-    def get(self, obs_id, sources, index, quaternion):
-        """The weights, or None for a source outside the field of view of this observation."""
-        key = (obs_id, index)
+    def get(self, obs_id, sources, index, quaternion, pointing: int = 0):
+        """The weights, or None for a source outside the field of view of this pointing."""
+        key = (obs_id, index, pointing)
         if key not in self._cache:
             source = next(s for s in sources if s.index == index)
             seen = self._weighter.shadow(instrument.radec_to_los(source.ra, source.dec,
@@ -65,8 +74,8 @@ class _WeightsCache:
 
 
 class WeightEvents(beam.DoFn):
-    """(obs_id, EventChunk) -> ((obs_id, source index, occ), SourceSums) for each source and
-    occ."""
+    """(obs_id, EventChunk) -> ((obs_id, source index, occ[, pointing]), SourceSums) for each
+    source, occ and stable pointing that sees the source."""
 
     def __init__(self, caldb_dir, spex_params, bands, occ_types):
         self._caldb_dir, self._params = caldb_dir, spex_params
@@ -83,27 +92,30 @@ class WeightEvents(beam.DoFn):
         events = chunk_events(chunk)
         if obs_id not in sources:
             return
-        timeline = timelines[obs_id]
         photons = events[(events["FLAG"] & instrument.FLAG_FORCED_TRIGGER) == 0]
-        for source in sources[obs_id]:
-            weights = self._weights.get(obs_id, sources[obs_id], source.index,
-                                        timeline.reference_quaternion)
-            if weights is None:
-                continue
-            event_weights = weights.of_events(photons["IDET"], photons["JDET"])
-            for occ in self._occ_types:
-                gti = timeline.class_gti[occ]
-                if not len(gti):
+        for pointing in range(timelines[obs_id].n_pointings):
+            timeline = timelines[obs_id].for_pointing(pointing)
+            for source in sources[obs_id]:
+                weights = self._weights.get(obs_id, sources[obs_id], source.index,
+                                            timeline.reference_quaternion, pointing)
+                if weights is None:
                     continue
-                edges = lightcurves.bin_edges(gti, self._params.time_bin)
-                self._weighted.inc(len(photons))
-                yield (str(obs_id), int(source.index), str(occ)), spectra.source_sums(
-                    photons, event_weights, gti, edges, self._bands, self._params.pi_per_channel)
+                event_weights = weights.of_events(photons["IDET"], photons["JDET"])
+                for occ in self._occ_types:
+                    gti = timeline.class_gti[occ]
+                    if not len(gti):
+                        continue
+                    edges = lightcurves.bin_edges(gti, self._params.time_bin)
+                    self._weighted.inc(len(photons))
+                    yield with_pointing((str(obs_id), int(source.index), str(occ)),
+                                        pointing), spectra.source_sums(
+                        photons, event_weights, gti, edges, self._bands,
+                        self._params.pi_per_channel)
 
 
 class WriteSourceProducts(beam.DoFn):
-    """((obs_id, source index, occ), SourceSums) -> the URLs of its spectrum (PHA, RMF, ARF)
-    and light curves."""
+    """((obs_id, source index, occ[, pointing]), SourceSums) -> the URLs of its spectrum (PHA,
+    RMF, ARF) and light curves."""
 
     def __init__(self, caldb_dir, spex_params, bands, working_out, fingerprint,
                  extra_keywords=None):
@@ -120,31 +132,33 @@ class WriteSourceProducts(beam.DoFn):
 
     @isolating("spex")
     def process(self, element, timelines, sources, observations, failed):
-        (obs_id, index, occ), sums = element
+        key, sums = element
+        obs_id, index, occ, pointing = image_key_parts(key)
         if obs_id in failed or sums is None:
             return
-        timeline, observation = timelines[obs_id], observations[obs_id]
+        timeline = timelines[obs_id].for_pointing(pointing)
+        observation = observations[obs_id]
         source = next(s for s in sources[obs_id] if s.index == index)
-        weights = self._weights.get(obs_id, sources[obs_id], index, timeline.reference_quaternion)
+        weights = self._weights.get(obs_id, sources[obs_id], index, timeline.reference_quaternion,
+                                    pointing)
         gti = timeline.class_gti[occ]
         about = source_keywords(source.name, source.ra, source.dec, weights.off_axis_deg)
         about["OCC_TYPE"] = (occ, "Earth occultation type (NEO, PEO or TEO)")
-        yield from self._write_spectrum(observation, obs_id, index, occ, sums, weights, about,
-                                        timeline.exposure(occ), gti)
+        about.update(pointing_hdu_keywords(timeline))
+        yield from self._write_spectrum(observation, spectrum_stem(obs_id, index, occ, pointing),
+                                        sums, weights, about, timeline.exposure(occ), gti)
         if "ECL-LCS-S1" in self._params.out_files:
             edges = lightcurves.bin_edges(gti, self._params.time_bin)
             for k, band in enumerate(self._bands):
                 curve = lightcurves.finish_light_curve(edges, sums.light_curves[0, k],
                                                        sums.light_curves[1, k], gti)
-                name = light_curve_name(obs_id, index, instrument.band_name(band), occ)
+                name = light_curve_name(obs_id, index, instrument.band_name(band), occ, pointing)
                 yield self._put("ECL-LCS-S1", observation, name, light_curve_hdus(
                     curve, gti, {**about, **band_keywords(band, occ)}))
 
-    def _write_spectrum(self, observation, obs_id, index, occ, sums, weights, about,
-                        exposure, gti):
+    def _write_spectrum(self, observation, stem, sums, weights, about, exposure, gti):
         if "ECL-SPS-S1" not in self._params.out_files:
             return
-        stem = spectrum_stem(obs_id, index, occ)
         spectrum = spectra.finish_spectrum(sums.spectrum[0], sums.spectrum[1],
                                            self._params.pi_per_channel, exposure)
         specresp = spectra.source_arf(self._arf, self._irf, weights)
@@ -163,10 +177,12 @@ class WriteSourceProducts(beam.DoFn):
         return url
 
 
-def catalogue_name(catalogue, band, occ, index) -> str:
-    """The name of detection `index` of image (band, occ) in the observation's catalogue: its
-    known source's, else 'ECL Jhhmmss.s+ddmmss' ('' without a catalogue)."""
-    label = catalogue.labels.get((band, occ, index)) if catalogue is not None else None
+def catalogue_name(catalogue, band, occ, index, pointing: int = 0) -> str:
+    """The name of detection `index` of image (band, occ) of stable pointing `pointing` in the
+    observation's catalogue: its known source's, else 'ECL Jhhmmss.s+ddmmss' ('' without a
+    catalogue)."""
+    label = (catalogue.labels.get(detection_label(band, occ, index, pointing))
+             if catalogue is not None else None)
     if label is None:
         return ""
     source = catalogue.sources[label]
@@ -175,12 +191,13 @@ def catalogue_name(catalogue, band, occ, index) -> str:
 
 @beam.ptransform_fn
 def SourcesFound(sky):  # noqa: N802 - a PTransform
-    """((obs_id, band, occ), SkyProducts) -> (obs_id, SpexSources): IMAG's detections of every
-    band and occultation type, one per position (brightest first), named as in the
-    observation's catalogue (OBJECT of the spectra and light curves)."""
+    """((obs_id, band, occ[, pointing]), SkyProducts) -> (obs_id, SpexSources): IMAG's
+    detections of every band, occultation type and pointing, one per position (brightest
+    first), named as in the observation's catalogue (OBJECT of the spectra and light curves)."""
     def detections(key, sky_products):
-        obs_id, band, occ = key
-        return [(obs_id, (row, catalogue_name(sky_products.catalogue, band, occ, index)))
+        obs_id, band, occ, pointing = image_key_parts(key)
+        return [(obs_id, (row, catalogue_name(sky_products.catalogue, band, occ, index,
+                                              pointing)))
                 for index, row in enumerate(sky_products.sources)]
 
     def merge(obs_id, named_rows):

@@ -2,15 +2,18 @@
 
 docs/streaming.md. Every science step is the batch one (no second implementation):
 - `SliceTiles`: a slice set is read, calibrated (kernels.calibrate, kernels.gti), given its
-  occultation classes (kernels.timeline), and binned by transforms.bube.BinDetectorImages, one
-  partial image per (band, occ) and per tile of `tile_seconds` of event time. Each image is
-  emitted with its tile's event time as element timestamp, with its exposure and pointing.
+  stable pointings and occultation classes (kernels.timeline), and binned by
+  transforms.bube.BinDetectorImages, one partial image per (band, occ), per tile of
+  `tile_seconds` of event time and per pointing. Each image is emitted with its tile's event
+  time as element timestamp, with its exposure and pointing.
 - `WindowedSearch`: sliding event-time windows of one length and period (Beam's default
   trigger: one pane when the watermark passes the window's end, one more per late slice),
-  summed (`WindowSum`: images, exposure, pointing and the Earth's hidden sky), each pane added
-  to the window's earlier ones (`AccumulatePanes`: a late pane is the whole window again),
-  background-corrected by transforms.bube.CorrectBackground and imaged by
-  transforms.imag.MakeSkyImages (kernels.sky_analysis.SkyAnalyser); sources associated with
+  summed pointing by pointing (`WindowSum`: per pointing, the images, exposure, attitude and
+  the Earth's hidden sky; a window that crosses a slew holds one sum per pointing and never
+  mixes them), each pane added to the window's earlier ones (`AccumulatePanes`: a late pane
+  is the whole window again), each pointing's sum background-corrected by
+  transforms.bube.CorrectBackground and imaged by transforms.imag.MakeSkyImages
+  (kernels.sky_analysis.SkyAnalyser) in its own frame; sources associated with
   the known-source catalogue (ECL-SRC-CAT, kernels.catalogue.match_known_sources, the batch
   rule) are dropped, the others are `WindowDetection`s.
 - `TransientAlerts`: a stateful DoFn keyed by obs_id (one pointing: its sky) turns detections
@@ -43,8 +46,8 @@ from ecpi_beam.io.voevent import TransientAlert, alert_file_name, write_voevent
 from ecpi_beam.kernels import binning, catalogue, earth, intervals, isotime
 from ecpi_beam.kernels.calibrate import calibrate_events
 from ecpi_beam.kernels.gti import good_time, telemetry_gti
-from ecpi_beam.kernels.timeline import imaging_timeline
-from ecpi_beam.transforms.base import DataclassTransform
+from ecpi_beam.kernels.timeline import POINTING_TOLERANCE_DEG, imaging_timeline, rotation_from_deg
+from ecpi_beam.transforms.base import DataclassTransform, image_key_parts
 from ecpi_beam.transforms.bube import BinDetectorImages, CorrectBackground
 from ecpi_beam.transforms.failures import isolating, with_failure_log
 from ecpi_beam.transforms.imag import MakeSkyImages
@@ -64,9 +67,14 @@ class StreamTimeline:
     exposure_s: float
     hidden_sky: np.ndarray = None  # (199, 199) mean hidden fraction, or None without orbit
     hidden_seconds: float = 0.0  # good seconds the hidden sky is averaged over
+    pointing = None  # a window's products name no pointing (kernels.timeline.ImagingTimeline)
 
     def exposure(self, occ_type: str) -> float:
         return self.exposure_s
+
+    def for_pointing(self, index: int) -> "StreamTimeline":
+        """A window's sum is of one pointing: the timeline is its own."""
+        return self
 
 
 class TileSums(NamedTuple):
@@ -81,12 +89,45 @@ class TileSums(NamedTuple):
 
 
 def add_sums(first: TileSums, second: TileSums) -> TileSums:
-    """Two tiles' (or windows') sums: the sum of their events (the clock offset is the
-    observation's, the same in both)."""
+    """Two tiles' (or windows') sums of one pointing: the sum of their events (the clock
+    offset is the observation's, the same in both)."""
     return TileSums(binning.add(first.image, second.image), first.exposure + second.exposure,
                     first.weighted_quaternion + second.weighted_quaternion,
                     first.hidden_seconds + second.hidden_seconds,
                     first.earth_seconds + second.earth_seconds, first.clock_offset)
+
+
+def _attitude(sums: TileSums) -> np.ndarray:
+    """The mean attitude of a sum (its exposure-weighted quaternion, normalised)."""
+    quaternion = np.asarray(sums.weighted_quaternion, dtype=float)
+    return quaternion / max(float(np.linalg.norm(quaternion)), 1e-300)
+
+
+def add_to_pointing(parts: tuple, tile: TileSums) -> tuple:
+    """A window's sums, one TileSums per stable pointing, with `tile` added to the sum of its
+    pointing (mean attitudes within kernels.timeline.POINTING_TOLERANCE_DEG, boresight and
+    roll), or as the sum of a new one: a window that crosses a slew never mixes pointings."""
+    attitude = _attitude(tile)
+    for k, part in enumerate(parts):
+        held = _attitude(part)
+        if rotation_from_deg(attitude, held) <= POINTING_TOLERANCE_DEG:
+            if attitude @ held < 0:  # q and -q are one attitude: add them with one sign
+                tile = tile._replace(weighted_quaternion=-np.asarray(tile.weighted_quaternion))
+            return parts[:k] + (add_sums(part, tile),) + parts[k + 1:]
+    return tuple(parts) + (tile,)
+
+
+def window_parts(window) -> tuple:
+    """A window's sums per pointing (a TileSums alone is one pointing's)."""
+    return (window,) if isinstance(window, TileSums) else tuple(window)
+
+
+def merge_windows(first, second) -> tuple:
+    """Two sums of one window (panes, accumulators), pointing by pointing."""
+    merged = window_parts(first)
+    for part in window_parts(second):
+        merged = add_to_pointing(merged, part)
+    return merged
 
 
 # ==============================================================================================
@@ -153,10 +194,12 @@ class SliceTiles(beam.DoFn):
         if not len(good):
             self._no_good_time.inc()
             return
+        # every attitude the slice holds: a slice is too short for [bube] pointing_min_time,
+        # which is applied to the pointings of a window (SearchWindow)
         timeline = imaging_timeline(
             data.attitude.time, data.attitude.qparam, data.orbit.time, data.orbit.position,
-            good, self._bube.ear_occ_bub, self._bube.peof_min, self._bube.peof_max)
-        quaternion = timeline.reference_quaternion
+            good, self._bube.ear_occ_bub, self._bube.peof_min, self._bube.peof_max,
+            min_pointing_s=0.0)
         first_tile = np.floor(slice_set.tstart / self._tile) * self._tile
         for tile_start in np.arange(first_tile, slice_set.tstop, self._tile):
             span = np.array([[max(tile_start, slice_set.tstart),
@@ -164,21 +207,26 @@ class SliceTiles(beam.DoFn):
             times = calibrated["TIME"]
             in_tile = calibrated[(times >= span[0, 0]) & (times < span[0, 1])]
             timestamp = Timestamp(float(span[0, 0]) + slice_set.clock_offset)
-            hidden_by_occ = {}  # the bands of one occultation class share its Earth
+            hidden_by_class = {}  # the bands of one occultation class share its Earth
             for key, image in self._binner.process((slice_set.obs_id, in_tile),
                                                    {slice_set.obs_id: timeline}):
-                good_in_tile = intervals.intersect(timeline.class_gti[key[2]], span)
+                obs_id, band, occ, pointing = image_key_parts(key)
+                held = timeline.for_pointing(pointing)
+                good_in_tile = intervals.intersect(held.class_gti[occ], span)
                 exposure = float(intervals.duration(good_in_tile))
                 if exposure <= 0:
                     continue
-                if key[2] not in hidden_by_occ:
-                    hidden_by_occ[key[2]] = earth.hidden_sky_seconds(
-                        quaternion, good_in_tile, timeline.sample_time, timeline.earth_icrs,
-                        timeline.earth_radius)
-                hidden_seconds, earth_seconds = hidden_by_occ[key[2]]
+                if (occ, pointing) not in hidden_by_class:
+                    hidden_by_class[(occ, pointing)] = earth.hidden_sky_seconds(
+                        held.reference_quaternion, good_in_tile, held.sample_time,
+                        held.earth_icrs, held.earth_radius)
+                hidden_seconds, earth_seconds = hidden_by_class[(occ, pointing)]
+                # the key names no pointing: a slice's pointings are numbered in the slice
+                # only; the tile's attitude goes with it, and WindowSum sums by attitude
                 yield window.TimestampedValue(
-                    (key, TileSums(image, exposure, quaternion * exposure, hidden_seconds,
-                                   earth_seconds, slice_set.clock_offset)), timestamp)
+                    ((obs_id, band, occ), TileSums(
+                        image, exposure, held.reference_quaternion * exposure, hidden_seconds,
+                        earth_seconds, slice_set.clock_offset)), timestamp)
 
 
 # ==============================================================================================
@@ -210,20 +258,20 @@ class WindowDetection(NamedTuple):
 
 
 class WindowSum(beam.CombineFn):
-    """TileSums -> their sum (add_sums); None for a pane without tiles (some runners fire
-    one when a window closes)."""
+    """TileSums -> their sums, one per stable pointing (add_to_pointing); None for a pane
+    without tiles (some runners fire one when a window closes)."""
 
     def create_accumulator(self):
         return None
 
     def add_input(self, accumulator, tile):
-        return tile if accumulator is None else add_sums(accumulator, tile)
+        return (tile,) if accumulator is None else add_to_pointing(accumulator, tile)
 
     def merge_accumulators(self, accumulators):
         total = None
         for accumulator in accumulators:
             if accumulator is not None:
-                total = self.add_input(total, accumulator)
+                total = accumulator if total is None else merge_windows(total, accumulator)
         return total
 
     def extract_output(self, accumulator):
@@ -245,8 +293,9 @@ class KeyByWindow(beam.DoFn):
 
 
 class AccumulatePanes(beam.DoFn):
-    """((obs_id, band, occ, start, end), pane of new tiles) -> the window's sum so far: its
-    earlier panes plus this one, as ((obs_id, band, occ), (start, end) in s, TileSums).
+    """((obs_id, band, occ, start, end), pane of new tiles) -> the window's sums so far: its
+    earlier panes plus this one, as ((obs_id, band, occ), (start, end) in s, sums per
+    pointing).
 
     Beam's ACCUMULATING mode would do it in the GroupByKey, but runners then hold the
     watermark downstream until each window closes (Prism keeps every element pending; Flink
@@ -266,7 +315,7 @@ class AccumulatePanes(beam.DoFn):
         so_far = total.read()
         if so_far is None:
             close.set(Timestamp(micros=end) + Duration(seconds=self._lateness))
-        window_sum = pane if so_far is None else add_sums(so_far, pane)
+        window_sum = pane if so_far is None else merge_windows(so_far, pane)
         total.write(window_sum)
         yield (obs_id, band, occ), (start / 1e6, end / 1e6), window_sum
 
@@ -286,8 +335,10 @@ def unknown_sources(rows, known) -> list:
 
 
 class SearchWindow(beam.DoFn):
-    """((obs_id, band, occ), (start, end), summed window) -> WindowDetections of unknown
-    sources (start and end on the stream's clock)."""
+    """((obs_id, band, occ), (start, end), the window's sums per pointing) -> WindowDetections
+    of unknown sources (start and end on the stream's clock). Each pointing's sum is imaged on
+    its own: the one with the most good time always (as a window of one pointing is), each
+    other one when it holds [bube] pointing_min_time seconds (counted otherwise)."""
 
     def __init__(self, caldb_dir: str, bube_params, imag_params, stream_params):
         self._caldb_dir = caldb_dir
@@ -295,7 +346,10 @@ class SearchWindow(beam.DoFn):
         self._background = CorrectBackground(caldb_dir, modes)
         self._imaging = MakeSkyImages(
             caldb_dir, dataclasses.replace(imag_params, snr_ths=stream_params.snr_ths))
+        self._min_time = float(bube_params.pointing_min_time)
         self._windows = Metrics.counter(NAMESPACE, "windows_imaged")
+        self._split = Metrics.counter(NAMESPACE, "windows_across_slews")
+        self._short = Metrics.counter(NAMESPACE, "window_pointings_too_short")
         self._known = Metrics.counter(NAMESPACE, "known_sources_seen")
         self._found = Metrics.counter(NAMESPACE, "unknown_detections")
 
@@ -306,8 +360,20 @@ class SearchWindow(beam.DoFn):
 
     @isolating("search")
     def process(self, element):
-        key, (start, end), (counts, exposure, weighted_quaternion, hidden_seconds,
-                            earth_seconds, clock_offset) = element
+        key, span, window_sums = element
+        parts = sorted(window_parts(window_sums), key=lambda part: -part.exposure)
+        self._windows.inc()
+        if len(parts) > 1:
+            self._split.inc()
+        for rank, part in enumerate(parts):
+            if rank and part.exposure < self._min_time:
+                self._short.inc()
+                continue
+            yield from self._search(key, span, part)
+
+    def _search(self, key, span, sums: TileSums):
+        (start, end), (counts, exposure, weighted_quaternion, hidden_seconds, earth_seconds,
+                       clock_offset) = span, sums
         obs_id, band, occ = key
         quaternion = np.asarray(weighted_quaternion, dtype=float)
         quaternion = quaternion / np.linalg.norm(quaternion)
@@ -315,7 +381,6 @@ class SearchWindow(beam.DoFn):
                   if earth_seconds > 0 else None)
         timelines = {obs_id: StreamTimeline(quaternion, float(exposure), hidden,
                                             float(earth_seconds))}
-        self._windows.inc()
         for corrected in self._background.process((key, counts), timelines):
             for _, sky in self._imaging.process(corrected, timelines):
                 unknown = unknown_sources(sky.sources, self._catalogue)

@@ -1,7 +1,8 @@
 """Product sinks: every product is written by one writer through the I/O layer (temp then move).
 
-Keyed results ((obs_id, band, occ), value) are grouped per observation, so each product file is
-written once, whole, by one worker, on every runner and on local disk or a bucket alike.
+Keyed results ((obs_id, band, occ[, pointing]), value) are grouped per observation, so each
+product file is written once, whole, by one worker, on every runner and on local disk or a
+bucket alike.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from apache_beam.metrics import Metrics
 from ecpi_beam.io import fs, voevent
 from ecpi_beam.io.regions import write_regions
 from ecpi_beam.io.image_products import PRODUCT_BUILDERS, occultation_gti_hdus, parse_band
-from ecpi_beam.io.products import product_url, standard_keywords, write_product
+from ecpi_beam.io.products import pointing_index, product_url, standard_keywords, write_product
 from ecpi_beam.kernels.catalogue import new_source_alerts
 from ecpi_beam.transforms.base import DataclassTransform, grouped_by_observation
 from ecpi_beam.transforms.failures import isolating, with_failure_log
@@ -38,9 +39,11 @@ def _write(working_out, product, observation, fingerprint, hdus):
 
 
 def keyed_image_hdus(product):
-    """[(band, occ, value), ...] of one observation -> the HDUs of `product`, in a fixed order."""
+    """[(band, occ, value), ...] of one observation -> the HDUs of `product`, in a fixed order:
+    by stable pointing, occultation type, then band."""
     build = PRODUCT_BUILDERS[product]
-    return lambda entries: build(sorted(entries, key=lambda e: (e[1], parse_band(e[0]))))
+    return lambda entries: build(sorted(entries, key=lambda e: (pointing_index(e[2]), e[1],
+                                                                parse_band(e[0]))))
 
 
 def timeline_gti_hdus(timeline):
@@ -89,7 +92,8 @@ class _ObservationProductWriter(DataclassTransform):
 
 
 class WriteImageProducts(_ObservationProductWriter):
-    """((obs_id, band, occ), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or ECL-SOP-IMA."""
+    """((obs_id, band, occ[, pointing]), value) -> ECL-DET-IMA, ECL-DET-UBC, ECL-SKY-IMA or
+    ECL-SOP-IMA."""
 
     def expand(self, values):
         return self._write_each(self._by_observation(values), keyed_image_hdus(self.product))
@@ -119,8 +123,10 @@ class WriteAlertFiles(beam.DoFn):
             return
         keywords = observations[obs_id].keywords
         mjdref = float(keywords.get("MJDREFI", 0)) + float(keywords.get("MJDREFF", 0.0))
+        spans = {sky.pointing.index: (sky.pointing.tstart, sky.pointing.tstop)
+                 for _, _, sky in entries if getattr(sky, "pointing", None) is not None}
         for alert in new_source_alerts(catalogue, obs_id, float(keywords["TSTART"]),
-                                       float(keywords["TSTOP"]), mjdref or None):
+                                       float(keywords["TSTOP"]), mjdref or None, spans):
             url = fs.join(self._working_out, voevent.alert_file_name(alert))
             yield voevent.write_voevent(alert, url)
             self._alerts.inc()
@@ -140,7 +146,7 @@ class WriteRegionFile(beam.DoFn):
 
 
 class WriteAlerts(_ObservationProductWriter):
-    """((obs_id, band, occ), SkyProducts) -> a VOEvent 2.0 alert per NEW source."""
+    """((obs_id, band, occ[, pointing]), SkyProducts) -> a VOEvent 2.0 alert per NEW source."""
 
     def expand(self, values):
         return self._by_observation(values) | "Write" >> beam.ParDo(
