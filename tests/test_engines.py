@@ -388,7 +388,7 @@ def test_a_job_server_not_served_is_one_line_and_no_launcher(tmp_path, monkeypat
     assert empty in message and "ECPI_MAVEN_REPOSITORY" in message, message
     assert engine_setup.installed_job_server("flink") is None
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [
-        "beam-runners-flink-1.19-job-server-0.0.1-not-released.mvn.log"]
+        f"beam-runners-flink-1.19-job-server-0.0.1-not-released-a{engine_setup.ASSEMBLY}.mvn.log"]
 
 
 def test_make_engines_says_which_repository_is_wrong_and_is_not_ready(tmp_path):
