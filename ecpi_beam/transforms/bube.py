@@ -213,7 +213,8 @@ class Bube(DataclassTransform):
         # side input, and fuses with reading and calibration on every runner
         images = (calibrated
                   | "Bin" >> beam.ParDo(with_failure_log(
-                      BinDetectorImages(params.energy_channels, params.ear_occ_bub), self.failure_log))
+                      BinDetectorImages(params.energy_channels, params.ear_occ_bub),
+                      self.failure_log))
                   | "Sum" >> beam.CombinePerKey(DetectorImageSum()))
         mode_by_occ = {occ: params.correction_for(occ) for occ in params.ear_occ_bub}
         return images | "Background" >> beam.ParDo(
