@@ -363,9 +363,17 @@ def phases_child(params_path: str, beam_args: list[str]) -> None:
 # Profile
 # ==============================================================================================
 PROFILE_CHILD = """
-import cProfile, runpy, sys, time
+import atexit, cProfile, runpy, sys, time
 stats, target = sys.argv[1], sys.argv[2:]
 profiler = cProfile.Profile(time.process_time)  # CPU seconds: less disturbed by the load
+
+
+def dump():
+    profiler.disable()
+    profiler.dump_stats(stats)
+
+
+atexit.register(dump)  # ecpi_run ends without the interpreter's teardown, after atexit
 sys.argv = target
 profiler.enable()
 try:
@@ -376,8 +384,6 @@ try:
         runpy.run_path(target[0], run_name="__main__")
 except SystemExit:
     pass
-profiler.disable()
-profiler.dump_stats(stats)
 """
 # Where the CPU goes in one ecpi_run: (label, functions whose cumulative time is that stage,
 # as "module:Class.method" or a bare function name). The stages do not overlap; the Beam
@@ -451,7 +457,9 @@ def profile(mode: str, params: str, out_dir: str, env=None, top: int = 45) -> st
     if mode == "numpy":
         target = [os.path.join(HERE, "bare_numpy_chain.py"), params]
     else:
-        target = ["-m", "ecpi_beam.run", params, *(MP_ARGS if mode == "beam-mp" else [])]
+        # --force: the timed runs left their products (resume would skip them all)
+        target = ["-m", "ecpi_beam.run", params, "--force",
+                  *(MP_ARGS if mode == "beam-mp" else [])]
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", PROFILE_CHILD, stats, *target], check=True, env=env)
     print(f"profiled run: {time.perf_counter() - started:.1f} s -> {stats}")
