@@ -148,11 +148,11 @@ def failing_for(cls, stage, obs_id):
 def test_an_observation_failing_in_a_later_stage_is_out_of_the_mosaic(
         stage, case, pipeline_workspace, capfd, monkeypatch):
     from ecpi_beam.transforms.bube import CorrectBackground
-    from ecpi_beam.transforms.imag import MakeSkyImages
+    from ecpi_beam.transforms.imag import ImageObservation
 
     root, out, params = case
     failing, kept = OBS_IDS
-    cls = {"bube": CorrectBackground, "imag": MakeSkyImages}[stage]
+    cls = {"bube": CorrectBackground, "imag": ImageObservation}[stage]
     monkeypatch.setattr(cls, "process", failing_for(cls, stage, failing))
     code, stdout, stderr = run_in_process(params, pipeline_workspace, capfd, monkeypatch)
     assert_one_fault(code, stdout, stderr, [f"observation {failing}: {stage} failed",
