@@ -134,6 +134,40 @@ def test_chance_repeats_are_tolerated_and_counted():
     assert not check.refused("duplicate") and duplicate_problems(check) == []
 
 
+def test_the_chance_of_repeats_is_that_of_the_whole_file():
+    """Chunks without repeats count in the chance too: two chance repeats in one chunk of a
+    long observation are weighed against the chance of all its chunks."""
+    events = realistic_chunk(200_000, 200.0, seed=3, pha_scale=30.0)
+    quiet = consistency.check_event_chunk(events, 0, None, 0.0, 4e8)
+    assert "duplicate" not in quiet.findings and quiet.chance_duplicates > 0.0
+    total = consistency.EventCheck()
+    for first in range(0, len(events), 20_000):
+        total = total.merge(consistency.check_event_chunk(
+            events[first:first + 20_000], first, None, 0.0, 4e8))
+    assert total.chance_duplicates == pytest.approx(quiet.chance_duplicates, rel=0.3)
+
+
+@pytest.mark.parametrize("count, chance, refused", [
+    (2, 0.3, False),  # the long observation's two chance repeats
+    (3, 2.6, False), (15, 2.0, True),  # a bright burst: chance, then far beyond it
+    (1, 1e-6, False),  # one row is never enough
+    (2, 1e-4, True), (100, 1.0, True), (20_000, 0.5, True),  # copied packets and files
+])
+def test_repeats_are_refused_only_beyond_the_poisson_chance(count, chance, refused):
+    finding = consistency.Finding(count, 7, 1.0)
+    check = consistency.EventCheck(1000, 1, 0, {"duplicate": finding}, chance)
+    assert check.refused("duplicate") is refused
+
+
+def test_the_poisson_tail_is_exact():
+    from scipy.stats import poisson
+
+    for count, mean in [(2, 0.3), (5, 0.01), (30, 10.0), (3, 2.6), (12, 2.0), (1, 0.5)]:
+        assert consistency.poisson_tail(count, mean) == pytest.approx(
+            poisson.sf(count - 1, mean), rel=1e-9)
+    assert consistency.poisson_tail(100, 1.0) < 1e-100 and consistency.poisson_tail(0, 1.0) == 1
+
+
 def test_the_duplicate_check_keeps_no_state_that_grows_with_the_file():
     """The accumulator of a whole file is a few numbers, whatever its size; memory per chunk
     is that chunk's and the fixed look-back."""

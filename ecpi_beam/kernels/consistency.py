@@ -31,14 +31,15 @@ MAX_TIME_BACKSTEP_S = 100e-6  # ICD: EVENTS rows may step back in TIME by up to 
 # Duplicated events (docs/cali.md, "Duplicated events"): rows repeating an earlier row's TIME,
 # IDET, JDET and PHA. Even if a pixel could record two photons within one 20 us time stamp
 # (pile-up merges those closer than the shaping time into one event, dead time loses more),
-# chance gives few such pairs with the same 12-bit PHA as well (`chance_duplicates`); more
-# than chance (DUPLICATE_SIGMAS above it, and at least DUPLICATE_MIN_ROWS) are rows copied on
-# the ground, and DPCO refuses the observation. Copies share their TIME, and rows sharing a TIME
+# chance gives few such pairs with the same 12-bit PHA as well (`chance_duplicates`, summed
+# over every chunk of the file); more than chance (a Poisson tail below
+# DUPLICATE_FALSE_ALARM, and at least DUPLICATE_MIN_ROWS) are rows copied on the ground, and
+# DPCO refuses the observation. Copies share their TIME, and rows sharing a TIME
 # lie within a few rows of each other (TIME order, back-steps of at most 100 us): each chunk is
 # checked with this many rows before it, so copies across a chunk boundary are found too,
 # with no state growing with the file.
 DUPLICATE_LOOKBACK_ROWS = 64
-DUPLICATE_SIGMAS = 5.0
+DUPLICATE_FALSE_ALARM = 2.9e-7  # one-sided 5 sigma: a valid file is refused once in 3.5e6
 DUPLICATE_MIN_ROWS = 2
 QUATERNION_NORM_TOLERANCE = 1e-3
 # Attitude is sampled at about 1 Hz (ICD 2): a longer hole inside the good time would be bridged
@@ -267,7 +268,7 @@ class EventCheck:
     n_chunks: int = 0
     tolerated_backsteps: int = 0  # steps back of at most 100 us, allowed by the ICD
     findings: dict = dataclasses.field(default_factory=dict)  # kind -> Finding
-    chance_duplicates: float = 0.0  # duplicates chance could give, in chunks that hold some
+    chance_duplicates: float = 0.0  # duplicates chance could give in the chunks checked
 
     def merge(self, other):
         findings = dict(self.findings)
@@ -284,9 +285,8 @@ class EventCheck:
             return False
         if kind != "duplicate":
             return True
-        chance = self.chance_duplicates
-        return (finding.count >= DUPLICATE_MIN_ROWS
-                and finding.count > chance + DUPLICATE_SIGMAS * np.sqrt(chance))
+        return bool(finding.count >= DUPLICATE_MIN_ROWS and poisson_tail(
+            finding.count, self.chance_duplicates) < DUPLICATE_FALSE_ALARM)
 
     def problems(self, file_name, n_expected_rows=None):
         """One message per kind of problem, in EVENT_FINDINGS order."""
@@ -345,12 +345,42 @@ def check_event_chunk(events, first_row, previous_time, tstart, tstop, *, previo
         if finding is not None:
             findings[kind] = finding
     duplicate = _finding(duplicated_rows(events, previous_rows, s_lo >= 0), time, first_row)
-    chance = 0.0
     if duplicate is not None:
         findings["duplicate"] = duplicate
-        chance = chance_duplicates(events)
+    # every chunk's chance, not only that of the chunks holding repeats: the chance of the
+    # whole file is what a count of repeats is weighed against
+    chance = chance_duplicates(events)
     tolerated = 0 if s_lo >= 0 else int(((step < 0) & (step >= -MAX_TIME_BACKSTEP_S)).sum())
     return EventCheck(len(events), 1, tolerated, findings, chance)
+
+
+def poisson_tail(count: int, mean: float) -> float:
+    """P(N >= count) for N Poisson of `mean` (numpy only: no scipy on the run's path)."""
+    if count <= 0:
+        return 1.0
+    if mean <= 0.0:
+        return 0.0
+    if count > mean + 40.0 * np.sqrt(mean) + 40.0:  # far beyond: below any threshold used
+        return 0.0
+    term = float(np.exp(-mean))  # P(N = 0), then P(N = k) for k < count
+    below = 0.0
+    for k in range(int(count)):
+        below += term
+        term *= mean / (k + 1)
+    return float(max(1.0 - below, 0.0)) if below < 0.999 else float(
+        _upper_sum(int(count), mean, term))
+
+
+def _upper_sum(count: int, mean: float, term: float) -> float:
+    """sum_{k >= count} P(N = k), `term` being P(N = count): exact where 1 - P(N < count)
+    would lose its digits."""
+    total = 0.0
+    k = count
+    while term > 1e-300 and (term > total * 1e-17 or k < count + 10):
+        total += term
+        k += 1
+        term *= mean / k
+    return total
 
 
 def chance_duplicates(events) -> float:
