@@ -11,7 +11,10 @@
    Beam Map, beam_floor.py), the project's kernels without Beam (bare_numpy_chain.py) and
    `ecpi_run`, on the same file: five bands, PEO, background 'shape', ECL-DET-IMA +
    ECL-SKY-IMA + ECL-SOP-IMA;
-4. with --memory-events: peak memory of `ecpi_run` at more observation sizes;
+4. a reprocessing campaign (bench_chain.py --campaign): 16 observations of 600 s, one
+   `ecpi_run` against the minimal bare chain looping over the same triplets, alternating
+   (--quick: 2 observations of 120 s);
+   with --memory-events: peak memory of `ecpi_run` at more observation sizes;
 5. the survey mosaic (bench_mosaic.py): the campaign mosaic of 100, 300 and 1000 observations'
    stored accumulators (synthetic, made once in the cache), time per observation and peak
    memory (--quick: 10 and 30; --mosaic-observations to choose).
@@ -87,6 +90,16 @@ def main(argv=None) -> int:
                            "--modes", "minimal,beam-floor,numpy,beam", "--repeat", str(args.repeat),
                            "--cache", args.cache, "--json", chain_json]))
     runs = {"kernels": kernels_json, "chain": chain_json}
+
+    print("== a reprocessing campaign against the bare loop", flush=True)
+    campaign_json = os.path.join(args.out, "campaign.json")
+    observations, duration = ("2", "120") if args.quick else ("16", "600")
+    sections.append("## A reprocessing campaign against the bare loop\n\n" + _captured(
+        "bench_chain.py", ["--campaign", observations, "--duration", duration,
+                           "--products", "det-sky", "--bands", "five",
+                           "--modes", "minimal,beam", "--repeat", str(args.repeat),
+                           "--cache", args.cache, "--json", campaign_json]))
+    runs["campaign"] = campaign_json
 
     if args.memory_events:
         print("== memory of ecpi_run", flush=True)
