@@ -18,8 +18,9 @@
 5. the survey mosaic (bench_mosaic.py): the campaign mosaic of 100, 300 and 1000 observations'
    stored accumulators (synthetic, made once in the cache), time per observation and peak
    memory (--quick: 10 and 30; --mosaic-observations to choose).
-6. scale-out (bench_scaleout.py): a campaign of 16 observations on the in-process DirectRunner,
-   on Flink at parallelism 1 and 2 and on Spark with 1 and 2 worker cores, alternating
+6. scale-out (bench_scaleout.py): a campaign of 16 observations of 3600 s (1.8e8 events) on
+   the DirectRunner, on Flink at parallelism 1 and 2 and on Spark with 1 and 2 worker cores,
+   alternating
    (`make engines` first; --no-scaleout leaves it out).
 Writes <out>/results.md (the tables) and <out>/results.json (every run); --quick is a smoke run
 (1e6 events, one repetition). Timings on a shared machine are noisy: read the ratios, the CPU
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-scaleout", action="store_true",
                         help="leave out the Flink/Spark scale-out (bench_scaleout.py)")
     parser.add_argument("--scaleout-observations", type=int, default=16)
-    parser.add_argument("--scaleout-duration", type=float, default=1200.0)
+    parser.add_argument("--scaleout-duration", type=float, default=3600.0)
     parser.add_argument("--scaleout-rounds", type=int, default=2)
     args = parser.parse_args(argv)
     if args.quick:
