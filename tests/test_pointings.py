@@ -354,6 +354,43 @@ def test_the_stream_alerts_each_source_once_and_nothing_else(dripped_two_pointin
 
 
 # ============================================================================================
+# A campaign mixing both kinds, with ecpi_run's default options
+# ============================================================================================
+def test_a_campaign_images_every_pointing_and_leaves_single_pointings_as_they_were(
+        tmp_path, pipeline_workspace, small_observation):
+    """The two-pointing observation and a single-pointing one in one campaign (default
+    options: DirectRunner, its waves) with MOSA: each source of the two pointings found, the
+    single-pointing observation's products as main made them, one mosaic of all three
+    pointings."""
+    from ecpi_beam.caldb import Caldb
+    from ecpi_beam.simu import load_scenario, simulate
+
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    truth = simulate(load_scenario(SCENARIO), str(inputs / "obs_two"),
+                     Caldb.open(str(pipeline_workspace / ".ect" / "caldb")))
+    (inputs / "obs_one").symlink_to(small_observation.directory, target_is_directory=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    params = write_params(tmp_path / "params.ini", inputs / "obs_*", out,
+                          extra={"mosa": {"out_files": "['ECL-MOS-IMA', 'ECL-MOS-SOP']"}})
+    result = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
+    assert result.returncode == 0, describe(result)
+    assert "2/2 observation(s) processed" in result.stdout, describe(result)
+    assert "stable pointings imaged 3" in result.stdout, describe(result)
+
+    rows = sources_table(out / f"ECL-SOP-IMA_{truth.obs_id}.fits")
+    for name, pointing in (("SrcA", 0), ("SrcB", 1)):
+        source = truth_source(truth, name)
+        near = [row for row in rows if angular_offset_arcmin(
+            source["ra"], source["dec"], row["RA"], row["DEC"]) < MAX_OFFSET_ARCMIN]
+        assert near and {row["PNT_ID"] for row in near} == {pointing}, (name, rows)
+    assert_same_as_main(out, DATA / "single_pointing_reference.json")
+    with fits.open(out / "ECL-MOS-IMA_MOSAIC.fits") as hdul:
+        assert hdul[1].header["NOBS"] == 3  # two pointings and one
+
+
+# ============================================================================================
 # Observations of one pointing: the products main made, unchanged
 # ============================================================================================
 def assert_same_as_main(working_out: Path, reference_file: Path):
