@@ -397,3 +397,30 @@ def test_smart_mode_fits_the_sources_with_the_background(earth_campaign, caldb):
     print("CXB / truth", {mode: round(value / truth, 3) for mode, value in cxb.items()})
     assert abs(cxb["shape_moretti_smart"] / truth - 1.0) < 0.05
     assert abs(cxb["shape_moretti_smart"] - truth) < abs(cxb["shape_moretti_earth_ref"] - truth)
+
+
+def test_an_earth_blind_mode_with_the_earth_in_the_field_is_a_warning(earth_campaign, caplog):
+    """`shape` (the Earth not modelled) on an Earth-rise observation warns, naming the mode and
+    the one that models it; the seed's default mode does not, nor an Earth-free observation."""
+    import logging
+
+    from ecpi_beam.transforms.bube import MakeTimeline
+
+    obs_dir = sorted(earth_campaign.root.glob("obs_*"))[0]
+    observation = inspect_observation(str(obs_dir))
+    blind = BubeParams(ear_occ_bub=("PEO",), bkg_cor_mod=("shape",))
+    with caplog.at_level(logging.WARNING, logger="ecpi_beam.transforms.bube"):
+        list(MakeTimeline(blind).process((observation.obs_id, observation)))
+    warnings = [r.getMessage() for r in caplog.records if "does not model it" in r.getMessage()]
+    assert len(warnings) == 1 and "'shape'" in warnings[0], warnings
+    assert warnings[0].startswith(f"{observation.obs_id} PEO: the Earth covers 5 %")
+    assert "shape_moretti_earth does" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ecpi_beam.transforms.bube"):
+        list(MakeTimeline(BubeParams()).process((observation.obs_id, observation)))
+        empty = scenario_with(default_scenario(), duration=150.0, sources=())
+        earth_free = simulate(empty, str(earth_campaign.root / "earth_free"),
+                              Caldb.open(default_caldb_dir()))
+        free = inspect_observation(str(earth_campaign.root / "earth_free"))
+        list(MakeTimeline(blind).process((earth_free.obs_id, free)))
+    assert not [r for r in caplog.records if "does not model it" in r.getMessage()]

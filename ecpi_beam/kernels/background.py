@@ -363,6 +363,8 @@ BACKGROUND_MODES: dict[str, BackgroundMode] = {
 # the modes that need the physics context (predicted CXB / Earth images of the key)
 PHYSICS_MODES = ("flat_moretti", "shape_moretti", "shape_moretti_earth",
                  "shape_moretti_earth_ref", "shape_moretti_smart")
+# the modes that model the Earth in the field (its occultation of the CXB and its emission)
+EARTH_MODES = ("shape_moretti_earth", "shape_moretti_earth_ref", "shape_moretti_smart")
 
 
 def available_modes() -> tuple[str, ...]:

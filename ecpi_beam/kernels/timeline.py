@@ -74,6 +74,19 @@ class ImagingTimeline:
             return self
         return self.pointings[index]
 
+    def earth_in_field_seconds(self, occ_type: str, min_fraction: float) -> float:
+        """Seconds of the class's good time with at least `min_fraction` of the field
+        occulted by the Earth (attitude samples in the good time, each worth its spacing)."""
+        if self.sample_time is None or self.occultation_fraction is None:
+            return 0.0
+        times = np.asarray(self.sample_time, dtype=float)
+        if len(times) < 2:
+            return 0.0
+        inside = intervals.mask_times(times, self.class_gti[occ_type])
+        step = float(np.median(np.diff(times)))
+        return float(np.count_nonzero(inside & (self.occultation_fraction >= min_fraction))
+                     * step)
+
     def class_gti_by_pointing(self) -> tuple:
         """(class_gti of pointing 0, of pointing 1, ...): what binning needs, small enough
         to travel with every event chunk (transforms/read.py)."""

@@ -150,6 +150,13 @@ class CorrectBackground(beam.DoFn):
 
 
 OFF_POINTING_REPORTED_S = 1.0  # good time on no imaged pointing worth a warning
+# A background mode blind to the Earth, in an occultation class whose good time sees the
+# Earth over at least EARTH_WARNING_FRACTION of the field for at least EARTH_WARNING_SHARE of
+# it, is a warning: the Earth's shape left in the detector image makes sources at SNR 7-10
+# (measured: up to 16 per 3600 s observation in `shape` with the Earth in the field half the
+# time; none with the seed's default shape_moretti_earth; docs/background.md)
+EARTH_WARNING_FRACTION = 0.05
+EARTH_WARNING_SHARE = 0.1
 
 
 class MakeTimeline(beam.DoFn):
@@ -162,6 +169,7 @@ class MakeTimeline(beam.DoFn):
         self._off_pointing = Metrics.counter(NAMESPACE, "good_seconds_off_pointing")
         self._slews = Metrics.counter(NAMESPACE, "slew_seconds")
         self._pointings = Metrics.counter(NAMESPACE, "pointings_imaged")
+        self._earth_unmodelled = Metrics.counter(NAMESPACE, "images_with_earth_unmodelled")
 
     @isolating("timeline")
     def process(self, element):
@@ -181,7 +189,25 @@ class MakeTimeline(beam.DoFn):
                 "not held within %.2f deg for [bube] pointing_min_time = %g s); %d pointing(s) "
                 "imaged", obs_id, timeline.off_pointing_seconds, POINTING_TOLERANCE_DEG,
                 self._params.pointing_min_time, timeline.n_pointings)
+        self._warn_of_earth_unmodelled(obs_id, timeline)
         yield obs_id, timeline
+
+    def _warn_of_earth_unmodelled(self, obs_id, timeline) -> None:
+        for occ in self._params.ear_occ_bub:
+            mode = self._params.correction_for(occ)
+            views = [timeline.for_pointing(k) for k in range(timeline.n_pointings)]
+            good = sum(float(intervals.duration(view.class_gti[occ])) for view in views)
+            if mode in background.EARTH_MODES or good <= 0.0:
+                continue
+            seen = sum(view.earth_in_field_seconds(occ, EARTH_WARNING_FRACTION)
+                       for view in views)
+            if seen >= EARTH_WARNING_SHARE * good:
+                self._earth_unmodelled.inc()
+                LOG.warning(
+                    "%s %s: the Earth covers %.0f %% or more of the field for %.0f of the %.0f "
+                    "s of good time, and [bube] bkg_cor_mod '%s' does not model it (its shape "
+                    "can make false sources at SNR 7-10); shape_moretti_earth does", obs_id,
+                    occ, 100 * EARTH_WARNING_FRACTION, seen, good, mode)
 
 
 @dataclasses.dataclass(eq=False)
