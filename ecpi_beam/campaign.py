@@ -4,7 +4,9 @@
   (`Params.observation_products`: with a mosaic, its accumulator ECL-MOS-ACC; the campaign's
   own products are made after the waves, docs/mosa.md), stamped with the same parameters
   (header PARHASH) and the same CALDB (header CALDBHSH), is skipped; the others are (re)done;
-  `ecpi_run --force` redoes all. Products are written under a temporary name and
+  `ecpi_run --force` redoes all. An observation where SPEX found no source to extract has no
+  SPEX product: it counts as done when the last campaign.json (same parameters and CALDB)
+  lists it done. Products are written under a temporary name and
   moved into place (io/products.py), so a killed campaign leaves none that looks complete.
 - **Waves.** The observations to do are run as successive Beam pipelines of `--campaign_batch`
   observations (default: all at once; on the DirectRunner, waves of about a minute, see
@@ -129,14 +131,35 @@ def _made(working_out: str, obs_id: str | None, products) -> list[str]:
     return made
 
 
-def is_complete(working_out: str, obs_id: str, products, stamp: str) -> bool:
-    """Every product of `obs_id` is in place and carries `stamp` (SPEX's: at least one file,
-    all stamped; an observation where SPEX found no source to extract is therefore redone)."""
+def is_complete(working_out: str, obs_id: str, products, stamp: str,
+                done_before: bool = False) -> bool:
+    """Every product of `obs_id` is in place and carries `stamp`. SPEX's: at least one file,
+    all stamped; or none, when the last run's campaign.json says the observation was done with
+    the same stamp (`done_before`: SPEX found no source to extract there)."""
     products = list(products)
-    if not products or _made(working_out, obs_id, products) != products:
+    needed = [product for product in products
+              if not (done_before and product in SPEX_PRODUCTS)]
+    if not products or _made(working_out, obs_id, needed) != needed:
         return False
     return all(stamp_of(url) == stamp for product in products
                for url in _files_of(working_out, obs_id, product))
+
+
+def done_before(working_out: str, stamp: str) -> set[str]:
+    """The OBS_IDs the last campaign.json in `working_out` lists as done or skipped under the
+    same parameters and CALDB (`stamp`); none if it is missing, unreadable or of another
+    stamp."""
+    try:
+        with fs.open_file(fs.join(working_out, CAMPAIGN_FILE), "rb") as stream:
+            summary = json.loads(stream.read())
+    except Exception:  # noqa: BLE001 - no usable record: products alone decide
+        return set()
+    parhash, _, caldb = stamp.partition(STAMP_SEPARATOR)
+    if not isinstance(summary, dict) or (summary.get("parhash"), summary.get("caldbhsh")) != (
+            parhash, caldb):
+        return set()
+    return {str(entry.get("obs_id")) for entry in summary.get("observations", ())
+            if isinstance(entry, dict) and entry.get("status") in ("done", "skipped")}
 
 
 def plan(params, observation_dirs, stamp: str, force: bool, ids=None,
@@ -149,13 +172,14 @@ def plan(params, observation_dirs, stamp: str, force: bool, ids=None,
     entries = []
     products = list(params.observation_products)
     errors = {record.get("obs_dir"): record.get("error") for record in set_aside}
+    recorded = set() if force else done_before(params.general.working_out, stamp)
     for obs_dir in observation_dirs:
         obs_id, events = _identify(obs_dir, (ids or {}).get(obs_dir))
         entry = Entry(obs_dir=obs_dir, obs_id=obs_id, events=events)
         if obs_dir in errors:
             entry.status, entry.error = "failed", errors[obs_dir]
         elif not force and obs_id and is_complete(params.general.working_out, obs_id,
-                                                  products, stamp):
+                                                  products, stamp, obs_id in recorded):
             entry.status, entry.products = "skipped", products
         entries.append(entry)
     return entries

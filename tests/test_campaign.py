@@ -246,3 +246,40 @@ def _summary_without_times(out: Path) -> dict:
     for entry in summary["observations"]:
         entry.pop("time_s")
     return summary
+
+
+def test_an_observation_where_spex_finds_no_source_is_skipped_on_rerun(
+        tmp_path, pipeline_workspace, small_observation):
+    """SPEX on IMAG's sources, a campaign of an observation with a source and an empty one
+    (no SPEX product can exist for it): the rerun skips both, as campaign.json says they are
+    done; another stamp in campaign.json, or --force, redoes the empty one."""
+    from ecpi_beam.caldb import Caldb
+    from ecpi_beam.simu import scenario_with, simulate
+    from pipeline_fixtures import small_scenario
+
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    (inputs / "obs_a").symlink_to(small_observation.directory, target_is_directory=True)
+    empty = simulate(scenario_with(small_scenario(obs_id="0000000777", seed=77), sources=()),
+                     str(inputs / "obs_b"),
+                     Caldb.open(str(pipeline_workspace / ".ect" / "caldb")))
+    out = tmp_path / "out"
+    out.mkdir()
+    params = write_params(tmp_path / "params.ini", inputs / "obs_*", out, **PRODUCTS,
+                          extra={"spex": {"out_files": "['ECL-SPS-S1']"}})
+    first = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
+    assert first.returncode == 0, describe(first)
+    assert not list(out.glob(f"ECL-SPS-S1_{empty.obs_id}_*"))  # nothing to extract there
+    assert list(out.glob(f"ECL-SPS-S1_{small_observation.obs_id}_*"))
+    before = _mtimes(out)
+    again = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
+    assert again.returncode == 0, describe(again)
+    assert "2/2 observation(s) processed (2 already done, skipped)" in again.stdout, \
+        describe(again)
+    assert _mtimes(out) == before
+    # a campaign.json of other parameters vouches for nothing: the empty one is redone
+    summary = _summary(out)
+    (out / CAMPAIGN_FILE).write_text(json.dumps({**summary, "parhash": "0" * 16}))
+    redone = run_ecpi(params, workspace=pipeline_workspace, working_out=out)
+    assert redone.returncode == 0, describe(redone)
+    assert "(1 already done, skipped)" in redone.stdout, describe(redone)
