@@ -36,9 +36,9 @@ from ecpi_beam import engines  # noqa: E402
 PRODUCTS = dict(cali_out=[], bube_out=["ECL-DET-IMA"], imag_out=["ECL-SOP-IMA"])
 
 
-def tree_memory(pids) -> dict:
-    """{pid: (command line, RSS in MiB)} of the processes `pids` and all their descendants."""
-    found = {}
+def tree_processes(pids):
+    """(root pid, psutil.Process) for the processes `pids` and all their descendants (the
+    ones gone meanwhile left out)."""
     for pid in pids:
         try:
             root = psutil.Process(pid)
@@ -46,10 +46,17 @@ def tree_memory(pids) -> dict:
         except psutil.NoSuchProcess:
             continue
         for proc in tree:
-            try:
-                found[proc.pid] = (" ".join(proc.cmdline()), proc.memory_info().rss / 2**20)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
+            yield pid, proc
+
+
+def tree_memory(pids) -> dict:
+    """{pid: (command line, RSS in MiB)} of the processes `pids` and all their descendants."""
+    found = {}
+    for _, proc in tree_processes(pids):
+        try:
+            found[proc.pid] = (" ".join(proc.cmdline()), proc.memory_info().rss / 2**20)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
     return found
 
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import psutil  # noqa: E402
-from bench_campaign import kind_of, prepare_campaign, timed_run  # noqa: E402
+from bench_campaign import kind_of, prepare_campaign, timed_run, tree_processes  # noqa: E402
 
 from ecpi_beam import engines  # noqa: E402
 
@@ -83,21 +83,15 @@ def cpu_seconds(process: subprocess.Popen, cluster_pids=()) -> dict:
     first: dict[int, float] = {}
     roots = [process.pid, *cluster_pids]
     while process.poll() is None:
-        for root in roots:
+        for root, proc in tree_processes(roots):
             try:
-                parent = psutil.Process(root)
-                tree = [parent, *parent.children(recursive=True)]
-            except psutil.NoSuchProcess:
+                times = proc.cpu_times()
+                used = times.user + times.system
+                kind = kind_of(" ".join(proc.cmdline()))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            for proc in tree:
-                try:
-                    times = proc.cpu_times()
-                    used = times.user + times.system
-                    kind = kind_of(" ".join(proc.cmdline()))
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-                first.setdefault(proc.pid, used if root != process.pid else 0.0)
-                last[proc.pid] = (kind, used)
+            first.setdefault(proc.pid, used if root != process.pid else 0.0)
+            last[proc.pid] = (kind, used)
         time.sleep(0.5)
     totals: dict[str, float] = {}
     for pid, (kind, used) in last.items():
