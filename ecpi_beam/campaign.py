@@ -132,13 +132,13 @@ def _made(working_out: str, obs_id: str | None, products) -> list[str]:
 
 
 def is_complete(working_out: str, obs_id: str, products, stamp: str,
-                done_before: bool = False) -> bool:
+                recorded_done: bool = False) -> bool:
     """Every product of `obs_id` is in place and carries `stamp`. SPEX's: at least one file,
     all stamped; or none, when the last run's campaign.json says the observation was done with
-    the same stamp (`done_before`: SPEX found no source to extract there)."""
+    the same stamp (`recorded_done`: SPEX found no source to extract there)."""
     products = list(products)
     needed = [product for product in products
-              if not (done_before and product in SPEX_PRODUCTS)]
+              if not (recorded_done and product in SPEX_PRODUCTS)]
     if not products or _made(working_out, obs_id, needed) != needed:
         return False
     return all(stamp_of(url) == stamp for product in products

@@ -8,6 +8,7 @@ and their results merge (`EventCheck.merge`), so a whole event file is never in 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import NamedTuple
 
@@ -355,28 +356,21 @@ def check_event_chunk(events, first_row, previous_time, tstart, tstop, *, previo
 
 
 def poisson_tail(count: int, mean: float) -> float:
-    """P(N >= count) for N Poisson of `mean` (numpy only: no scipy on the run's path)."""
+    """P(N >= count) for N Poisson of `mean` (no scipy on the run's path)."""
     if count <= 0:
         return 1.0
     if mean <= 0.0:
         return 0.0
-    if count > mean + 40.0 * np.sqrt(mean) + 40.0:  # far beyond: below any threshold used
-        return 0.0
-    term = float(np.exp(-mean))  # P(N = 0), then P(N = k) for k < count
-    below = 0.0
-    for k in range(int(count)):
-        below += term
-        term *= mean / (k + 1)
-    return float(max(1.0 - below, 0.0)) if below < 0.999 else float(
-        _upper_sum(int(count), mean, term))
-
-
-def _upper_sum(count: int, mean: float, term: float) -> float:
-    """sum_{k >= count} P(N = k), `term` being P(N = count): exact where 1 - P(N < count)
-    would lose its digits."""
-    total = 0.0
-    k = count
-    while term > 1e-300 and (term > total * 1e-17 or k < count + 10):
+    if count <= mean:  # a large tail: 1 - P(N < count) loses no digits
+        term, below = math.exp(-mean), 0.0
+        for k in range(int(count)):
+            below += term
+            term *= mean / (k + 1)
+        return max(1.0 - below, 0.0)
+    # beyond the mean the terms fall faster than geometrically: sum them from P(N = count)
+    term = math.exp(-mean + count * math.log(mean) - math.lgamma(count + 1))
+    total, k = 0.0, int(count)
+    while term > 0.0 and term > total * 1e-17:
         total += term
         k += 1
         term *= mean / k
@@ -388,7 +382,7 @@ def chance_duplicates(events) -> float:
     a pixel could record two photons within one time stamp: per pixel, its pairs of events
     n (n - 1) / 2, each within one 20 us stamp with probability 20 us / (time span) and of
     equal PHA with probability sum_k f_k^2 (f the PHA distribution). An upper bound (pile-up
-    and dead time lower it), computed only for chunks that hold repeats."""
+    and dead time lower it), computed for every chunk: summed, the file's."""
     time = events["TIME"][np.isfinite(events["TIME"])]
     valid = (events["IDET"] < instrument.N_PIX) & (events["JDET"] < instrument.N_PIX)
     if len(time) < 2 or not valid.any():

@@ -169,7 +169,7 @@ class MakeTimeline(beam.DoFn):
         self._off_pointing = Metrics.counter(NAMESPACE, "good_seconds_off_pointing")
         self._slews = Metrics.counter(NAMESPACE, "slew_seconds")
         self._pointings = Metrics.counter(NAMESPACE, "pointings_imaged")
-        self._earth_unmodelled = Metrics.counter(NAMESPACE, "images_with_earth_unmodelled")
+        self._earth_unmodelled = Metrics.counter(NAMESPACE, "classes_with_earth_unmodelled")
 
     @isolating("timeline")
     def process(self, element):
@@ -193,15 +193,15 @@ class MakeTimeline(beam.DoFn):
         yield obs_id, timeline
 
     def _warn_of_earth_unmodelled(self, obs_id, timeline) -> None:
+        views = [timeline.for_pointing(k) for k in range(timeline.n_pointings)]
         for occ in self._params.ear_occ_bub:
             mode = self._params.correction_for(occ)
-            views = [timeline.for_pointing(k) for k in range(timeline.n_pointings)]
-            good = sum(float(intervals.duration(view.class_gti[occ])) for view in views)
-            if mode in background.EARTH_MODES or good <= 0.0:
+            if mode in background.EARTH_MODES:
                 continue
+            good = sum(view.exposure(occ) for view in views)
             seen = sum(view.earth_in_field_seconds(occ, EARTH_WARNING_FRACTION)
                        for view in views)
-            if seen >= EARTH_WARNING_SHARE * good:
+            if good > 0.0 and seen >= EARTH_WARNING_SHARE * good:
                 self._earth_unmodelled.inc()
                 LOG.warning(
                     "%s %s: the Earth covers %.0f %% or more of the field for %.0f of the %.0f "
